@@ -1,0 +1,1 @@
+//! Hosted backend: work in progress (see issue 2).

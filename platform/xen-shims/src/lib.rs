@@ -1,0 +1,1 @@
+//! xen-shims: work in progress (see issue 2).

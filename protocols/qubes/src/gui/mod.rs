@@ -1,0 +1,1 @@
+//! gui: work in progress (see issue 2).

@@ -1,0 +1,16 @@
+//! The Qubes protocols over vchan, each sans-IO: qrexec (agent and daemon sides), QubesDB (VM
+//! copy and dom0 daemon side), and the GUI protocol (agent and daemon decoder).
+//!
+//! Layer: protocols (no_std + alloc). Trust: everything from the peer is hostile; lengths are
+//! capped by [`framing`] before allocation. Unsafe: none.
+//! Each protocol module has `wire` (views and reprs, byte-exact with `reference/vectors/`) and
+//! the machines of each side.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod framing;
+pub mod gui;
+pub mod qrexec;
+pub mod qubesdb;

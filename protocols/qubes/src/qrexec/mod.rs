@@ -1,0 +1,1 @@
+//! qrexec: work in progress (see issue 2).

@@ -1,0 +1,1 @@
+//! qubesdb: work in progress (see issue 2).

@@ -1,0 +1,117 @@
+//! `cargo xtask`: the one entry point for tests, image builds, benchmarks and fuzzing.
+//! Each command installs the Debian packages it needs first (as root, `apt-get update` once).
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+mod deps;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test            install test dependencies, then fmt, clippy, unit/property/vector tests,
+                  libxenvchan interop tests and a replay of the fuzz corpora
+  fuzz TARGET [SECONDS]   run one cargo-fuzz target (no sanitizer) for SECONDS (default 60)
+  fuzz list       list the fuzz targets
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root),
+        Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}; run `cargo xtask help` for the list"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs a command, failing with its name if it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(root: &Path) -> Result<()> {
+    deps::ensure_test_deps()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    fuzz_replay(root)?;
+    Ok(())
+}
+
+fn fuzz_targets(root: &Path) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(root.join("fuzz/fuzz_targets"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "rs") {
+            v.push(p.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Replays every committed corpus through its target once (no new inputs), as CI does.
+fn fuzz_replay(root: &Path) -> Result<()> {
+    let targets = fuzz_targets(root)?;
+    if targets.is_empty() {
+        return Ok(());
+    }
+    deps::ensure_cargo_fuzz()?;
+    for t in &targets {
+        let corpus = root.join("fuzz/corpus").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        run(cargo().current_dir(root.join("fuzz")).args(["fuzz", "run", "-s", "none", t]).arg(&corpus).args(["--", "-runs=0"]))?;
+    }
+    println!("fuzz replay: {} targets replayed their corpora", targets.len());
+    Ok(())
+}
+
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let targets = fuzz_targets(root)?;
+    match args.first().map(String::as_str) {
+        None | Some("list") => {
+            for t in targets {
+                println!("{t}");
+            }
+            Ok(())
+        }
+        Some(t) => {
+            if !targets.iter().any(|x| x == t) {
+                bail!("no fuzz target {t:?}; `cargo xtask fuzz list` shows them");
+            }
+            let secs: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60);
+            deps::ensure_cargo_fuzz()?;
+            let corpus = root.join("fuzz/corpus").join(t);
+            std::fs::create_dir_all(&corpus)?;
+            run(cargo().current_dir(root.join("fuzz")).args(["fuzz", "run", "-s", "none", t]).arg(&corpus).args([
+                "--".to_string(),
+                format!("-max_total_time={secs}"),
+                "-rss_limit_mb=2048".into(),
+                "-timeout=10".into(),
+                "-print_final_stats=1".into(),
+            ]))
+        }
+    }
+}
