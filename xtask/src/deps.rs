@@ -8,7 +8,7 @@ use crate::run;
 
 /// Debian packages the test command needs: the real libxenvchan and its headers (interop), a C
 /// compiler for the interop programs, QEMU for the image boot test.
-const TEST_PACKAGES: &[&str] = &["libxen-dev", "libxenmisc4.17", "gcc", "pkg-config"];
+const TEST_PACKAGES: &[&str] = &["libxen-dev", "libxenmisc4.17", "gcc", "pkg-config", "qemu-system-x86"];
 
 fn have_packages(pkgs: &[&str]) -> bool {
     pkgs.iter().all(|p| {

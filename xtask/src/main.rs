@@ -7,7 +7,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+mod build;
 mod deps;
+mod interop;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -25,6 +28,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
         Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("build") => build::build_images(&root),
+        Some("boot-test") => build::boot_test(&root),
+        Some("interop") => interop::run(&root),
+        Some("bench") => bench::run(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -56,6 +63,8 @@ fn test(root: &Path) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    interop::run(root)?;
+    build::boot_test(root)?;
     fuzz_replay(root)?;
     Ok(())
 }

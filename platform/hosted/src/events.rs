@@ -1,0 +1,1 @@
+//! events: work in progress (see issue 2).

@@ -1,0 +1,1 @@
+//! grants: work in progress (see issue 2).
