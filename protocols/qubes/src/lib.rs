@@ -1,5 +1,6 @@
 //! The Qubes protocols over vchan, each sans-IO: qrexec (agent and daemon sides), QubesDB (VM
-//! copy and dom0 daemon side), and the GUI protocol (agent and daemon decoder).
+//! copy and dom0 daemon side), the GUI protocol (agent and daemon decoder), and the qrexec
+//! policy (R4.1+ `policy.d` format) that dom0 evaluates.
 //!
 //! Layer: protocols (no_std + alloc). Trust: everything from the peer is hostile; lengths are
 //! capped by [`framing`] before allocation. Unsafe: none.
@@ -12,5 +13,6 @@ extern crate alloc;
 
 pub mod framing;
 pub mod gui;
+pub mod policy;
 pub mod qrexec;
 pub mod qubesdb;
