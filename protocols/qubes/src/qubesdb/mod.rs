@@ -1,1 +1,4 @@
-//! qubesdb: work in progress (see issue 2).
+//! QubesDB over vchan port 111: the wire format, the VM's local copy ([`Agent`]) and dom0's
+//! per-VM daemon side ([`Daemon`], for the simulator). No watches on the wire; they are local.
+
+pub mod wire;
