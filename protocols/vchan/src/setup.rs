@@ -1,0 +1,1 @@
+//! Blocking setup over the platform traits (work in progress).
