@@ -1,1 +1,655 @@
-//! events: work in progress (see issue 2).
+//! Hosted event channels: each handle owns a Unix datagram socket; each port is an entry
+//! `<run>/evtchn/d<dom>/<port>` that binding cross-links with its peer's; notify = one datagram.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use platform_api::{
+    DomId, Duration, Events, EvtchnPort, Notify, PlatformError, Port, PortSet, MAX_PORTS,
+};
+
+/// Environment variable holding the simulated domain's id.
+pub const ENV_DOMID: &str = "QUBES_HOSTED_DOMID";
+/// Environment variable holding the run directory shared by all simulated domains.
+pub const ENV_DIR: &str = "QUBES_HOSTED_DIR";
+
+/// Largest registry entry we read (two socket paths and three numbers).
+const MAX_ENTRY: u64 = 2048;
+/// A notification datagram: destination port, then sender domid, both u32 little-endian.
+const DGRAM_LEN: usize = 8;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The run directory and domid from [`ENV_DIR`] and [`ENV_DOMID`].
+pub fn env_domain() -> Result<(PathBuf, DomId), PlatformError> {
+    let dir =
+        std::env::var_os(ENV_DIR).ok_or(PlatformError::Unsupported("QUBES_HOSTED_DIR unset"))?;
+    let dom = std::env::var(ENV_DOMID)
+        .map_err(|_| PlatformError::Unsupported("QUBES_HOSTED_DOMID unset"))?;
+    let dom =
+        DomId::parse(&dom).map_err(|_| PlatformError::Unsupported("QUBES_HOSTED_DOMID invalid"))?;
+    Ok((PathBuf::from(dir), dom))
+}
+
+fn os(what: &'static str, e: &io::Error) -> PlatformError {
+    PlatformError::Os {
+        what,
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `<run>/evtchn/d<dom>`: the port registry of one domain.
+pub fn port_dir(run_dir: &Path, dom: DomId) -> PathBuf {
+    run_dir.join("evtchn").join(format!("d{}", dom.get()))
+}
+
+/// One registry entry: who may bind or is bound, and where to send notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    remote: DomId,
+    /// The peer's port once bound.
+    remote_port: Option<EvtchnPort>,
+    own_sock: PathBuf,
+    peer_sock: Option<PathBuf>,
+}
+
+impl Entry {
+    fn encode(&self) -> String {
+        let rp = self
+            .remote_port
+            .map_or_else(|| "-".to_string(), |p| p.get().to_string());
+        let ps = self
+            .peer_sock
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |p| p.display().to_string());
+        format!(
+            "{}\n{rp}\n{}\n{ps}\n",
+            self.remote.get(),
+            self.own_sock.display()
+        )
+    }
+
+    fn decode(s: &str) -> Option<Entry> {
+        let mut l = s.split('\n');
+        let remote = DomId::parse(l.next()?).ok()?;
+        let remote_port = match l.next()? {
+            "-" => None,
+            p => Some(EvtchnPort::parse(p).ok()?),
+        };
+        let own_sock = PathBuf::from(l.next()?);
+        let peer_sock = match l.next()? {
+            "-" => None,
+            p => Some(PathBuf::from(p)),
+        };
+        Some(Entry {
+            remote,
+            remote_port,
+            own_sock,
+            peer_sock,
+        })
+    }
+
+    fn read(path: &Path) -> Option<Entry> {
+        let mut s = String::new();
+        fs::File::open(path)
+            .ok()?
+            .take(MAX_ENTRY)
+            .read_to_string(&mut s)
+            .ok()?;
+        Self::decode(&s)
+    }
+}
+
+fn write_file(path: &Path, data: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(data.as_bytes())
+}
+
+/// Sends one notification for `port` of `me` to `to`; a gone peer is not an error.
+fn send(sock: &UnixDatagram, to: &Path, port: EvtchnPort, me: DomId) -> Result<(), PlatformError> {
+    let mut d = [0u8; DGRAM_LEN];
+    d[..4].copy_from_slice(&port.get().to_le_bytes());
+    d[4..].copy_from_slice(&u32::from(me.get()).to_le_bytes());
+    match sock.send_to(&d, to) {
+        Ok(_) => Ok(()),
+        // The peer's queue is full, so it has events pending and will wake anyway (like a
+        // pending bit already set); or the peer handle is gone (like an unbound channel).
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::NotFound
+            ) || e.raw_os_error() == Some(libc::ECONNREFUSED) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(os("send event", &e)),
+    }
+}
+
+/// Notifies through `port` of domain `me` without a handle, by reading the registry (used
+/// for the unmap-notify of the C shims). Unbound or closed ports are a silent no-op.
+pub fn notify_port(run_dir: &Path, me: DomId, port: EvtchnPort) -> Result<(), PlatformError> {
+    let Some(e) = Entry::read(&port_dir(run_dir, me).join(port.get().to_string())) else {
+        return Ok(());
+    };
+    let (Some(peer_sock), Some(rp)) = (e.peer_sock, e.remote_port) else {
+        return Ok(());
+    };
+    let sock = UnixDatagram::unbound().map_err(|e| os("socket", &e))?;
+    sock.set_nonblocking(true).map_err(|e| os("socket", &e))?;
+    send(&sock, &peer_sock, rp, me)
+}
+
+#[derive(Debug)]
+struct Inner {
+    run_dir: PathBuf,
+    me: DomId,
+    recv: UnixDatagram,
+    send: UnixDatagram,
+    sock_path: PathBuf,
+    /// Our open ports and the domain each belongs to.
+    ports: Mutex<HashMap<u32, DomId>>,
+}
+
+impl Inner {
+    fn ports(&self) -> MutexGuard<'_, HashMap<u32, DomId>> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dir(&self) -> PathBuf {
+        port_dir(&self.run_dir, self.me)
+    }
+
+    /// Registers `entry` under the lowest free port (atomic: write a private file, then
+    /// `link` it to the port name, which fails if the port is taken).
+    fn alloc_port(&self, entry: &Entry) -> Result<EvtchnPort, PlatformError> {
+        let dir = self.dir();
+        let tmp = dir.join(unique(".tmp-"));
+        write_file(&tmp, &entry.encode()).map_err(|e| os("write port entry", &e))?;
+        let mut res = Err(PlatformError::Full {
+            what: "event channel ports",
+        });
+        for p in 1..MAX_PORTS {
+            match fs::hard_link(&tmp, dir.join(p.to_string())) {
+                Ok(()) => {
+                    res = EvtchnPort::new(p).map_err(|_| PlatformError::Full {
+                        what: "event channel ports",
+                    });
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    res = Err(os("link port entry", &e));
+                    break;
+                }
+            }
+        }
+        let _ = fs::remove_file(&tmp);
+        let port = res?;
+        self.ports().insert(port.get(), entry.remote);
+        Ok(port)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.sock_path);
+    }
+}
+
+/// An event-channel handle of one domain: its ports and the socket they are signalled on.
+#[derive(Debug)]
+pub struct HostedEvents {
+    inner: Arc<Inner>,
+    /// The receive socket's current mode, to skip redundant `fcntl`/`setsockopt` calls.
+    mode: Option<Option<Duration>>,
+}
+
+impl HostedEvents {
+    /// A new handle for domain `me` of the run in `run_dir`.
+    pub fn new(run_dir: &Path, me: DomId) -> Result<Self, PlatformError> {
+        let dir = port_dir(run_dir, me);
+        fs::create_dir_all(&dir).map_err(|e| os("create port directory", &e))?;
+        let sock_path = dir.join(format!("{}.sock", unique("h")));
+        let recv = UnixDatagram::bind(&sock_path).map_err(|e| os("bind event socket", &e))?;
+        let send = UnixDatagram::unbound().map_err(|e| os("event socket", &e))?;
+        send.set_nonblocking(true)
+            .map_err(|e| os("event socket", &e))?;
+        let inner = Inner {
+            run_dir: run_dir.to_path_buf(),
+            me,
+            recv,
+            send,
+            sock_path,
+            ports: Mutex::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            mode: None,
+        })
+    }
+
+    /// A handle for the domain named by `QUBES_HOSTED_DIR` and `QUBES_HOSTED_DOMID`.
+    pub fn from_env() -> Result<Self, PlatformError> {
+        let (dir, me) = env_domain()?;
+        Self::new(&dir, me)
+    }
+
+    /// Our domain id.
+    pub fn domid(&self) -> DomId {
+        self.inner.me
+    }
+
+    fn set_mode(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.mode == Some(timeout) {
+            return Ok(());
+        }
+        let s = &self.inner.recv;
+        if timeout == Some(Duration::ZERO) {
+            s.set_nonblocking(true)?;
+        } else {
+            s.set_nonblocking(false)?;
+            s.set_read_timeout(timeout)?;
+        }
+        self.mode = Some(timeout);
+        Ok(())
+    }
+
+    /// Adds the port a datagram names to `set` if it is ours and came from its peer domain.
+    fn accept(&self, d: &[u8], set: &mut PortSet) {
+        let (Some(p), Some(from)) = (d.get(..4), d.get(4..DGRAM_LEN)) else {
+            return;
+        };
+        let p = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        let from = u32::from_le_bytes([from[0], from[1], from[2], from[3]]);
+        let (Ok(port), Ok(from)) = (EvtchnPort::new(p), DomId::new(from)) else {
+            return;
+        };
+        if d.len() == DGRAM_LEN && self.inner.ports().get(&p) == Some(&from) {
+            set.insert(port);
+        }
+    }
+}
+
+impl AsFd for HostedEvents {
+    /// The socket that becomes readable when a port is signalled, for poll-based loops.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.recv.as_fd()
+    }
+}
+
+impl AsRawFd for HostedEvents {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.recv.as_raw_fd()
+    }
+}
+
+impl Events for HostedEvents {
+    type Port = HostedPort;
+
+    fn alloc_unbound(&mut self, remote: DomId) -> Result<HostedPort, PlatformError> {
+        let entry = Entry {
+            remote,
+            remote_port: None,
+            own_sock: self.inner.sock_path.clone(),
+            peer_sock: None,
+        };
+        let port = self.inner.alloc_port(&entry)?;
+        Ok(HostedPort {
+            inner: self.inner.clone(),
+            port,
+            peer: Mutex::new(None),
+        })
+    }
+
+    fn bind_interdomain(
+        &mut self,
+        remote: DomId,
+        remote_port: EvtchnPort,
+    ) -> Result<HostedPort, PlatformError> {
+        let me = self.inner.me;
+        let theirs = port_dir(&self.inner.run_dir, remote).join(remote_port.get().to_string());
+        // Claim the unbound entry by renaming it: only one binder can win the rename.
+        let claim = theirs.with_file_name(unique(&format!(".claim-{}-", remote_port.get())));
+        fs::rename(&theirs, &claim).map_err(|_| PlatformError::BadPort(remote_port))?;
+        let restore = |e: PlatformError| {
+            let _ = fs::rename(&claim, &theirs);
+            e
+        };
+        let peer = match Entry::read(&claim) {
+            Some(e) if e.remote == me && e.remote_port.is_none() => e,
+            _ => return Err(restore(PlatformError::BadPort(remote_port))),
+        };
+        let mine = Entry {
+            remote,
+            remote_port: Some(remote_port),
+            own_sock: self.inner.sock_path.clone(),
+            peer_sock: Some(peer.own_sock.clone()),
+        };
+        let port = self.inner.alloc_port(&mine).map_err(restore)?;
+        let bound = Entry {
+            remote: me,
+            remote_port: Some(port),
+            own_sock: peer.own_sock.clone(),
+            peer_sock: Some(self.inner.sock_path.clone()),
+        };
+        let tmp = theirs.with_file_name(unique(".tmp-"));
+        let linked = write_file(&tmp, &bound.encode()).and_then(|()| fs::rename(&tmp, &theirs));
+        let _ = fs::remove_file(&claim);
+        if let Err(e) = linked {
+            let _ = fs::remove_file(&tmp);
+            return Err(os("update peer port entry", &e));
+        }
+        let peer_target = Some((peer.own_sock, remote_port));
+        Ok(HostedPort {
+            inner: self.inner.clone(),
+            port,
+            peer: Mutex::new(peer_target),
+        })
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<PortSet, PlatformError> {
+        let mut set = PortSet::new();
+        let mut buf = [0u8; 64];
+        self.set_mode(timeout)
+            .map_err(|e| os("event socket mode", &e))?;
+        match self.inner.recv.recv(&mut buf) {
+            Ok(n) => self.accept(buf.get(..n).unwrap_or(&[]), &mut set),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(set)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(set),
+            Err(e) => return Err(os("receive event", &e)),
+        }
+        // Drain the rest without blocking: one wakeup reports every pending port.
+        self.set_mode(Some(Duration::ZERO))
+            .map_err(|e| os("event socket mode", &e))?;
+        loop {
+            match self.inner.recv.recv(&mut buf) {
+                Ok(n) => self.accept(buf.get(..n).unwrap_or(&[]), &mut set),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// A bound (or allocated, not yet bound) port; dropping it closes the port.
+#[derive(Debug)]
+pub struct HostedPort {
+    inner: Arc<Inner>,
+    port: EvtchnPort,
+    /// The peer's socket and port once known (from binding, or read from our entry).
+    peer: Mutex<Option<(PathBuf, EvtchnPort)>>,
+}
+
+impl HostedPort {
+    /// The domain at the other end (or allowed to bind).
+    pub fn remote(&self) -> Option<DomId> {
+        self.inner.ports().get(&self.port.get()).copied()
+    }
+
+    /// Whether the peer has bound to this port (always true for `bind_interdomain` ports).
+    pub fn is_bound(&self) -> bool {
+        self.peer_target().is_some()
+    }
+
+    fn peer_target(&self) -> Option<(PathBuf, EvtchnPort)> {
+        let mut g = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let e = Entry::read(&self.inner.dir().join(self.port.get().to_string()))?;
+            *g = Some((e.peer_sock?, e.remote_port?));
+        }
+        g.clone()
+    }
+}
+
+impl Notify for HostedPort {
+    fn notify(&self) -> Result<(), PlatformError> {
+        match self.peer_target() {
+            Some((sock, rp)) => send(&self.inner.send, &sock, rp, self.inner.me),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Port for HostedPort {
+    fn port(&self) -> EvtchnPort {
+        self.port
+    }
+}
+
+impl Drop for HostedPort {
+    fn drop(&mut self) {
+        self.inner.ports().remove(&self.port.get());
+        let _ = fs::remove_file(self.inner.dir().join(self.port.get().to_string()));
+    }
+}
+
+/// A private directory under the system temp dir, removed on drop (tests only).
+#[cfg(test)]
+pub(crate) mod test_dir {
+    use std::path::{Path, PathBuf};
+
+    #[derive(Debug)]
+    pub(crate) struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub(crate) fn new() -> Self {
+            let p = std::env::temp_dir().join(super::unique("hosted-test-"));
+            std::fs::create_dir_all(&p).unwrap();
+            TestDir(p)
+        }
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_dir::TestDir;
+    use super::*;
+
+    fn dom(d: u32) -> DomId {
+        DomId::new(d).unwrap()
+    }
+
+    const SHORT: Option<Duration> = Some(Duration::from_millis(50));
+
+    #[test]
+    fn bind_notify_wait_both_ways() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let pb = b.bind_interdomain(dom(1), pa.port()).unwrap();
+        assert!(pa.is_bound() && pb.is_bound());
+        assert_eq!(pb.remote(), Some(dom(1)));
+        pb.notify().unwrap();
+        pb.notify().unwrap();
+        let got = a.wait(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(got.iter().collect::<Vec<_>>(), [pa.port()]);
+        assert!(
+            a.wait(Some(Duration::ZERO)).unwrap().is_empty(),
+            "wait drains every datagram"
+        );
+        let waiter = std::thread::spawn(move || (b.wait(None).unwrap(), pb.port()));
+        std::thread::sleep(Duration::from_millis(20));
+        pa.notify().unwrap();
+        let (set, port) = waiter.join().unwrap();
+        assert!(set.contains(port));
+    }
+
+    #[test]
+    fn ports_are_allocated_uniquely_per_domain() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut a2 = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let p1 = a.alloc_unbound(dom(2)).unwrap();
+        let p2 = a2.alloc_unbound(dom(2)).unwrap();
+        assert_eq!((p1.port().get(), p2.port().get()), (1, 2));
+        drop(p1);
+        assert_eq!(
+            a2.alloc_unbound(dom(3)).unwrap().port().get(),
+            1,
+            "closed ports are reused"
+        );
+    }
+
+    #[test]
+    fn wait_times_out_empty() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let _p = a.alloc_unbound(dom(2)).unwrap();
+        let start = std::time::Instant::now();
+        assert!(a.wait(SHORT).unwrap().is_empty());
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        assert!(a.wait(Some(Duration::ZERO)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn notify_on_unbound_or_closed_peer_is_a_no_op() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        pa.notify().unwrap();
+        let pb = b.bind_interdomain(dom(1), pa.port()).unwrap();
+        drop(pb);
+        pa.notify().unwrap();
+        assert!(
+            b.wait(SHORT).unwrap().is_empty(),
+            "a closed port is not reported"
+        );
+        drop(b);
+        pa.notify().unwrap();
+    }
+
+    #[test]
+    fn bind_refuses_port_offered_to_another_domain() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut c = HostedEvents::new(t.path(), dom(3)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        assert_eq!(
+            c.bind_interdomain(dom(1), pa.port()).unwrap_err(),
+            PlatformError::BadPort(pa.port())
+        );
+        // The refused bind left the offer intact for the right domain.
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        b.bind_interdomain(dom(1), pa.port()).unwrap();
+    }
+
+    #[test]
+    fn bind_refuses_already_bound_and_missing_ports() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let _pb = b.bind_interdomain(dom(1), pa.port()).unwrap();
+        assert!(b.bind_interdomain(dom(1), pa.port()).is_err());
+        let p9 = EvtchnPort::new(9).unwrap();
+        assert_eq!(
+            b.bind_interdomain(dom(1), p9).unwrap_err(),
+            PlatformError::BadPort(p9)
+        );
+    }
+
+    #[test]
+    fn closing_a_port_unlinks_its_entry() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let entry = port_dir(t.path(), dom(1)).join(pa.port().get().to_string());
+        assert!(entry.exists());
+        drop(pa);
+        assert!(!entry.exists());
+        drop(a);
+        assert_eq!(
+            fs::read_dir(port_dir(t.path(), dom(1))).unwrap().count(),
+            0,
+            "socket removed too"
+        );
+    }
+
+    #[test]
+    fn hostile_datagrams_are_ignored() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let s = UnixDatagram::unbound().unwrap();
+        let p = pa.port().get().to_le_bytes();
+        // Wrong sender domain, short, long, port 0, port out of range.
+        s.send_to(&[p[0], p[1], p[2], p[3], 3, 0, 0, 0], &a.inner.sock_path)
+            .unwrap();
+        s.send_to(&p, &a.inner.sock_path).unwrap();
+        s.send_to(&[p[0], p[1], p[2], p[3], 2, 0, 0, 0, 0], &a.inner.sock_path)
+            .unwrap();
+        s.send_to(&[0, 0, 0, 0, 2, 0, 0, 0], &a.inner.sock_path)
+            .unwrap();
+        s.send_to(&[0, 0x10, 0, 0, 2, 0, 0, 0], &a.inner.sock_path)
+            .unwrap();
+        assert!(a.wait(SHORT).unwrap().is_empty());
+        s.send_to(&[p[0], p[1], p[2], p[3], 2, 0, 0, 0], &a.inner.sock_path)
+            .unwrap();
+        assert!(a.wait(SHORT).unwrap().contains(pa.port()));
+    }
+
+    #[test]
+    fn hostile_registry_entry_is_refused() {
+        let t = TestDir::new();
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let dir = port_dir(t.path(), dom(1));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("5"), "2\nnot-a-port\n/x\n-\n").unwrap();
+        let p5 = EvtchnPort::new(5).unwrap();
+        assert_eq!(
+            b.bind_interdomain(dom(1), p5).unwrap_err(),
+            PlatformError::BadPort(p5)
+        );
+        assert!(dir.join("5").exists(), "a refused bind restores the entry");
+    }
+
+    #[test]
+    fn notify_port_by_number_reaches_the_peer() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let pb = b.bind_interdomain(dom(1), pa.port()).unwrap();
+        notify_port(t.path(), dom(2), pb.port()).unwrap();
+        assert!(a
+            .wait(Some(Duration::from_secs(5)))
+            .unwrap()
+            .contains(pa.port()));
+        notify_port(t.path(), dom(2), EvtchnPort::new(77).unwrap()).unwrap();
+    }
+}
