@@ -1,0 +1,3 @@
+//! Tests of the qrexec module: vectors both ways, properties, transcripts and hostile peers.
+
+mod vectors;
