@@ -85,7 +85,7 @@ pub struct Interest {
 }
 
 #[derive(Debug)]
-struct Core<M, N> {
+pub(crate) struct Core<M, N> {
     side: Side,
     ctrl: M,
     left: Option<M>,
@@ -387,6 +387,29 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
         Ok(true)
     }
 
+    /// Test hook: moves all four indexes of an empty, fresh channel to `start` (both ends
+    /// must call it before any transfer), to exercise u32 wrap-around without 4 GiB of data.
+    #[cfg(test)]
+    pub(crate) fn restart_at(&mut self, start: u32) {
+        for off in [0, 4, 8, 12] {
+            self.ctrl.store_u32(off, start, Release).unwrap();
+        }
+        for (ring, role) in [
+            (self.side.rx(), Role::Consumer),
+            (self.side.tx(), Role::Producer),
+        ] {
+            let mem = Joined {
+                ctrl: &self.ctrl,
+                pages: self.pages(ring),
+            };
+            let r = ByteRing::attach(&mem, self.geometry.ring_layout(ring), role).unwrap();
+            match role {
+                Role::Consumer => self.rx = r,
+                Role::Producer => self.tx = r,
+            }
+        }
+    }
+
     fn close(&mut self) -> Result<(), Error> {
         if self.failed == Some(Error::Closed) {
             return Ok(());
@@ -467,13 +490,18 @@ macro_rules! endpoint_api {
         pub fn control_page(&self) -> &M {
             &self.core.ctrl
         }
+
+        /// The separate pages of one ring (`None` for an in-page ring).
+        pub fn ring_pages(&self, ring: Ring) -> Option<&M> {
+            self.core.pages(ring)
+        }
     };
 }
 
 /// The server end: grants the pages, reads the left ring, writes the right ring.
 #[derive(Debug)]
 pub struct Server<M, N> {
-    core: Core<M, N>,
+    pub(crate) core: Core<M, N>,
 }
 
 impl<M: SharedMem, N: Notify> Server<M, N> {
@@ -522,7 +550,7 @@ impl<M: SharedMem, N: Notify> Server<M, N> {
 /// The client end: maps the server's pages, writes the left ring, reads the right ring.
 #[derive(Debug)]
 pub struct Client<M, N> {
-    core: Core<M, N>,
+    pub(crate) core: Core<M, N>,
 }
 
 impl<M: SharedMem, N: Notify> Client<M, N> {
