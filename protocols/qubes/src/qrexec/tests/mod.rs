@@ -1,3 +1,7 @@
 //! Tests of the qrexec module: vectors both ways, properties, transcripts and hostile peers.
 
+mod hostile;
+mod pair;
+mod prop;
+mod transcript;
 mod vectors;
