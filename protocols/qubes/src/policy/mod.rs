@@ -1,20 +1,17 @@
-//! The qrexec policy of Qubes R4.1+ (`/etc/qubes/policy.d/*.policy`): parser, loader and the
-//! evaluator dom0's policy daemon runs for each call (reference/qrexec.md §7–8, \[QX\] `parser.py`).
-//!
-//! Trust: policy files are admin input, but they are parsed without panics, with bounded
-//! includes and rule counts, and every refusal names `file:line`. Requests are peer input.
-//! Fail closed: a load error means every call is denied; no matching rule means deny.
+//! Qubes R4.1+ qrexec policy (`policy.d`, reference/qrexec.md §7–8): parse, load, evaluate.
+//! Fail closed: a load error or no matching rule denies; every refusal names `file:line`.
 
 mod eval;
 mod load;
 mod parse;
 mod rule;
+mod system;
 #[cfg(test)]
 mod tests;
 
 use alloc::vec::Vec;
 
-pub use eval::{CallTarget, Decision, DenyReason, Qube, Request, System};
+pub use eval::{CallTarget, Decision, DenyReason, Request};
 pub use load::{
     resolve_path, select_policy_files, Limits, LoadError, NoFiles, Origin, PolicyError, PolicyFile,
     PolicyRule, PolicySource, SourceError, LEGACY_POLICY_DIR, POLICY_DIR, RUNTIME_POLICY_DIR,
@@ -26,6 +23,7 @@ pub use parse::{
 pub use rule::{
     Action, ArgPattern, Column, QubeRef, QubeType, Rule, ServicePattern, Token, DOM0_UUID,
 };
+pub use system::{Qube, System};
 
 /// A loaded policy: its rules in evaluation order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,7 +53,8 @@ impl Policy {
     }
 
     /// Loads the policy directories, earlier ones shadowing later ones by file name, e.g.
-    /// `[RUNTIME_POLICY_DIR, POLICY_DIR]`.
+    /// `[RUNTIME_POLICY_DIR, POLICY_DIR]`. On an error the daemon must deny every call, as
+    /// Qubes does; [`Policy::default`] (no rules) does exactly that.
     pub fn load(
         src: &dyn PolicySource,
         dirs: &[&str],

@@ -69,7 +69,8 @@ fn system() -> System {
     .add(
         Qube::new("fb-viewer-dvm", QubeType::AppVM)
             .dispvm_template()
-            .tag("viewer"),
+            .tag("viewer")
+            .uuid("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
     )
     .add(Qube::new("notdvm", QubeType::AppVM).default_dispvm("work"))
     .add(Qube::new("fedora-41", QubeType::TemplateVM))
@@ -194,6 +195,16 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("ask_autostart_filters", "svc * work @default ask autostart=no\nsvc * work @tag:vault allow", "svc", "work", "", "ask [ssh-vault]"),
     ("ask_dispvm_default", "svc * work @default ask default_target=@dispvm\nsvc * work @dispvm allow", "svc", "work", "", "ask [@dispvm:default-dvm] default=@dispvm:default-dvm"),
     ("ask_user", "svc * work vault ask user=user", "svc", "work", "vault", "ask [vault] user=user"),
+    ("redirect_dispvm_not_template", "svc * @anyvm @default allow target=@dispvm:vault", "svc", "work", "", "deny (not a template for disposables)"),
+    ("redirect_uuid", "svc * @anyvm @default allow target=uuid:11111111-2222-3333-4444-555555555555", "svc", "personal", "", "allow work"),
+    ("dispvm_uuid_token_upper_case", "svc * @anyvm @dispvm:uuid:AAAAAAAA-bbbb-cccc-dddd-eeeeeeeeeeee allow", "svc", "work", "@dispvm:fb-viewer-dvm", "allow @dispvm:fb-viewer-dvm"),
+    ("dispvm_uuid_request", "svc * @anyvm @dispvm:fb-viewer-dvm allow", "svc", "work", "@dispvm:uuid:aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "allow @dispvm:fb-viewer-dvm"),
+    ("ask_redirect_dispvm_no_default", "svc * untrusted @default ask target=@dispvm", "svc", "untrusted", "", "deny (policy t.policy:1 asks, but offers no target)"),
+    ("adminvm_source", "svc * @adminvm work allow", "svc", "dom0", "work", "allow work"),
+    ("type_adminvm_source", "svc * @type:AdminVM work allow", "svc", "dom0", "work", "allow work"),
+    ("star_source_dom0", "svc * * work allow", "svc", "dom0", "work", "allow work"),
+    ("arg_with_plus_inside", "svc +a+b work vault allow", "svc+a+b", "work", "vault", "allow vault"),
+    ("dom0_source_never_offered_itself", "svc * dom0 @default ask\nsvc * dom0 * allow", "svc", "dom0", "", "ask [default-dvm,disp42,fb-viewer-dvm,fedora-41,notdvm,personal,ssh-vault,standalone,untrusted,vault,work,@dispvm:default-dvm,@dispvm:fb-viewer-dvm]"),
 ];
 
 #[test]
@@ -256,6 +267,23 @@ fn refused_lines_name_file_and_line() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn hostile_long_token_error_stays_short() {
+    let line = format!("svc * work vault {}\n", "x".repeat(100_000));
+    let e = Policy::parse("t.policy", &line).unwrap_err().to_string();
+    assert!(e.len() < 120 && !e.contains('\n'), "{e}");
+    assert!(e.starts_with("t.policy:1: unknown action 'xxxx"), "{e}");
+}
+
+#[test]
+fn empty_policy_denies_everything() {
+    let p = Policy::default();
+    assert_eq!(
+        render(&p.evaluate(&system(), &Request::from_call("svc", "work", "vault"))),
+        "deny (no matching rule found)"
+    );
 }
 
 #[test]
