@@ -297,6 +297,12 @@ impl Ord for QdbPath {
         self.as_bytes().cmp(other.as_bytes())
     }
 }
+// Eq, Ord and Hash all follow `as_bytes`, so maps keyed by paths can be searched by bytes.
+impl core::borrow::Borrow<[u8]> for QdbPath {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
 impl core::hash::Hash for QdbPath {
     fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state);
