@@ -14,4 +14,7 @@
 
 extern crate alloc;
 
+pub mod blocking;
+pub mod client;
+pub mod server;
 pub mod wire;
