@@ -1,11 +1,85 @@
 //! `cargo xtask bench <what>`: benchmarks that print a table with ratios against a baseline
-//! measured in the same run. (Owned by the hosted-backend work; not built yet.)
+//! measured in the same run. `vchan`: throughput of ours and libxenvchan over the hosted shims.
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+
+use crate::interop::interop_build;
+use crate::interop::interop_harness::Impl;
+use crate::interop::{transfer, Transfer};
+
+/// Bytes per measured transfer (server → client).
+const BENCH_BYTES: u64 = 512 << 20;
+/// Measured runs per pair; the best is reported (least disturbed by other load).
+const RUNS: usize = 3;
 
 /// Runs a benchmark by name.
-pub fn run(_root: &Path, args: &[String]) -> Result<()> {
-    anyhow::bail!("no benchmark {:?} exists yet", args.first())
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("vchan") => vchan(root),
+        other => bail!("no benchmark {other:?}; available: vchan"),
+    }
+}
+
+fn mib_per_s(bytes: u64, ns: u64) -> f64 {
+    (bytes as f64 / (1 << 20) as f64) / (ns.max(1) as f64 / 1e9)
+}
+
+fn vchan(root: &Path) -> Result<()> {
+    let art = interop_build::build(root)?;
+    use Impl::{Libxenvchan as C, Ours as R};
+    let pairs = [(C, C), (R, R), (R, C), (C, R)];
+    let rings = [
+        (65536usize, "64 KiB rings"),
+        (2048, "in-page 1/2 KiB rings"),
+    ];
+    println!(
+        "vchan throughput, server -> client, {} MiB per run, best of {RUNS}, hosted shims",
+        BENCH_BYTES >> 20
+    );
+    println!(
+        "{:<18} {:<28} {:>10} {:>8}",
+        "rings", "server <-> client", "MiB/s", "ratio"
+    );
+    for (ring, ring_name) in rings {
+        let (left, right) = if ring == 2048 {
+            (1024, 2048)
+        } else {
+            (ring, ring)
+        };
+        let mut baseline = None;
+        for (s, c) in pairs {
+            let t = Transfer {
+                server: s,
+                client: c,
+                left_min: left,
+                right_min: right,
+                s2c: if ring == 2048 {
+                    BENCH_BYTES / 4
+                } else {
+                    BENCH_BYTES
+                },
+                c2s: 0,
+                closer: None,
+                bench: true,
+            };
+            let mut best = 0f64;
+            for i in 0..RUNS {
+                let o = transfer(&art, 700 + i as u32, &t)?;
+                best = best.max(mib_per_s(t.s2c, o.client.ns));
+            }
+            let base = *baseline.get_or_insert(best);
+            let label = format!("{} <-> {}", s.name(), c.name());
+            println!(
+                "{:<18} {:<28} {:>10.0} {:>7.2}x",
+                ring_name,
+                label,
+                best,
+                best / base
+            );
+        }
+    }
+    println!("ratio: against libxenvchan <-> libxenvchan with the same rings (target: ours <-> ours >= 1.00x)");
+    Ok(())
 }
