@@ -1,6 +1,7 @@
 use super::*;
 use crate::framing::FrameReader;
 use alloc::vec;
+use alloc::vec::Vec;
 use proptest::prelude::*;
 use test_vectors::Vector;
 
