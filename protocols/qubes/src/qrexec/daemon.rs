@@ -104,6 +104,7 @@ pub struct Daemon {
     version: Option<u32>,
     /// Data port `FIRST_DATA_PORT + i` is allocated to `ports[i]`.
     ports: [Option<DomId>; DATA_PORT_COUNT as usize],
+    default_user: Option<String>,
     error: Option<Error>,
 }
 
@@ -116,6 +117,7 @@ impl Daemon {
             events: EventQueue::new(limits.max_events.max(1)),
             version: None,
             ports: [None; DATA_PORT_COUNT as usize],
+            default_user: None,
             error: None,
         }
     }
@@ -298,10 +300,25 @@ impl Daemon {
         }
     }
 
+    /// The VM's `default_user`, put in place of a `DEFAULT:` user by [`exec`](Self::exec).
+    pub fn set_default_user(&mut self, user: &str) -> Result<(), Error> {
+        if user.is_empty() || user.len() > 64 || user.bytes().any(|b| b == 0 || b == b':') {
+            return Err(Error::InvalidArgument("default user"));
+        }
+        self.default_user = Some(String::from(user));
+        Ok(())
+    }
+
     /// Sends `cmdline` (`user:…`, no NUL) to the agent to run with I/O (or, `just_exec`, without),
-    /// its data channel going to `peer` on a newly allocated port, which is returned.
+    /// its data channel going to `peer` on a newly allocated port, which is returned. A
+    /// `DEFAULT:` user becomes the default user, if one is set.
     pub fn exec(&mut self, peer: DomId, cmdline: &[u8], just_exec: bool) -> Result<u32, Error> {
         self.live()?;
+        let replaced = match (cmdline.strip_prefix(b"DEFAULT:"), &self.default_user) {
+            (Some(rest), Some(user)) => Some([user.as_bytes(), b":", rest].concat()),
+            _ => None,
+        };
+        let cmdline = replaced.as_deref().unwrap_or(cmdline);
         if cmdline.contains(&0) || EXEC_PARAMS_LEN + cmdline.len() + 1 > MAX_CONTROL_BODY {
             return Err(Error::InvalidArgument("command line"));
         }

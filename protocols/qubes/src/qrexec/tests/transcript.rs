@@ -394,3 +394,25 @@ fn caller_sends_stdin_eof_when_exit_code_arrives_first() {
         Err(Error::NotAllowed("data after EOF"))
     );
 }
+
+#[test]
+fn daemon_replaces_default_user() {
+    let mut p = control(usize::MAX);
+    p.b.set_default_user("user").unwrap();
+    p.b.exec(dom(4), b"DEFAULT:QUBESRPC qubes.Filecopy+ src", false)
+        .unwrap();
+    p.drive().unwrap();
+    let (a, _) = p.take_events();
+    let agent::Event::Exec {
+        command: Ok(Command::Service(call)),
+        ..
+    } = &a[0]
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(call.user, "user");
+    assert_eq!(
+        p.b.set_default_user("a:b"),
+        Err(Error::InvalidArgument("default user"))
+    );
+}
