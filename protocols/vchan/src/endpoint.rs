@@ -304,9 +304,12 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
         // once we see it closed, every byte it sent is already visible.
         let peer = self.peer_state()?;
         let ready = self.ready_for(buf.len())?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if ready == 0 {
             return match peer {
-                PeerState::Closed if !buf.is_empty() => Err(Error::PeerClosed),
+                PeerState::Closed => Err(Error::PeerClosed),
                 _ => Ok(0),
             };
         }
