@@ -1,5 +1,5 @@
 //! The two ends of a vchan, [`Server`] and [`Client`], over one non-blocking core that follows
-//! libxenvchan's `io.c` [X]: stream reads/writes, the notify-bit protocol, liveness, close.
+//! libxenvchan's `io.c` \[X\]: stream reads/writes, the notify-bit protocol, liveness, close.
 
 use alloc::vec::Vec;
 
@@ -139,11 +139,10 @@ fn ring_error(ring: Ring, e: RingError) -> Error {
             size,
         }),
         RingError::Mem(m) => Error::Mem(m),
-        // The layout comes from a validated geometry, so its size is always a power of two.
-        RingError::BadSize(size) => Error::Peer(PeerError::BadIndex {
+        // Unreachable: layouts come from a validated geometry (power-of-two sizes).
+        RingError::BadSize(size) => Error::Layout(LayoutError::BadOrder {
             ring,
-            in_flight: 0,
-            size,
+            order: size.trailing_zeros() as u16,
         }),
     }
 }
@@ -508,7 +507,7 @@ pub struct Server<M, N> {
 }
 
 impl<M: SharedMem, N: Notify> Server<M, N> {
-    /// Initializes a freshly granted control page like `init_gnt_srv` [X]: zeroes it, sets the
+    /// Initializes a freshly granted control page like `init_gnt_srv` \[X\]: zeroes it, sets the
     /// orders, `cli_live = 2`, `srv_live = 1`, `cli_notify = WRITE`, and `grants[]` (left
     /// ring's pages first). `left`/`right` are the ring pages for orders ≥ 12, else `None`.
     pub fn new(

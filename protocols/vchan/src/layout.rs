@@ -1,5 +1,5 @@
-//! The `vchan_interface` control page (libxenvchan.h [X]): a checked view, its `Repr`, and the
-//! ring geometry rules of `init.c` [X] (order limits, in-page rings, grant slots, server sizing).
+//! The `vchan_interface` control page (libxenvchan.h \[X\]): a checked view, its `Repr`, and the
+//! ring geometry rules of `init.c` \[X\] (order limits, in-page rings, grant slots, server sizing).
 //!
 //! Contract (smoltcp `wire`): once [`VchanInterface::new_checked`] passes, no accessor panics;
 //! grant slots past the buffer are `None`. Input is checked, output is not.
@@ -99,7 +99,7 @@ pub struct Geometry {
     right_order: u16,
 }
 
-/// Smallest page-ring order whose ring holds `size` bytes (`min_order` in init.c [X]).
+/// Smallest page-ring order whose ring holds `size` bytes (`min_order` in init.c \[X\]).
 fn min_page_order(size: usize) -> u16 {
     let mut order = PAGE_ORDER;
     while size > (1usize << order) {
@@ -109,7 +109,7 @@ fn min_page_order(size: usize) -> u16 {
 }
 
 impl Geometry {
-    /// Checks orders as a client must before mapping anything (`init_gnt_cli` [X], plus the
+    /// Checks orders as a client must before mapping anything (`init_gnt_cli` \[X\], plus the
     /// grant-slot limit that C leaves unchecked).
     pub fn new(left_order: u16, right_order: u16) -> Result<Self, LayoutError> {
         for (ring, order) in [(Ring::Left, left_order), (Ring::Right, right_order)] {
@@ -132,7 +132,7 @@ impl Geometry {
         Ok(g)
     }
 
-    /// The orders `libxenvchan_server_init(left_min, right_min)` picks [X]: in-page rings when
+    /// The orders `libxenvchan_server_init(left_min, right_min)` picks \[X\]: in-page rings when
     /// both fit (10/11, else 11/10), else one 2048-byte in-page ring where a side fits it, the
     /// rest in the fewest pages. Qubes' `libvchan_server_init(dom, port, read_min, write_min)`
     /// passes `read_min` as `left_min`.

@@ -1,10 +1,5 @@
-//! Blocking vchan setup over the platform traits (`libxenvchan_server_init`/`client_init` [X],
-//! Qubes' path convention [QV]) and blocking read/write helpers for single-channel users.
-//!
-//! The blocking helpers call [`Events::wait`], which returns (and clears) the pending events of
-//! *every* port of that `Events`, not just this channel's. An owner of several channels must
-//! run its own loop (with [`Server::prepare_wait`]/[`Client::prepare_wait`]) and dispatch the
-//! returned ports; these helpers are for tests, benches and single-channel tools.
+//! Blocking vchan setup over the platform traits (`libxenvchan_server_init`/`client_init` \[X\],
+//! Qubes' path convention \[QV\]) and blocking read/write helpers for single-channel users.
 
 use alloc::format;
 use alloc::string::String;
@@ -48,8 +43,8 @@ impl XsDir {
     }
 
     /// Removes the directory, and for a Qubes path the `<client_domid>` directory if it is now
-    /// empty (`libvchan_wait` [QV]). Call it on the first wait after the client connected.
-    /// An already-removed directory is not an error.
+    /// empty (`libvchan_wait` \[QV\]). Call it on the first wait after the client connected,
+    /// and on close if that never happened (`close_xs_srv` \[X\]). Removing twice is fine.
     pub fn remove<S: Store>(&self, store: &mut S) -> Result<(), StoreError> {
         match store.rm(Tx::NONE, &self.path) {
             Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
@@ -89,7 +84,7 @@ pub fn own_domid<S: Store>(store: &mut S) -> Result<DomId, SetupError> {
 }
 
 /// A Qubes server for `peer` on `port` (`libvchan_server_init(peer, port, read_min,
-/// write_min)` [QV]): `read_min` sizes the left ring (what we read), `write_min` the right.
+/// write_min)` \[QV\]): `read_min` sizes the left ring (what we read), `write_min` the right.
 pub fn server_init<G: Grants, E: Events, S: Store>(
     grants: &mut G,
     events: &mut E,
@@ -113,7 +108,7 @@ pub fn server_init<G: Grants, E: Events, S: Store>(
 }
 
 /// A server advertised at `xs_path` (`libxenvchan_server_init(domain, xs_path, left_min,
-/// right_min)` [X]): allocates an unbound port for `peer`, shares the control page and ring
+/// right_min)` \[X\]): allocates an unbound port for `peer`, shares the control page and ring
 /// pages writable, initializes the page, then writes `ring-ref` and `event-channel` in one
 /// transaction with permissions `n<own>`, `r<peer>`.
 pub fn server_init_at<G: Grants, E: Events, S: Store>(
@@ -218,7 +213,7 @@ pub fn client_init<G: Grants, E: Events, S: Store>(
     client_init_at(grants, events, store, server, &path)
 }
 
-/// A client of the server advertised at `xs_path` (`libxenvchan_client_init` [X]): reads
+/// A client of the server advertised at `xs_path` (`libxenvchan_client_init` \[X\]): reads
 /// `ring-ref` and `event-channel` (0 is refused), binds the port, maps the control page
 /// writable, validates the orders, maps the left ring writable and the right ring read-only,
 /// then attaches (sets `cli_live = 1`, `srv_notify = WRITE`, notifies).
@@ -278,6 +273,11 @@ impl_stream!(Server);
 impl_stream!(Client);
 
 /// One wait; a wait that ends with no event at all is a timeout.
+///
+/// [`Events::wait`] returns (and clears) the pending events of *every* port of that `Events`,
+/// not just this channel's, so the blocking helpers swallow other channels' wakeups. An owner
+/// of several channels runs its own loop with `prepare_wait` and dispatches the returned ports;
+/// these helpers are for tests, benches and single-channel tools.
 fn wait_once<E: Events>(events: &mut E, timeout: Option<Duration>) -> Result<(), Error> {
     let ports = events.wait(timeout).map_err(Error::Wait)?;
     if ports.is_empty() {
@@ -286,7 +286,7 @@ fn wait_once<E: Events>(events: &mut E, timeout: Option<Duration>) -> Result<(),
     Ok(())
 }
 
-/// Reads at least one byte, waiting as needed. `Ok(0)`: end of stream (the peer closed and
+/// Reads at least one byte, waiting as needed (single-channel users only, see `wait_once`). `Ok(0)`: end of stream (the peer closed and
 /// everything was read). `timeout` bounds each wait: `Err(Timeout)` when a wait sees no event.
 pub fn read_blocking<V: Stream, E: Events>(
     v: &mut V,
