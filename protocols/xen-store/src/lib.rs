@@ -3,7 +3,8 @@
 //!
 //! Layer: protocols (no_std + alloc). [`wire`] turns bytes into typed requests and replies;
 //! [`client`] tracks request ids, watch events and transactions; [`blocking`] drives it over any
-//! [`blocking::Transport`] as a `platform_api::Store`; [`server`] is the daemon core.
+//! [`blocking::Transport`] as a `platform_api::Store`; [`ring`] carries the bytes over the shared
+//! `xenstore_domain_interface` page; [`server`] is the daemon core.
 //! Trust: everything from the peer is hostile: replies and events from xenstored (client side),
 //! requests from any domain (server side). Declared lengths are checked against
 //! `XENSTORE_PAYLOAD_MAX` before any allocation; a broken peer gets a typed error, never a panic.
@@ -16,5 +17,6 @@ extern crate alloc;
 
 pub mod blocking;
 pub mod client;
+pub mod ring;
 pub mod server;
 pub mod wire;
