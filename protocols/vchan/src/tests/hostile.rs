@@ -197,3 +197,24 @@ fn peer_clearing_our_notify_byte_only_costs_wakeups() {
     }
     assert!(sn.count() <= 100);
 }
+
+#[test]
+fn server_refuses_grant_list_not_matching_orders() {
+    let g = Geometry::new(12, 13).unwrap();
+    let e = crate::Server::new(
+        HeapMem::new(PAGE_SIZE),
+        g,
+        Some(HeapMem::new(4096)),
+        Some(HeapMem::new(8192)),
+        &[platform_api::GrantRef(1)],
+        TestNotify::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        LayoutError::GrantCount {
+            given: 1,
+            needed: 3
+        }
+    );
+}

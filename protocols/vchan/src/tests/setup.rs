@@ -383,3 +383,31 @@ fn threaded_64mib_each_way() {
     threaded(64 << 20, 65536, 65536);
     threaded(64 << 20, 1 << 20, 4096);
 }
+
+#[test]
+fn hostile_grant_refs_in_control_page_refused_by_mapping() {
+    let hub = Hub::new();
+    let mut sd = hub.domain(SRV);
+    let mut cd = hub.domain(CLI);
+    let (s, _d) = server_init(
+        &mut sd.grants,
+        &mut sd.events,
+        &mut sd.store,
+        dom(CLI),
+        701,
+        4096,
+        4096,
+    )
+    .unwrap();
+    // Point the left ring's grant at a ref that was never granted to the client.
+    s.control_page()
+        .store_u32(24, 0xDEAD, platform_api::Ordering::SeqCst)
+        .unwrap();
+    let e = client_init(&mut cd.grants, &mut cd.events, &mut cd.store, dom(SRV), 701).unwrap_err();
+    assert_eq!(
+        e,
+        SetupError::Platform(platform_api::PlatformError::BadGrant(
+            platform_api::GrantRef(0xDEAD)
+        ))
+    );
+}
