@@ -58,7 +58,7 @@ fn exported(map: &str) -> Vec<String> {
 
 /// Builds everything (release) and returns where it is.
 pub fn build(root: &Path) -> Result<Artifacts> {
-    crate::deps::ensure_test_deps()?;
+    crate::deps::apt_install(&["libxen-dev", "libxenmisc4.17", "gcc"])?;
     run(crate::cargo().args(["build", "--release", "-p", "xen-shims", "--lib"]))?;
     run(crate::cargo().args([
         "build",

@@ -43,7 +43,7 @@ pub struct Sim {
 static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Sim {
-    /// Starts a xenstored for domains `doms` (dom0 is always there) in a fresh run directory.
+    /// Starts a xenstored serving domains `doms` in a fresh run directory.
     pub fn start(art: &Artifacts, doms: &[u16]) -> Result<Sim> {
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = if Path::new("/dev/shm").is_dir() {
@@ -60,16 +60,15 @@ impl Sim {
             daemon: None,
         };
         let mut cmd = Command::new(&art.xenstored);
-        cmd.arg(&sim.run_dir);
-        for d in doms {
-            cmd.arg(d.to_string());
-        }
+        let list: Vec<String> = doms.iter().map(u16::to_string).collect();
+        cmd.arg(&sim.run_dir).arg("--domains").arg(list.join(","));
         let child = cmd
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {:?}", art.xenstored))?;
         sim.daemon = Some(child);
-        for d in std::iter::once(&0).chain(doms) {
+        for d in doms {
             let sock = sim.run_dir.join("xenstore").join(format!("d{d}.sock"));
             wait_for(Duration::from_secs(10), || sock.exists())
                 .with_context(|| format!("xenstored socket {sock:?}"))?;

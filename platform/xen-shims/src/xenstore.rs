@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::{Mutex, MutexGuard};
 
-use platform_api::{Access, DomId, Perm, Store, StoreError, Tx};
+use platform_api::{Access, DomId, Perm, PlatformError, Store, StoreError, Tx};
 
 use crate::cutil::{set_errno, store_errno};
 
@@ -36,8 +36,11 @@ pub struct XsPermissions {
 }
 
 fn connect() -> Result<Box<dyn Store + Send>, StoreError> {
-    // The hosted store client is not in platform-hosted yet.
-    Err(StoreError::Disconnected)
+    match platform_hosted::store::connect_from_env() {
+        Ok(s) => Ok(Box::new(s)),
+        Err(PlatformError::Store(e)) => Err(e),
+        Err(_) => Err(StoreError::Disconnected),
+    }
 }
 
 impl Handle {

@@ -169,47 +169,46 @@ impl SharedMem for Mapping {
 
     fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         self.check(offset, buf.len(), 1, false)?;
-        let mut i = 0;
-        // Word-sized relaxed atomics where aligned: fast, and race-free under Rust's model
-        // even while the peer writes.
-        while i < buf.len() {
-            let o = offset + i;
-            if o.is_multiple_of(8) && buf.len() - i >= 8 {
-                let w = self.u64_at(o).load(Ordering::Relaxed).to_ne_bytes();
-                if let Some(dst) = buf.get_mut(i..i + 8) {
-                    dst.copy_from_slice(&w);
-                }
-                i += 8;
-            } else {
-                if let Some(b) = buf.get_mut(i) {
-                    *b = self.u8_at(o).load(Ordering::Relaxed);
-                }
-                i += 1;
-            }
+        // Bytes up to 8-alignment, then whole words, then the tail: relaxed atomics compile
+        // to plain moves and stay race-free under Rust's model while the peer writes.
+        let head = ((8 - offset % 8) % 8).min(buf.len());
+        let (head_buf, rest) = buf.split_at_mut(head);
+        for (i, b) in head_buf.iter_mut().enumerate() {
+            *b = self.u8_at(offset + i).load(Ordering::Relaxed);
+        }
+        let mut o = offset + head;
+        let mut words = rest.chunks_exact_mut(8);
+        for w in &mut words {
+            w.copy_from_slice(&self.u64_at(o).load(Ordering::Relaxed).to_ne_bytes());
+            o += 8;
+        }
+        for b in words.into_remainder() {
+            *b = self.u8_at(o).load(Ordering::Relaxed);
+            o += 1;
         }
         Ok(())
     }
 
     fn write(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
         self.check(offset, data.len(), 1, true)?;
-        let mut i = 0;
-        while i < data.len() {
-            let o = offset + i;
-            match data.get(i..i + 8) {
-                Some(chunk) if o.is_multiple_of(8) => {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(chunk);
-                    self.u64_at(o)
-                        .store(u64::from_ne_bytes(w), Ordering::Relaxed);
-                    i += 8;
-                }
-                _ => {
-                    if let Some(&b) = data.get(i) {
-                        self.u8_at(o).store(b, Ordering::Relaxed);
-                    }
-                    i += 1;
-                }
-            }
+        let head = ((8 - offset % 8) % 8).min(data.len());
+        let (head_data, rest) = data.split_at(head);
+        for (i, &b) in head_data.iter().enumerate() {
+            self.u8_at(offset + i).store(b, Ordering::Relaxed);
+        }
+        let mut o = offset + head;
+        let words = rest.chunks_exact(8);
+        let tail = words.remainder();
+        for w in words {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(w);
+            self.u64_at(o)
+                .store(u64::from_ne_bytes(v), Ordering::Relaxed);
+            o += 8;
+        }
+        for &b in tail {
+            self.u8_at(o).store(b, Ordering::Relaxed);
+            o += 1;
         }
         Ok(())
     }
