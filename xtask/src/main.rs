@@ -30,6 +30,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("build") => build::build_images(&root),
         Some("boot-test") => build::boot_test(&root),
+        Some("xen-test") => build::xen_test(&root),
         Some("interop") => interop::run(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {

@@ -1,0 +1,39 @@
+//! The Xen backend of the platform boundary: a freestanding x86_64 image that boots as a PVH or a
+//! classic PV domain, talks to Xen through hypercalls, and offers consoles, events and grants.
+//!
+//! Layer: platform (implements `platform-api`). Trust: the domain builder's boot structures are
+//! parsed with bounds; every shared page is a peer's and is accessed only through `SharedMem`.
+//! Unsafe: only in `boot`, `hypercall`, `mm`, `shared` and `heap`, all compiled for images only
+//! (`--cfg xen_image`, set by `cargo xtask build`) except `heap`; every other module forbids it.
+//! On the host only the ABI layouts and parsers build, so `cargo test -p platform-xen` checks
+//! them against the header vectors. Limits: [`bootinfo::MAX_MEMMAP`], [`bootinfo::MAX_CMDLINE`].
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(xen_image)]
+extern crate alloc;
+
+pub mod abi;
+pub mod bootinfo;
+pub mod console_ring;
+pub mod heap;
+pub mod note;
+pub mod pending;
+pub mod time;
+
+#[cfg(xen_image)]
+mod boot;
+#[cfg(xen_image)]
+mod events;
+#[cfg(xen_image)]
+mod hypercall;
+#[cfg(xen_image)]
+mod mm;
+#[cfg(xen_image)]
+mod runtime;
+#[cfg(xen_image)]
+mod shared;
+#[cfg(xen_image)]
+mod store_ring;
+
+#[cfg(xen_image)]
+pub use runtime::*;

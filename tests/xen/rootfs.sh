@@ -1,0 +1,37 @@
+#!/bin/bash
+# Builds the lab's dom0 root (Debian bookworm + Xen 4.17 + Debian kernel) into $1, from Debian
+# packages only. Slow (about 2 minutes); `cargo xtask xen-test` keeps the result and reuses it.
+set -euo pipefail
+ROOT=${1:?usage: rootfs.sh DIR}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common linux-image-amd64 initramfs-tools
+      systemd-sysv udev kmod iproute2 procps)
+
+umount_all() { for m in dev/pts dev sys proc; do mountpoint -q "$ROOT/$m" && umount -l "$ROOT/$m"; done; true; }
+trap umount_all EXIT
+umount_all
+rm -rf "$ROOT" "$ROOT.done"
+debootstrap --variant=minbase bookworm "$ROOT" "$MIRROR"
+mount -t proc proc "$ROOT/proc"; mount -t sysfs sys "$ROOT/sys"
+mount --bind /dev "$ROOT/dev"; mount --bind /dev/pts "$ROOT/dev/pts"
+# Packages must not start daemons inside the build chroot.
+printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"; chmod +x "$ROOT/usr/sbin/policy-rc.d"
+echo "deb $MIRROR bookworm main" > "$ROOT/etc/apt/sources.list"
+echo "deb $MIRROR bookworm-updates main" >> "$ROOT/etc/apt/sources.list"
+ch() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@"; }
+ch apt-get update -qq
+ch apt-get install -y -qq --no-install-recommends "${PKGS[@]}"
+ch apt-get clean
+rm -f "$ROOT/usr/sbin/policy-rc.d"
+echo xen-dom0 > "$ROOT/etc/hostname"
+echo "LABEL=xenroot / ext4 defaults 0 1" > "$ROOT/etc/fstab"
+ch passwd -d root >/dev/null
+# xenconsoled writes each guest's console to /var/log/xen/console/guest-<name>.log.
+echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >> "$ROOT/etc/default/xen"
+mkdir -p "$ROOT/var/log/xen/console"
+for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
+         systemd-timesyncd.service xendomains.service; do
+  ln -sf /dev/null "$ROOT/etc/systemd/system/$u"
+done
+umount_all
+touch "$ROOT.done"
