@@ -8,7 +8,13 @@ use crate::run;
 
 /// Debian packages the test command needs: the real libxenvchan and its headers (interop), a C
 /// compiler for the interop programs, QEMU for the image boot test.
-const TEST_PACKAGES: &[&str] = &["libxen-dev", "libxenmisc4.17", "gcc", "pkg-config", "qemu-system-x86"];
+const TEST_PACKAGES: &[&str] = &[
+    "libxen-dev",
+    "libxenmisc4.17",
+    "gcc",
+    "pkg-config",
+    "qemu-system-x86",
+];
 
 fn have_packages(pkgs: &[&str]) -> bool {
     pkgs.iter().all(|p| {
@@ -25,11 +31,17 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     if have_packages(pkgs) {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if !is_root {
         bail!("missing Debian packages {pkgs:?}: run this command as root so it can apt-get install them");
     }
-    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(pkgs)
@@ -43,9 +55,19 @@ pub fn ensure_test_deps() -> Result<()> {
 
 /// cargo-fuzz, installed from crates.io if absent.
 pub fn ensure_cargo_fuzz() -> Result<()> {
-    let have = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !have {
-        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz", "--version", "0.13.2"]))?;
+        run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            "0.13.2",
+        ]))?;
     }
     Ok(())
 }

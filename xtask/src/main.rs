@@ -42,13 +42,18 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Runs a command, failing with its name if it fails.
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -62,7 +67,14 @@ fn cargo() -> Command {
 fn test(root: &Path) -> Result<()> {
     deps::ensure_test_deps()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     interop::run(root)?;
     build::boot_test(root)?;
@@ -92,9 +104,16 @@ fn fuzz_replay(root: &Path) -> Result<()> {
     for t in &targets {
         let corpus = root.join("fuzz/corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
-        run(cargo().current_dir(root.join("fuzz")).args(["fuzz", "run", "-s", "none", t]).arg(&corpus).args(["--", "-runs=0"]))?;
+        run(cargo()
+            .current_dir(root.join("fuzz"))
+            .args(["fuzz", "run", "-s", "none", t])
+            .arg(&corpus)
+            .args(["--", "-runs=0"]))?;
     }
-    println!("fuzz replay: {} targets replayed their corpora", targets.len());
+    println!(
+        "fuzz replay: {} targets replayed their corpora",
+        targets.len()
+    );
     Ok(())
 }
 
@@ -115,13 +134,17 @@ fn fuzz(root: &Path, args: &[String]) -> Result<()> {
             deps::ensure_cargo_fuzz()?;
             let corpus = root.join("fuzz/corpus").join(t);
             std::fs::create_dir_all(&corpus)?;
-            run(cargo().current_dir(root.join("fuzz")).args(["fuzz", "run", "-s", "none", t]).arg(&corpus).args([
-                "--".to_string(),
-                format!("-max_total_time={secs}"),
-                "-rss_limit_mb=2048".into(),
-                "-timeout=10".into(),
-                "-print_final_stats=1".into(),
-            ]))
+            run(cargo()
+                .current_dir(root.join("fuzz"))
+                .args(["fuzz", "run", "-s", "none", t])
+                .arg(&corpus)
+                .args([
+                    "--".to_string(),
+                    format!("-max_total_time={secs}"),
+                    "-rss_limit_mb=2048".into(),
+                    "-timeout=10".into(),
+                    "-print_final_stats=1".into(),
+                ]))
         }
     }
 }

@@ -20,16 +20,23 @@ impl HeapMem {
         let n = size.div_ceil(4);
         let mut v = Vec::with_capacity(n);
         v.resize_with(n, || AtomicU32::new(0));
-        Self { words: Arc::new(v), size }
+        Self {
+            words: Arc::new(v),
+            size,
+        }
     }
 
     fn oob(&self, offset: usize, len: usize) -> OutOfBounds {
-        OutOfBounds { offset, len, size: self.size }
+        OutOfBounds {
+            offset,
+            len,
+            size: self.size,
+        }
     }
 
     fn aligned(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
         check_range(offset, len, self.size)?;
-        if offset % len != 0 {
+        if !offset.is_multiple_of(len) {
             return Err(self.oob(offset, len));
         }
         Ok(())
@@ -83,7 +90,7 @@ impl SharedMem for HeapMem {
         let mut i = 0;
         while i < data.len() {
             let o = offset + i;
-            if o % 4 == 0 && data.len() - i >= 4 {
+            if o.is_multiple_of(4) && data.len() - i >= 4 {
                 let w = u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
                 self.words[o / 4].store(w, Ordering::Relaxed);
                 i += 4;
@@ -152,8 +159,14 @@ mod tests {
     fn bytes_and_words_agree() {
         let m = HeapMem::new(10);
         m.write(1, &[1, 2, 3, 4, 5, 6, 7]).unwrap();
-        assert_eq!(m.load_u32(4, Ordering::Acquire).unwrap(), u32::from_le_bytes([4, 5, 6, 7]));
-        assert_eq!(m.load_u16(2, Ordering::Acquire).unwrap(), u16::from_le_bytes([2, 3]));
+        assert_eq!(
+            m.load_u32(4, Ordering::Acquire).unwrap(),
+            u32::from_le_bytes([4, 5, 6, 7])
+        );
+        assert_eq!(
+            m.load_u16(2, Ordering::Acquire).unwrap(),
+            u16::from_le_bytes([2, 3])
+        );
         m.store_u16(6, 0xBEEF, Ordering::Release).unwrap();
         let mut b = [0u8; 10];
         m.read(0, &mut b).unwrap();

@@ -40,12 +40,18 @@ impl DomId {
         if v < u32::from(Self::FIRST_RESERVED) {
             Ok(DomId(v as u16))
         } else {
-            Err(IdError { what: "domain id", value: u64::from(v) })
+            Err(IdError {
+                what: "domain id",
+                value: u64::from(v),
+            })
         }
     }
     /// Parses a decimal domid as found in xenstore.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let v: u32 = parse_decimal(s).ok_or(IdError { what: "domain id", value: u64::MAX })?;
+        let v: u32 = parse_decimal(s).ok_or(IdError {
+            what: "domain id",
+            value: u64::MAX,
+        })?;
         Self::new(v)
     }
     /// The raw value.
@@ -67,7 +73,10 @@ pub struct GrantRef(pub u32);
 impl GrantRef {
     /// Parses a decimal grant ref as found in xenstore (`ring-ref`).
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        parse_decimal(s).map(GrantRef).ok_or(IdError { what: "grant ref", value: u64::MAX })
+        parse_decimal(s).map(GrantRef).ok_or(IdError {
+            what: "grant ref",
+            value: u64::MAX,
+        })
     }
 }
 
@@ -87,12 +96,18 @@ impl EvtchnPort {
         if v != 0 && v < MAX_PORTS {
             Ok(EvtchnPort(v))
         } else {
-            Err(IdError { what: "event channel port", value: u64::from(v) })
+            Err(IdError {
+                what: "event channel port",
+                value: u64::from(v),
+            })
         }
     }
     /// Parses a decimal port as found in xenstore (`event-channel`).
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let v = parse_decimal(s).ok_or(IdError { what: "event channel port", value: u64::MAX })?;
+        let v = parse_decimal(s).ok_or(IdError {
+            what: "event channel port",
+            value: u64::MAX,
+        })?;
         Self::new(v)
     }
     /// The raw value.
@@ -136,7 +151,9 @@ impl fmt::Debug for PortSet {
 impl PortSet {
     /// The empty set.
     pub const fn new() -> Self {
-        Self { words: [0; (MAX_PORTS / 64) as usize] }
+        Self {
+            words: [0; (MAX_PORTS / 64) as usize],
+        }
     }
     /// Adds a port.
     pub fn insert(&mut self, p: EvtchnPort) {
@@ -167,7 +184,9 @@ impl PortSet {
     /// The ports, ascending.
     pub fn iter(&self) -> impl Iterator<Item = EvtchnPort> + '_ {
         self.words.iter().enumerate().flat_map(|(i, &w)| {
-            (0..64u32).filter(move |b| w & (1 << b) != 0).map(move |b| EvtchnPort(i as u32 * 64 + b))
+            (0..64u32)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| EvtchnPort(i as u32 * 64 + b))
         })
     }
 }

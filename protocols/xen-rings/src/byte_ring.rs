@@ -3,8 +3,8 @@
 
 use core::fmt;
 
-use platform_api::{OutOfBounds, SharedMem};
 use platform_api::Ordering::{Acquire, Release, SeqCst};
+use platform_api::{OutOfBounds, SharedMem};
 
 /// Where one ring lives inside a shared region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,12 @@ impl Layout {
         if size == 0 || !size.is_power_of_two() {
             return Err(RingError::BadSize(size));
         }
-        Ok(Self { data, size, cons, prod })
+        Ok(Self {
+            data,
+            size,
+            cons,
+            prod,
+        })
     }
 }
 
@@ -131,7 +136,10 @@ impl ByteRing {
         };
         let in_flight = prod.wrapping_sub(cons);
         if in_flight > self.layout.size {
-            return Err(RingError::BadIndex { in_flight, size: self.layout.size });
+            return Err(RingError::BadIndex {
+                in_flight,
+                size: self.layout.size,
+            });
         }
         Ok(in_flight)
     }
@@ -177,7 +185,11 @@ impl ByteRing {
 
     /// Producer: copies as much of `data` as fits, publishes the new `prod` after the data,
     /// and returns how many bytes were written (0 if the ring is full).
-    pub fn write<M: SharedMem + ?Sized>(&mut self, mem: &M, data: &[u8]) -> Result<usize, RingError> {
+    pub fn write<M: SharedMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        data: &[u8],
+    ) -> Result<usize, RingError> {
         debug_assert_eq!(self.role, Role::Producer);
         let free = (self.layout.size - self.in_flight(mem)?) as usize;
         let n = free.min(data.len());
@@ -262,7 +274,13 @@ mod tests {
         let (_, mut c) = pair(&mem, 8);
         mem.store_u32(4, 9, Release).unwrap();
         let mut out = [0u8; 4];
-        assert_eq!(c.read(&mem, &mut out), Err(RingError::BadIndex { in_flight: 9, size: 8 }));
+        assert_eq!(
+            c.read(&mem, &mut out),
+            Err(RingError::BadIndex {
+                in_flight: 9,
+                size: 8
+            })
+        );
     }
 
     #[test]
@@ -270,7 +288,10 @@ mod tests {
         let mem = HeapMem::new(16 + 8);
         let (mut p, _) = pair(&mem, 8);
         mem.store_u32(0, 1, Release).unwrap(); // cons ahead of prod
-        assert!(matches!(p.write(&mem, b"x"), Err(RingError::BadIndex { .. })));
+        assert!(matches!(
+            p.write(&mem, b"x"),
+            Err(RingError::BadIndex { .. })
+        ));
     }
 
     #[test]

@@ -72,15 +72,21 @@ pub fn shared_dir() -> PathBuf {
 pub fn load(name: &str) -> VectorFile {
     let path = shared_dir().join("reference/vectors").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("cannot read {}: {e}; put ../shared beside the checkout or set QUBES_SHARED_DIR", path.display())
+        panic!(
+            "cannot read {}: {e}; put ../shared beside the checkout or set QUBES_SHARED_DIR",
+            path.display()
+        )
     });
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: bad JSON: {e}", path.display()))
 }
 
 /// Decodes a hex string.
 pub fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    assert!(s.len().is_multiple_of(2), "odd hex length");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 impl VectorFile {
@@ -121,19 +127,29 @@ impl Vector {
     /// An integer field (u8..u64, i8..i64).
     pub fn u64(&self, name: &str) -> u64 {
         let f = self.field(name);
-        f.value.as_u64().or_else(|| f.value.as_i64().map(|v| v as u64)).unwrap_or_else(|| {
-            panic!("{}: field {name:?} is not an integer: {}", self.name, f.value)
-        })
+        f.value
+            .as_u64()
+            .or_else(|| f.value.as_i64().map(|v| v as u64))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: field {name:?} is not an integer: {}",
+                    self.name, f.value
+                )
+            })
     }
     /// A signed integer field.
     pub fn i64(&self, name: &str) -> i64 {
         let f = self.field(name);
-        f.value.as_i64().unwrap_or_else(|| panic!("{}: field {name:?} is not an i64", self.name))
+        f.value
+            .as_i64()
+            .unwrap_or_else(|| panic!("{}: field {name:?} is not an i64", self.name))
     }
     /// A `char[N]` field's text, or a `bytes` field's payload as a string.
     pub fn str(&self, name: &str) -> &str {
         let f = self.field(name);
-        f.value.as_str().unwrap_or_else(|| panic!("{}: field {name:?} is not text", self.name))
+        f.value
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: field {name:?} is not text", self.name))
     }
     /// A field's raw bytes: `bytes` (string payload), `bytes_hex`, or the slice of `hex` it covers.
     pub fn raw(&self, name: &str) -> Vec<u8> {
@@ -151,7 +167,11 @@ impl Vector {
             .as_array()
             .unwrap_or_else(|| panic!("{}: field {name:?} is not an array", self.name))
             .iter()
-            .map(|v| v.as_u64().or_else(|| v.as_i64().map(|x| x as u64)).expect("integer"))
+            .map(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_i64().map(|x| x as u64))
+                    .expect("integer")
+            })
             .collect()
     }
 }
@@ -163,21 +183,38 @@ mod tests {
     /// The loader itself: every vector's fields tile its bytes and integers decode at offsets.
     #[test]
     fn all_files_load_and_tile() {
-        for file in ["xs_wire.json", "vchan.json", "qrexec.json", "qubesdb.json", "gui.json", "netif_blkif.json", "boot.json"] {
+        for file in [
+            "xs_wire.json",
+            "vchan.json",
+            "qrexec.json",
+            "qubesdb.json",
+            "gui.json",
+            "netif_blkif.json",
+            "boot.json",
+        ] {
             let vf = load(file);
             assert!(!vf.vectors.is_empty(), "{file}");
             for v in &vf.vectors {
                 let b = v.bytes();
                 let mut at = 0;
                 for f in &v.fields {
-                    assert_eq!(f.offset, at, "{file}/{}: field {} does not follow", v.name, f.name);
+                    assert_eq!(
+                        f.offset, at,
+                        "{file}/{}: field {} does not follow",
+                        v.name, f.name
+                    );
                     at += f.size;
                     if let ("u32", Some(x)) = (f.ty.as_str(), f.value.as_u64()) {
                         let got = u32::from_le_bytes(b[f.offset..f.offset + 4].try_into().unwrap());
                         assert_eq!(u64::from(got), x, "{file}/{}: {}", v.name, f.name);
                     }
                 }
-                assert_eq!(at, b.len(), "{file}/{}: fields do not cover the buffer", v.name);
+                assert_eq!(
+                    at,
+                    b.len(),
+                    "{file}/{}: fields do not cover the buffer",
+                    v.name
+                );
             }
         }
     }
