@@ -301,4 +301,48 @@ mod tests {
         assert!(ByteRing::attach(&mem, l, Role::Consumer).is_err());
         assert!(Layout::new(0, 6, 0, 4).is_err());
     }
+
+    mod prop {
+        use super::*;
+        use alloc::vec::Vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any interleaving of writes and reads, from any starting index (wrap-around near
+            /// u32::MAX included), delivers the bytes in order and keeps `0 <= in flight <= size`.
+            #[test]
+            fn stream_integrity_at_any_start(
+                start in prop_oneof![Just(u32::MAX - 3), Just(0u32), any::<u32>()],
+                order in 1u32..7,
+                ops in proptest::collection::vec((any::<bool>(), 0usize..100), 1..60),
+            ) {
+                let size = 1u32 << order;
+                let mem = HeapMem::new(16 + size as usize);
+                mem.store_u32(0, start, Release).unwrap();
+                mem.store_u32(4, start, Release).unwrap();
+                let l = Layout::new(16, size, 0, 4).unwrap();
+                let mut p = ByteRing::attach(&mem, l, Role::Producer).unwrap();
+                let mut c = ByteRing::attach(&mem, l, Role::Consumer).unwrap();
+                let (mut next_out, mut next_in) = (0u8, 0u8);
+                for (is_write, n) in ops {
+                    if is_write {
+                        let data: Vec<u8> = (0..n).map(|i| next_out.wrapping_add(i as u8)).collect();
+                        let w = p.write(&mem, &data).unwrap();
+                        prop_assert!(w <= n);
+                        next_out = next_out.wrapping_add(w as u8);
+                    } else {
+                        let mut buf = alloc::vec![0u8; n];
+                        let r = c.read(&mem, &mut buf).unwrap();
+                        for b in &buf[..r] {
+                            prop_assert_eq!(*b, next_in);
+                            next_in = next_in.wrapping_add(1);
+                        }
+                    }
+                    let ready = c.available(&mem).unwrap();
+                    let free = p.available(&mem).unwrap();
+                    prop_assert_eq!(ready + free, size as usize);
+                }
+            }
+        }
+    }
 }

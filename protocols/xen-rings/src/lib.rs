@@ -7,6 +7,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+extern crate alloc;
+
 pub mod byte_ring;
 
 pub use byte_ring::{ByteRing, Layout, RingError, Role};
