@@ -220,6 +220,11 @@ impl Server {
         self.tree.len()
     }
 
+    /// Nodes owned by `domid` (what its node quota counts).
+    pub fn nodes_owned_by(&self, domid: DomId) -> usize {
+        self.tree.owned_by(domid)
+    }
+
     /// Watch events dropped for a connection because its output was full.
     pub fn events_dropped(&self, conn: ConnId) -> u64 {
         self.conns.get(&conn.0).map_or(0, |c| c.events_dropped)

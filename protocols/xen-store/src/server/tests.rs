@@ -220,6 +220,27 @@ fn write_creates_parents_and_rm_semantics() {
 }
 
 #[test]
+fn root_directory_lists_only_children() {
+    let mut h = Harness::new();
+    let c0 = h.conn(0);
+    assert_eq!(
+        h.req(c0, 0, Request::Directory(p("/"))),
+        Ok(Reply::Directory(vec!["local".into()]))
+    );
+    let r = h
+        .req(
+            c0,
+            0,
+            Request::DirectoryPart {
+                path: p("/"),
+                offset: 0,
+            },
+        )
+        .unwrap();
+    assert!(matches!(r, Reply::DirectoryPart { ref children, .. } if children == &["local"]));
+}
+
+#[test]
 fn directory_part_lists_with_closing_empty_string() {
     let mut h = Harness::new();
     let c1 = h.conn(1);

@@ -133,7 +133,8 @@ impl Tree {
         let (lo, hi) = below(dir);
         let mut out: Vec<String> = Vec::new();
         let mut cursor: String = lo.clone();
-        let mut inclusive = true;
+        // The root's range starts at "/" itself, which is no child.
+        let mut inclusive = dir != "/";
         loop {
             let lower = if inclusive {
                 Included(cursor.as_str())
@@ -173,6 +174,10 @@ impl Tree {
     /// Every path strictly below `dir`.
     pub(crate) fn descendants(&self, dir: &str) -> Vec<String> {
         let (lo, hi) = below(dir);
-        self.nodes.range(lo..hi).map(|(k, _)| k.clone()).collect()
+        self.nodes
+            .range(lo..hi)
+            .filter(|(k, _)| *k != dir)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
