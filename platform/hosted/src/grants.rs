@@ -446,6 +446,28 @@ mod tests {
     }
 
     #[test]
+    fn bulk_copies_agree_with_byte_loads_at_every_alignment() {
+        let t = TestDir::new();
+        let (m, _) = HostedGrants::new(t.path(), dom(1))
+            .share(dom(2), 2, true)
+            .unwrap();
+        for off in [0usize, 1, 7, 8, 15, 16, 17, 4090] {
+            for len in [0usize, 1, 15, 16, 17, 33, 100] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + off) as u8 | 1).collect();
+                m.write(off, &data).unwrap();
+                let bytes: Vec<u8> = (0..len)
+                    .map(|i| m.load_u8(off + i, Ordering::Relaxed).unwrap())
+                    .collect();
+                assert_eq!(bytes, data, "write at {off}+{len}");
+                let mut back = vec![0u8; len];
+                m.read(off, &mut back).unwrap();
+                assert_eq!(back, data, "read at {off}+{len}");
+                m.write(off, &vec![0u8; len]).unwrap();
+            }
+        }
+    }
+
+    #[test]
     fn share_refuses_zero_and_too_many_pages() {
         let t = TestDir::new();
         let mut a = HostedGrants::new(t.path(), dom(1));

@@ -7,9 +7,16 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 use platform_api::{check_range, OutOfBounds, SharedMem, PAGE_SIZE};
+
+/// Block size of bulk copies: one SSE register where available.
+#[cfg(target_arch = "x86_64")]
+type Word = std::arch::x86_64::__m128i;
+#[cfg(not(target_arch = "x86_64"))]
+type Word = u64;
+const WORD: usize = std::mem::size_of::<Word>();
 
 /// A region of `files.len()` pages, page `i` being the first page of `files[i]`, mapped
 /// `MAP_SHARED` so that every process mapping the same file sees the same bytes.
@@ -120,7 +127,7 @@ impl Mapping {
         Ok(())
     }
 
-    /// The atomic of type `A` at `offset`; the caller has run `check` for its size and alignment.
+    /// A pointer to a `A` at `offset`; callers run `check` for its size and alignment first.
     fn at<A>(&self, offset: usize) -> *mut A {
         self.base.as_ptr().wrapping_add(offset).cast()
     }
@@ -129,12 +136,6 @@ impl Mapping {
         // SAFETY: callers checked `offset < len`; the page is mapped for our lifetime and an
         // AtomicU8 has no alignment requirement.
         unsafe { AtomicU8::from_ptr(self.at(offset)) }
-    }
-
-    fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: callers checked `offset + 8 <= len` and 8-alignment (the base is page-
-        // aligned); the memory is mapped for our lifetime.
-        unsafe { AtomicU64::from_ptr(self.at(offset)) }
     }
 }
 
@@ -169,18 +170,23 @@ impl SharedMem for Mapping {
 
     fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         self.check(offset, buf.len(), 1, false)?;
-        // Bytes up to 8-alignment, then whole words, then the tail: relaxed atomics compile
-        // to plain moves and stay race-free under Rust's model while the peer writes.
-        let head = ((8 - offset % 8) % 8).min(buf.len());
+        // Bytes up to 16-alignment, then 16-byte volatile blocks, then the tail. Volatile
+        // (not plain) loads: the peer may write meanwhile, and the compiler must neither
+        // elide, merge nor re-read them; torn values are fine, the protocol validates.
+        let head = ((WORD - offset % WORD) % WORD).min(buf.len());
         let (head_buf, rest) = buf.split_at_mut(head);
         for (i, b) in head_buf.iter_mut().enumerate() {
             *b = self.u8_at(offset + i).load(Ordering::Relaxed);
         }
         let mut o = offset + head;
-        let mut words = rest.chunks_exact_mut(8);
+        let mut words = rest.chunks_exact_mut(WORD);
         for w in &mut words {
-            w.copy_from_slice(&self.u64_at(o).load(Ordering::Relaxed).to_ne_bytes());
-            o += 8;
+            // SAFETY: `check` proved `o + WORD <= len`; `o` is WORD-aligned (the base is
+            // page-aligned); the page stays mapped for our lifetime.
+            let v: Word = unsafe { self.at::<Word>(o).read_volatile() };
+            // SAFETY: `w` is exactly WORD bytes of the caller's buffer; unaligned store.
+            unsafe { w.as_mut_ptr().cast::<Word>().write_unaligned(v) };
+            o += WORD;
         }
         for b in words.into_remainder() {
             *b = self.u8_at(o).load(Ordering::Relaxed);
@@ -191,20 +197,21 @@ impl SharedMem for Mapping {
 
     fn write(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
         self.check(offset, data.len(), 1, true)?;
-        let head = ((8 - offset % 8) % 8).min(data.len());
+        let head = ((WORD - offset % WORD) % WORD).min(data.len());
         let (head_data, rest) = data.split_at(head);
         for (i, &b) in head_data.iter().enumerate() {
             self.u8_at(offset + i).store(b, Ordering::Relaxed);
         }
         let mut o = offset + head;
-        let words = rest.chunks_exact(8);
+        let words = rest.chunks_exact(WORD);
         let tail = words.remainder();
         for w in words {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(w);
-            self.u64_at(o)
-                .store(u64::from_ne_bytes(v), Ordering::Relaxed);
-            o += 8;
+            // SAFETY: `w` is exactly WORD bytes of the caller's data; unaligned load.
+            let v: Word = unsafe { w.as_ptr().cast::<Word>().read_unaligned() };
+            // SAFETY: `check` proved `o + WORD <= len` and the mapping writable; `o` is
+            // WORD-aligned; the page stays mapped for our lifetime.
+            unsafe { self.at::<Word>(o).write_volatile(v) };
+            o += WORD;
         }
         for &b in tail {
             self.u8_at(o).store(b, Ordering::Relaxed);
