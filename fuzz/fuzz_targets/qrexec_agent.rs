@@ -34,7 +34,11 @@ fn chunk_size(sel: u8) -> usize {
 }
 
 fn run_agent(input: &[u8], chunk: usize) {
-    let mut a = Agent::new(agent::Limits { max_channels: 3, max_events: 4, out_bytes: 512 });
+    let mut a = Agent::new(agent::Limits {
+        max_channels: 3,
+        max_events: 4,
+        out_bytes: 512,
+    });
     let mut check = OutCheck::new();
     let mut out = [0u8; 97];
     let mut sticky: Option<Error> = None;
@@ -61,7 +65,8 @@ fn run_agent(input: &[u8], chunk: usize) {
                     agent::Event::Ready { .. } => {
                         let _ = a.trigger_service("@default", "qubes.Service+arg");
                     }
-                    agent::Event::Exec { peer, port, .. } | agent::Event::ServiceConnect { peer, port, .. } => {
+                    agent::Event::Exec { peer, port, .. }
+                    | agent::Event::ServiceConnect { peer, port, .. } => {
                         let _ = a.connection_terminated(peer, port);
                     }
                     agent::Event::Refused { .. } => {
@@ -83,7 +88,11 @@ fn run_agent(input: &[u8], chunk: usize) {
 }
 
 fn run_data(input: &[u8], chunk: usize, role: data::Role) {
-    let limits = data::Limits { max_events: 4, event_bytes: 70_000, out_bytes: 70_000 };
+    let limits = data::Limits {
+        max_events: 4,
+        event_bytes: 70_000,
+        out_bytes: 70_000,
+    };
     let mut c = DataChannel::new(role, data::Handshake::SendFirst, 3, limits);
     let mut check = OutCheck::new();
     let mut out = vec![0u8; 8192];
@@ -108,7 +117,9 @@ fn run_data(input: &[u8], chunk: usize, role: data::Role) {
                         let _ = c.send(Stream::Stdout, &[0x55; 5000]);
                         let _ = c.send(Stream::Stdin, b"hello");
                     }
-                    data::Event::Data { data, .. } => assert!(!data.is_empty() && data.len() <= 65536),
+                    data::Event::Data { data, .. } => {
+                        assert!(!data.is_empty() && data.len() <= 65536)
+                    }
                     data::Event::Eof(Stream::Stdin) => {
                         let _ = c.send_exit(0);
                     }
@@ -127,7 +138,9 @@ fn run_data(input: &[u8], chunk: usize, role: data::Role) {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&sel, rest)) = input.split_first() else { return };
+    let Some((&sel, rest)) = input.split_first() else {
+        return;
+    };
     let chunk = chunk_size(sel);
     match sel & 3 {
         0 => run_agent(rest, chunk),

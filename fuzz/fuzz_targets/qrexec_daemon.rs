@@ -10,9 +10,14 @@ use qubes::framing::FrameReader;
 use qubes::qrexec::{daemon, is_data_port, Daemon, Error, Message, QrexecFraming};
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&sel, rest)) = input.split_first() else { return };
+    let Some((&sel, rest)) = input.split_first() else {
+        return;
+    };
     let chunk = [1, 3, 64, usize::MAX][usize::from(sel & 3)];
-    let mut d = Daemon::new(daemon::Limits { max_events: 4, out_bytes: 8192 });
+    let mut d = Daemon::new(daemon::Limits {
+        max_events: 4,
+        out_bytes: 8192,
+    });
     let mut framing = QrexecFraming::new();
     framing.set_version(4);
     let mut check = FrameReader::new(framing);
@@ -45,7 +50,9 @@ fuzz_target!(|input: &[u8]| {
                             let _ = d.service_connect(peer, 600, request_id);
                         }
                         _ => {
-                            if let Ok(p) = d.exec(peer, b"user:QUBESRPC qubes.Service+ src", sel & 0x10 != 0) {
+                            if let Ok(p) =
+                                d.exec(peer, b"user:QUBESRPC qubes.Service+ src", sel & 0x10 != 0)
+                            {
                                 assert!(is_data_port(p));
                                 assert!(ports.insert(p), "port {p} handed out twice");
                             }

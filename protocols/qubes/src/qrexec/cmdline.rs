@@ -95,7 +95,7 @@ impl fmt::Display for CmdlineError {
 
 impl core::error::Error for CmdlineError {}
 
-/// Parses a command line (the bytes before its NUL). Splits at the first `:` like [QX]
+/// Parses a command line (the bytes before its NUL). Splits at the first `:` like \[QX\]
 /// `parse_qubes_rpc_command`; matches only the `QUBESRPC ` prefix, never whole strings.
 pub fn parse(cmdline: &[u8]) -> Result<Command, CmdlineError> {
     let text = core::str::from_utf8(cmdline).map_err(|_| CmdlineError::NotUtf8)?;

@@ -1,5 +1,5 @@
 //! dom0's per-VM qrexec daemon, control side (vchan client on port 512): HELLO echo, validation
-//! of the agent's calls ([QX] `qrexec-daemon.c`), forwarded commands and the data-port table.
+//! of the agent's calls (\[QX\] `qrexec-daemon.c`), forwarded commands and the data-port table.
 
 use alloc::string::String;
 
@@ -286,7 +286,7 @@ impl Daemon {
         Some(FIRST_DATA_PORT + i as u32)
     }
 
-    /// Frees `port` if this daemon allocated it to `peer` ([QX] `release_vchan_port`).
+    /// Frees `port` if this daemon allocated it to `peer` (\[QX\] `release_vchan_port`).
     pub fn release_port(&mut self, port: u32, peer: u32) -> bool {
         let slot = port
             .checked_sub(FIRST_DATA_PORT)

@@ -25,7 +25,7 @@ pub enum Role {
 }
 
 /// Who speaks first in the HELLO exchange. Agents and dom0's qrexec-client send first; dom0
-/// running a service for a VM reads first ([QX] `remote_send_first`). Two readers deadlock.
+/// running a service for a VM reads first (\[QX\] `remote_send_first`). Two readers deadlock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
     /// Queue our HELLO at once.

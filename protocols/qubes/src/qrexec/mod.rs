@@ -1,14 +1,8 @@
-//! qrexec (protocol v2–v4, [QX] `libqrexec/qrexec.h`): wire messages, the VM agent's control and
-//! data-channel machines, and the dom0 daemon's side, all sans-IO.
+//! qrexec (protocol v2–v4, \[QX\] `libqrexec/qrexec.h`) sans-IO: [`wire`], [`names`], [`cmdline`],
+//! the VM [`agent`], one [`data`] channel (either role, either side) and dom0's [`daemon`].
 //!
-//! Map: [`wire`] (msg_header view, typed [`Message`], the bounded [`QrexecFraming`]);
-//! [`names`] (request ids and the daemon's name rules); [`cmdline`] (`USER:QUBESRPC svc+arg
-//! src`); [`agent`] (VM control channel); [`data`] (one data channel, either role, either side);
-//! [`daemon`] (dom0's per-VM control channel and data-port table).
-//!
-//! Trust: every byte from the peer is hostile. Body lengths are capped by [`QrexecFraming`]
-//! before any allocation; queues are bounded by each machine's `Limits`. Errors from the peer are
-//! sticky: a machine that returned one returns it again from every later call.
+//! Trust: peer bytes are hostile; bodies are capped by [`QrexecFraming`] before allocation,
+//! queues by each machine's `Limits`, and a peer's error is sticky (every later call returns it).
 
 pub mod agent;
 pub mod cmdline;
@@ -38,7 +32,7 @@ pub const PROTOCOL_V3: u32 = 3;
 pub const PROTOCOL_V4: u32 = 4;
 /// The version our VM agent announces.
 pub const AGENT_VERSION: u32 = PROTOCOL_V3;
-/// The version our dom0 side announces (`QREXEC_PROTOCOL_VERSION` at [QX] HEAD).
+/// The version our dom0 side announces (`QREXEC_PROTOCOL_VERSION` at \[QX\] HEAD).
 pub const DAEMON_VERSION: u32 = PROTOCOL_V4;
 
 /// Largest data chunk at v2 (`MAX_DATA_CHUNK_V2`).

@@ -1,5 +1,5 @@
 //! Names on the qrexec wire: request ids (a checked newtype) and the daemon's rules for target
-//! and service names ([QX] `qrexec-daemon.c`), shared by the agent, the daemon and `cmdline`.
+//! and service names (\[QX\] `qrexec-daemon.c`), shared by the agent, the daemon and `cmdline`.
 
 use alloc::string::String;
 use core::fmt;

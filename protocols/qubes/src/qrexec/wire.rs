@@ -9,7 +9,7 @@ use crate::framing::{FrameError, Framing};
 
 macro_rules! msg_types {
     ($( $(#[$doc:meta])* $name:ident = $value:expr, )*) => {
-        /// A `msg_header.type` value ([QX] `qrexec.h` `enum` `MSG_*`); unknown numbers are kept.
+        /// A `msg_header.type` value (\[QX\] `qrexec.h` `enum` `MSG_*`); unknown numbers are kept.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum MsgType {
             $( $(#[$doc])* $name, )*
@@ -106,7 +106,7 @@ fn le32(b: &[u8], r: Range<usize>) -> u32 {
     u32::from_le_bytes(w)
 }
 
-/// A `struct msg_header` followed by its body ([QX] `qrexec.h`).
+/// A `struct msg_header` followed by its body (\[QX\] `qrexec.h`).
 #[derive(Debug, Clone)]
 pub struct MsgHeader<T: AsRef<[u8]>> {
     buffer: T,
