@@ -10,6 +10,10 @@
 #[cfg(test)]
 extern crate alloc;
 
+pub mod blkif;
 pub mod byte_ring;
+pub mod netif;
+pub mod shared_ring;
 
 pub use byte_ring::{ByteRing, Layout, RingError, Role};
+pub use shared_ring::{BackRing, FrontRing, SharedRingError, SringLayout};
