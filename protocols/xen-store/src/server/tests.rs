@@ -896,3 +896,109 @@ fn with_transaction_retries_on_eagain() {
     assert_eq!(r, Err(StoreError::Xs(XsErrno::Eagain)));
     assert_eq!(n, 3);
 }
+
+#[test]
+fn byte_at_a_time_input_gives_the_same_output() {
+    let script = [
+        Request::Write {
+            path: p("a/b"),
+            value: b"1".to_vec(),
+        },
+        Request::Watch {
+            path: p("a"),
+            token: "t".into(),
+            depth: None,
+        },
+        Request::Read(p("a/b")),
+        Request::Directory(p("a")),
+        Request::Rm(p("a")),
+        Request::Read(p("a/b")),
+    ];
+    let run = |chunk: usize| {
+        let mut s = Server::new(Limits::DEFAULT);
+        s.introduce_domain(d(1));
+        let c = s.connect(d(1)).unwrap();
+        let mut bytes = Vec::new();
+        for (i, r) in script.iter().enumerate() {
+            let m = RequestMsg {
+                req_id: i as u32,
+                tx_id: 0,
+                request: r.clone(),
+            };
+            bytes.extend(m.to_vec().unwrap());
+        }
+        for piece in bytes.chunks(chunk) {
+            assert_eq!(s.handle_input(c, piece).unwrap(), piece.len());
+        }
+        let mut out = vec![0u8; 1 << 16];
+        let n = s.poll_transmit(c, &mut out).unwrap();
+        out.truncate(n);
+        out
+    };
+    let whole = run(usize::MAX);
+    assert_eq!(run(1), whole);
+    assert_eq!(run(7), whole);
+    // Six replies and two events: the initial one and the removal of a.
+    let mut at = 0;
+    let mut count = 0;
+    while at < whole.len() {
+        at += MsgHeader::new_checked(&whole[at..]).unwrap().total_len();
+        count += 1;
+    }
+    assert_eq!(count, 8);
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn op() -> impl Strategy<Value = (u8, u8, Request)> {
+        let path = proptest::collection::vec(
+            prop_oneof![Just("a"), Just("b"), Just("c-d"), Just("0")],
+            1..4,
+        )
+        .prop_map(|v| p(&v.join("/")));
+        let req = prop_oneof![
+            (path.clone(), 0usize..80).prop_map(|(path, n)| Request::Write {
+                path,
+                value: vec![b'x'; n]
+            }),
+            path.clone().prop_map(Request::Mkdir),
+            path.clone().prop_map(Request::Rm),
+            path.clone().prop_map(Request::Read),
+            path.clone().prop_map(Request::Directory),
+            (path, 0u8..3).prop_map(|(path, t)| Request::Watch {
+                path,
+                token: alloc::format!("{t}"),
+                depth: None
+            }),
+            Just(Request::TransactionStart),
+            any::<bool>().prop_map(|commit| Request::TransactionEnd { commit }),
+        ];
+        (0u8..3, 0u8..4, req)
+    }
+
+    proptest! {
+        /// Hostile domains issuing any sequence stay within their node quota and output bound.
+        #[test]
+        fn quotas_hold_for_any_sequence(ops in proptest::collection::vec(op(), 0..120)) {
+            let limits = Limits { max_nodes_per_domain: 12, max_value_len: 40, max_output: 1024, ..Limits::DEFAULT };
+            let mut s = Server::new(limits);
+            let conns: Vec<ConnId> = (1..4).map(|n| {
+                s.introduce_domain(d(n));
+                s.connect(d(n)).unwrap()
+            }).collect();
+            for (c, tx, request) in ops {
+                let c = conns[c as usize];
+                let m = RequestMsg { req_id: 1, tx_id: u32::from(tx), request };
+                let _ = s.handle_input(c, &m.to_vec().unwrap()).unwrap();
+                for n in 1..4 {
+                    prop_assert!(s.nodes_owned_by(d(n)) <= 12);
+                }
+                prop_assert!(s.output_len(c) <= 1024 + MSG_MAX);
+                let mut buf = vec![0u8; 512];
+                let _ = s.poll_transmit(c, &mut buf);
+            }
+        }
+    }
+}
