@@ -35,6 +35,9 @@ pub(crate) struct Transfer {
     /// Which side closes right after sending (the other must see a clean EOF).
     pub closer: Option<Closer>,
     pub bench: bool,
+    /// Pin both peers to this CPU (benches: measures the protocol, not the scheduler's
+    /// placement of the two processes).
+    pub cpu: Option<usize>,
 }
 
 /// The side that closes mid-stream.
@@ -97,9 +100,9 @@ pub(crate) fn transfer(art: &Artifacts, port: u32, t: &Transfer) -> Result<Outco
         c_recv,
         mode(t.closer == Some(Closer::Client), eof),
     );
-    let mut server = sim.spawn(t.server, SERVER_DOM, &s_args)?;
+    let mut server = sim.spawn(t.server, SERVER_DOM, &s_args, t.cpu)?;
     server.wait_ready(Duration::from_secs(20))?;
-    let client = sim.spawn(t.client, CLIENT_DOM, &c_args)?;
+    let client = sim.spawn(t.client, CLIENT_DOM, &c_args, t.cpu)?;
     let client_r = client.finish(TIMEOUT);
     let server_r = server.finish(TIMEOUT);
     let (server, client) = (server_r?, client_r?);
@@ -124,6 +127,7 @@ fn bulk(server: Impl, client: Impl, left_min: usize, right_min: usize) -> Transf
         c2s: BULK,
         closer: None,
         bench: false,
+        cpu: None,
     }
 }
 
@@ -139,6 +143,7 @@ fn eof(server: Impl, client: Impl, closer: Closer) -> Transfer {
         c2s: n,
         closer: Some(closer),
         bench: false,
+        cpu: None,
     }
 }
 

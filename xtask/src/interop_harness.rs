@@ -77,12 +77,26 @@ impl Sim {
     }
 
     /// Starts a peer of implementation `which` as domain `dom` with the vchan_peer arguments.
-    pub fn spawn(&self, which: Impl, dom: u16, args: &[String]) -> Result<PeerProc> {
+    /// `cpu`: pin the process to that CPU (with `taskset`).
+    pub fn spawn(
+        &self,
+        which: Impl,
+        dom: u16,
+        args: &[String],
+        cpu: Option<usize>,
+    ) -> Result<PeerProc> {
         let prog = match which {
             Impl::Ours => &self.art.rust_peer,
             Impl::Libxenvchan => &self.art.c_peer,
         };
-        let mut cmd = Command::new(prog);
+        let mut cmd = match cpu {
+            Some(c) => {
+                let mut t = Command::new("taskset");
+                t.arg("-c").arg(c.to_string()).arg(prog);
+                t
+            }
+            None => Command::new(prog),
+        };
         cmd.args(args)
             .env("QUBES_HOSTED_DIR", &self.run_dir)
             .env("QUBES_HOSTED_DOMID", dom.to_string())
