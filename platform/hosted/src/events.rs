@@ -638,6 +638,38 @@ mod tests {
         assert!(dir.join("5").exists(), "a refused bind restores the entry");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn registry_entries_round_trip(
+            remote in 0u32..0x7FF0,
+            port in proptest::option::of(1u32..MAX_PORTS),
+            own in "/[a-zA-Z0-9/._-]{0,60}",
+            peer in proptest::option::of("/[a-zA-Z0-9/._-]{0,60}"),
+        ) {
+            let e = Entry {
+                remote: dom(remote),
+                remote_port: port.map(|p| EvtchnPort::new(p).unwrap()),
+                own_sock: PathBuf::from(own),
+                peer_sock: peer.map(PathBuf::from),
+            };
+            proptest::prop_assert_eq!(Entry::decode(&e.encode()), Some(e));
+        }
+
+        #[test]
+        fn hostile_registry_text_never_panics(s in "\\PC{0,200}") {
+            let _ = Entry::decode(&s);
+        }
+
+        #[test]
+        fn hostile_datagram_bytes_never_panic_or_name_foreign_ports(d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)) {
+            let t = TestDir::new();
+            let ev = HostedEvents::new(t.path(), dom(1)).unwrap();
+            let mut set = PortSet::new();
+            ev.accept(&d, &mut set);
+            proptest::prop_assert!(set.is_empty(), "no port is open, so nothing may be reported");
+        }
+    }
+
     #[test]
     fn notify_port_by_number_reaches_the_peer() {
         let t = TestDir::new();
