@@ -17,9 +17,11 @@ mod op;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod view;
 
 use op::{Change, Changes, Op};
 use tree::{can_read, is_at_or_below, Node, Tree};
+use view::{TxState, View};
 
 /// Bounds that keep a hostile domain from exhausting the daemon's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct Limits {
     pub max_watches: usize,
     /// Open transactions per connection.
     pub max_transactions: usize,
+    /// Nodes one transaction may touch (read, write or remove); more is `ENOSPC`.
+    pub max_transaction_nodes: usize,
     /// Queued output bytes per connection: input stops being read above it, and watch events
     /// for that connection are dropped (counted) rather than queued.
     pub max_output: usize,
@@ -50,6 +54,7 @@ impl Limits {
         max_perms: 8,
         max_watches: 128,
         max_transactions: 10,
+        max_transaction_nodes: 1024,
         max_output: 64 * 1024,
     };
 }
@@ -98,19 +103,11 @@ struct Watch {
     depth: Option<u32>,
 }
 
-#[derive(Debug, Clone)]
-struct Transaction {
-    tree: Tree,
-    /// Generation of every node this transaction touched, as of its snapshot (None: absent).
-    seen: BTreeMap<String, Option<u64>>,
-    changes: Changes,
-}
-
 #[derive(Debug)]
 struct Conn {
     domid: DomId,
     watches: Vec<Watch>,
-    txs: BTreeMap<u32, Transaction>,
+    txs: BTreeMap<u32, TxState>,
     out: VecDeque<u8>,
     inbuf: Vec<u8>,
     events_dropped: u64,
@@ -434,7 +431,6 @@ impl Server {
                 if msg.tx_id != 0 {
                     return Err(XsErrno::Einval);
                 }
-                let snapshot = self.tree.clone();
                 let c = self.conns.get_mut(&conn.0).ok_or(XsErrno::Einval)?;
                 if c.txs.len() >= self.limits.max_transactions {
                     return Err(XsErrno::Enospc);
@@ -444,12 +440,7 @@ impl Server {
                     id = id.wrapping_add(1);
                 }
                 self.next_tx = id.wrapping_add(1);
-                let tx = Transaction {
-                    tree: snapshot,
-                    seen: BTreeMap::new(),
-                    changes: Changes::new(),
-                };
-                c.txs.insert(id, tx);
+                c.txs.insert(id, TxState::default());
                 Ok(Reply::TransactionStarted(id))
             }
             Request::TransactionEnd { commit } => {
@@ -506,75 +497,29 @@ impl Server {
     ) -> Result<Reply, XsErrno> {
         let mut fired = Changes::new();
         let result = {
-            let Server {
-                tree,
-                conns,
-                gen,
-                limits,
-                ..
-            } = self;
-            if tx_id == 0 {
-                let mut op = Op {
-                    domid,
-                    limits,
-                    tree,
-                    gen,
-                    seen: None,
-                    changes: &mut fired,
-                };
-                op.run(request)
+            let Server { tree, conns, gen, limits, .. } = self;
+            let view = if tx_id == 0 {
+                View::Main { tree, changes: &mut fired }
             } else {
                 let c = conns.get_mut(&conn.0).ok_or(XsErrno::Einval)?;
                 let tx = c.txs.get_mut(&tx_id).ok_or(XsErrno::Enoent)?;
-                let mut op = Op {
-                    domid,
-                    limits,
-                    tree: &mut tx.tree,
-                    gen,
-                    seen: Some(&mut tx.seen),
-                    changes: &mut tx.changes,
-                };
-                op.run(request)
-            }
+                View::Tx { main: tree, tx, max_nodes: limits.max_transaction_nodes }
+            };
+            Op { domid, limits, view, gen }.run(request)
         };
         self.defer(conn, fired);
         result
     }
 
-    fn commit(&mut self, domid: DomId, tx: Transaction) -> Result<(), XsErrno> {
-        for (p, g) in &tx.seen {
-            if self.tree.get(p).map(|n| n.gen) != *g {
-                return Err(XsErrno::Eagain);
-            }
+    fn commit(&mut self, domid: DomId, tx: TxState) -> Result<(), XsErrno> {
+        if tx.conflicts(&self.tree) {
+            return Err(XsErrno::Eagain);
         }
-        let changed = |p: &String, g: &Option<u64>| tx.tree.get(p).map(|n| n.gen) != *g;
-        if domid != DomId::DOM0 {
-            let mut delta: BTreeMap<DomId, isize> = BTreeMap::new();
-            for (p, _) in tx.seen.iter().filter(|(p, g)| changed(p, g)) {
-                if let Some(old) = self.tree.get(p) {
-                    *delta.entry(old.owner()).or_insert(0) -= 1;
-                }
-                if let Some(new) = tx.tree.get(p) {
-                    *delta.entry(new.owner()).or_insert(0) += 1;
-                }
-            }
-            for (d, n) in delta {
-                let after = self.tree.owned_by(d) as isize + n;
-                if d != DomId::DOM0 && n > 0 && after > self.limits.max_nodes_per_domain as isize {
-                    return Err(XsErrno::Enospc);
-                }
-            }
+        if domid != DomId::DOM0 && tx.over_quota(&self.tree, self.limits.max_nodes_per_domain) {
+            return Err(XsErrno::Enospc);
         }
-        for (p, g) in &tx.seen {
-            match tx.tree.get(p) {
-                Some(n) if Some(n.gen) != *g => self.tree.insert(p.clone(), n.clone()),
-                None if g.is_some() => {
-                    self.tree.remove(p);
-                }
-                _ => {}
-            }
-        }
-        self.deferred.extend(tx.changes.into_values());
+        let changes = tx.apply(&mut self.tree);
+        self.deferred.extend(changes.into_values());
         Ok(())
     }
 

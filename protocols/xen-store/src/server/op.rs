@@ -7,7 +7,8 @@ use alloc::vec::Vec;
 
 use platform_api::{DomId, Perm, XsErrno};
 
-use super::tree::{can_read, can_write, parent, Node, Tree};
+use super::tree::{can_read, can_write, parent, Node};
+use super::view::View;
 use super::Limits;
 use crate::wire::{MsgType, Reply, Request, XsPath, PAYLOAD_MAX};
 
@@ -26,10 +27,8 @@ pub(crate) type Changes = BTreeMap<String, Change>;
 pub(crate) struct Op<'a> {
     pub(crate) domid: DomId,
     pub(crate) limits: &'a Limits,
-    pub(crate) tree: &'a mut Tree,
+    pub(crate) view: View<'a>,
     pub(crate) gen: &'a mut u64,
-    pub(crate) seen: Option<&'a mut BTreeMap<String, Option<u64>>>,
-    pub(crate) changes: &'a mut Changes,
 }
 
 impl Op<'_> {
@@ -46,8 +45,8 @@ impl Op<'_> {
             }
             Request::Mkdir(p) => {
                 let abs = self.abs(p);
-                self.touch(&abs);
-                match self.tree.get(&abs) {
+                self.view.touch(&abs)?;
+                match self.view.get(&abs) {
                     Some(n) if can_write(self.domid, &n.perms) => {}
                     Some(_) => return Err(XsErrno::Eacces),
                     None => self.write(&abs, &[])?,
@@ -62,7 +61,7 @@ impl Op<'_> {
             Request::Directory(p) => {
                 let abs = self.abs(p);
                 self.readable(&abs)?;
-                Ok(Reply::Directory(self.tree.children(&abs)))
+                Ok(Reply::Directory(self.view.children(&abs)))
             }
             Request::DirectoryPart { path, offset } => {
                 let abs = self.abs(path);
@@ -86,22 +85,6 @@ impl Op<'_> {
         p.resolve(self.domid)
     }
 
-    /// Records, once, the snapshot generation of the nearest existing node at or above `path`
-    /// (a node's creation changes its parent's generation, so absence is covered too).
-    fn touch(&mut self, path: &str) {
-        let Some(seen) = self.seen.as_deref_mut() else {
-            return;
-        };
-        let mut at = Some(path);
-        while let Some(p) = at {
-            if let Some(n) = self.tree.get(p) {
-                seen.entry(String::from(p)).or_insert(Some(n.gen));
-                return;
-            }
-            at = parent(p);
-        }
-    }
-
     fn bump(&mut self) -> u64 {
         *self.gen += 1;
         *self.gen
@@ -109,7 +92,8 @@ impl Op<'_> {
 
     fn changed(&mut self, path: &str, perms: &[Perm], recursive: bool) {
         let c = self
-            .changes
+            .view
+            .changes()
             .entry(String::from(path))
             .or_insert_with(|| Change {
                 path: String::from(path),
@@ -121,8 +105,8 @@ impl Op<'_> {
     }
 
     fn readable(&mut self, abs: &str) -> Result<&Node, XsErrno> {
-        self.touch(abs);
-        let n = self.tree.get(abs).ok_or(XsErrno::Enoent)?;
+        self.view.touch(abs)?;
+        let n = self.view.get(abs).ok_or(XsErrno::Enoent)?;
         if !can_read(self.domid, &n.perms) {
             return Err(XsErrno::Eacces);
         }
@@ -133,17 +117,16 @@ impl Op<'_> {
         if value.len() > self.limits.max_value_len {
             return Err(XsErrno::E2big);
         }
-        self.touch(abs);
-        if let Some(n) = self.tree.get(abs) {
+        self.view.touch(abs)?;
+        if let Some(n) = self.view.get(abs) {
             if !can_write(self.domid, &n.perms) {
                 return Err(XsErrno::Eacces);
             }
+            let mut n = n.clone();
+            n.value = value.to_vec();
+            n.gen = self.bump();
             let perms = n.perms.clone();
-            let g = self.bump();
-            if let Some(n) = self.tree.get_mut(abs) {
-                n.value = value.to_vec();
-                n.gen = g;
-            }
+            self.view.insert(String::from(abs), n);
             self.changed(abs, &perms, false);
             return Ok(());
         }
@@ -151,20 +134,21 @@ impl Op<'_> {
         let mut missing: Vec<String> = alloc::vec![String::from(abs)];
         let mut anc = parent(abs);
         while let Some(p) = anc {
-            if self.tree.get(p).is_some() {
+            self.view.touch(p)?;
+            if self.view.get(p).is_some() {
                 break;
             }
             missing.push(String::from(p));
             anc = parent(p);
         }
         let anc = String::from(anc.ok_or(XsErrno::Enoent)?);
-        let anc_perms = self.tree.get(&anc).ok_or(XsErrno::Enoent)?.perms.clone();
+        let anc_perms = self.view.get(&anc).ok_or(XsErrno::Enoent)?.perms.clone();
         if !can_write(self.domid, &anc_perms) {
             return Err(XsErrno::Eacces);
         }
         let privileged = self.domid == DomId::DOM0;
         if !privileged
-            && self.tree.owned_by(self.domid) + missing.len() > self.limits.max_nodes_per_domain
+            && self.view.owned_by(self.domid) + missing.len() > self.limits.max_nodes_per_domain
         {
             return Err(XsErrno::Enospc);
         }
@@ -175,22 +159,11 @@ impl Op<'_> {
             }
         }
         let g = self.bump();
-        if let Some(a) = self.tree.get_mut(&anc) {
-            a.gen = g;
-        }
+        self.view.set_gen(&anc, g);
         for p in missing.into_iter().rev() {
             let v = if p == abs { value.to_vec() } else { Vec::new() };
-            if let Some(seen) = self.seen.as_deref_mut() {
-                seen.entry(p.clone()).or_insert(None);
-            }
-            self.tree.insert(
-                p,
-                Node {
-                    value: v,
-                    perms: perms.clone(),
-                    gen: g,
-                },
-            );
+            let node = Node { value: v, perms: perms.clone(), gen: g };
+            self.view.insert(p, node);
         }
         self.changed(abs, &perms, false);
         Ok(())
@@ -198,31 +171,25 @@ impl Op<'_> {
 
     fn rm(&mut self, abs: &str) -> Result<(), XsErrno> {
         let par = parent(abs).ok_or(XsErrno::Einval)?;
-        self.touch(abs);
-        let Some(n) = self.tree.get(abs) else {
-            return if self.tree.get(par).is_some() {
-                Ok(())
-            } else {
-                Err(XsErrno::Enoent)
-            };
+        self.view.touch(abs)?;
+        self.view.touch(par)?;
+        let Some(n) = self.view.get(abs) else {
+            return if self.view.get(par).is_some() { Ok(()) } else { Err(XsErrno::Enoent) };
         };
         if !can_write(self.domid, &n.perms) {
             return Err(XsErrno::Eacces);
         }
         let perms = n.perms.clone();
-        self.touch(par);
-        let below = self.tree.descendants(abs);
+        let below = self.view.descendants(abs);
         for d in &below {
-            self.touch(d);
+            self.view.touch(d)?;
         }
         for d in &below {
-            self.tree.remove(d);
+            self.view.remove(d);
         }
-        self.tree.remove(abs);
+        self.view.remove(abs);
         let g = self.bump();
-        if let Some(p) = self.tree.get_mut(par) {
-            p.gen = g;
-        }
+        self.view.set_gen(par, g);
         self.changed(abs, &perms, true);
         Ok(())
     }
@@ -232,8 +199,8 @@ impl Op<'_> {
             return Err(XsErrno::E2big);
         }
         let new_owner = perms.first().ok_or(XsErrno::Einval)?.domid;
-        self.touch(abs);
-        let n = self.tree.get(abs).ok_or(XsErrno::Enoent)?;
+        self.view.touch(abs)?;
+        let n = self.view.get(abs).ok_or(XsErrno::Enoent)?;
         let privileged = self.domid == DomId::DOM0;
         if !privileged {
             if n.owner() != self.domid || !can_write(self.domid, &n.perms) {
@@ -243,15 +210,17 @@ impl Op<'_> {
                 return Err(XsErrno::Eperm);
             }
         }
-        let g = self.bump();
-        self.tree.set_perms(abs, perms.to_vec(), g);
+        let mut n = n.clone();
+        n.perms = perms.to_vec();
+        n.gen = self.bump();
+        self.view.insert(String::from(abs), n);
         self.changed(abs, perms, false);
         Ok(())
     }
 
     fn directory_part(&self, abs: &str, gencnt: u64, offset: usize) -> Result<Reply, XsErrno> {
         let mut all: Vec<u8> = Vec::new();
-        for c in self.tree.children(abs) {
+        for c in self.view.children(abs) {
             all.extend_from_slice(c.as_bytes());
             all.push(0);
         }

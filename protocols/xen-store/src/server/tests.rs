@@ -709,6 +709,48 @@ fn transactions_cannot_jointly_exceed_node_quota() {
 }
 
 #[test]
+fn transaction_touching_too_many_nodes_refused() {
+    let limits = Limits { max_transaction_nodes: 5, ..Limits::DEFAULT };
+    let mut s = Server::new(limits);
+    s.introduce_domain(d(1));
+    let mut h = Harness { s };
+    let c1 = h.conn(1);
+    let t = start(&mut h, c1);
+    for i in 0..5 {
+        assert_eq!(h.read_tx(c1, t, &alloc::format!("missing{i}")), Err(XsErrno::Enoent));
+    }
+    assert_eq!(h.read_tx(c1, t, "missing0"), Err(XsErrno::Enoent), "already touched");
+    assert_eq!(h.read_tx(c1, t, "missing5"), Err(XsErrno::Enospc));
+    // Outside the transaction nothing is bounded this way.
+    assert_eq!(h.read(c1, "missing5"), Err(XsErrno::Enoent));
+}
+
+#[test]
+fn transaction_sees_own_writes_and_lists_them() {
+    let mut h = Harness::new();
+    let c1 = h.conn(1);
+    h.write(c1, 0, "dir/old", "o").unwrap();
+    let t = start(&mut h, c1);
+    h.write(c1, t, "dir/new", "n").unwrap();
+    h.req(c1, t, Request::Rm(p("dir/old"))).unwrap();
+    assert_eq!(h.read_tx(c1, t, "dir/new"), Ok(b"n".to_vec()));
+    assert_eq!(h.read_tx(c1, t, "dir/old"), Err(XsErrno::Enoent));
+    assert_eq!(
+        h.req(c1, t, Request::Directory(p("dir"))),
+        Ok(Reply::Directory(vec!["new".into()]))
+    );
+    assert_eq!(
+        h.req(c1, 0, Request::Directory(p("dir"))),
+        Ok(Reply::Directory(vec!["old".into()]))
+    );
+    h.req(c1, t, Request::TransactionEnd { commit: true }).unwrap();
+    assert_eq!(
+        h.req(c1, 0, Request::Directory(p("dir"))),
+        Ok(Reply::Directory(vec!["new".into()]))
+    );
+}
+
+#[test]
 fn hostile_oversized_len_drops_connection() {
     let mut h = Harness::new();
     let c1 = h.conn(1);

@@ -109,15 +109,6 @@ impl Tree {
         Some(old)
     }
 
-    /// Changes a node's permissions, keeping the owner counts right.
-    pub(crate) fn set_perms(&mut self, path: &str, perms: Vec<Perm>, gen: u64) {
-        if let Some(mut n) = self.remove(path) {
-            n.perms = perms;
-            n.gen = gen;
-            self.insert(String::from(path), n);
-        }
-    }
-
     fn uncount(&mut self, owner: DomId) {
         if let Some(c) = self.owned.get_mut(&owner) {
             *c = c.saturating_sub(1);
