@@ -363,6 +363,9 @@ impl Events for HostedEvents {
         })
     }
 
+    /// Blocks on the socket, then drains every queued datagram. A datagram for a port we
+    /// closed meanwhile (or from the wrong domain) is dropped, so the set may come back empty
+    /// before `timeout`; callers loop anyway.
     fn wait(&mut self, timeout: Option<Duration>) -> Result<PortSet, PlatformError> {
         let mut set = PortSet::new();
         let mut buf = [0u8; 64];
