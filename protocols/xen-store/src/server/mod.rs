@@ -497,15 +497,34 @@ impl Server {
     ) -> Result<Reply, XsErrno> {
         let mut fired = Changes::new();
         let result = {
-            let Server { tree, conns, gen, limits, .. } = self;
+            let Server {
+                tree,
+                conns,
+                gen,
+                limits,
+                ..
+            } = self;
             let view = if tx_id == 0 {
-                View::Main { tree, changes: &mut fired }
+                View::Main {
+                    tree,
+                    changes: &mut fired,
+                }
             } else {
                 let c = conns.get_mut(&conn.0).ok_or(XsErrno::Einval)?;
                 let tx = c.txs.get_mut(&tx_id).ok_or(XsErrno::Enoent)?;
-                View::Tx { main: tree, tx, max_nodes: limits.max_transaction_nodes }
+                View::Tx {
+                    main: tree,
+                    tx,
+                    max_nodes: limits.max_transaction_nodes,
+                }
             };
-            Op { domid, limits, view, gen }.run(request)
+            Op {
+                domid,
+                limits,
+                view,
+                gen,
+            }
+            .run(request)
         };
         self.defer(conn, fired);
         result

@@ -162,7 +162,11 @@ impl Op<'_> {
         self.view.set_gen(&anc, g);
         for p in missing.into_iter().rev() {
             let v = if p == abs { value.to_vec() } else { Vec::new() };
-            let node = Node { value: v, perms: perms.clone(), gen: g };
+            let node = Node {
+                value: v,
+                perms: perms.clone(),
+                gen: g,
+            };
             self.view.insert(p, node);
         }
         self.changed(abs, &perms, false);
@@ -174,7 +178,11 @@ impl Op<'_> {
         self.view.touch(abs)?;
         self.view.touch(par)?;
         let Some(n) = self.view.get(abs) else {
-            return if self.view.get(par).is_some() { Ok(()) } else { Err(XsErrno::Enoent) };
+            return if self.view.get(par).is_some() {
+                Ok(())
+            } else {
+                Err(XsErrno::Enoent)
+            };
         };
         if !can_write(self.domid, &n.perms) {
             return Err(XsErrno::Eacces);

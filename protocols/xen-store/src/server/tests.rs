@@ -710,16 +710,26 @@ fn transactions_cannot_jointly_exceed_node_quota() {
 
 #[test]
 fn transaction_touching_too_many_nodes_refused() {
-    let limits = Limits { max_transaction_nodes: 5, ..Limits::DEFAULT };
+    let limits = Limits {
+        max_transaction_nodes: 5,
+        ..Limits::DEFAULT
+    };
     let mut s = Server::new(limits);
     s.introduce_domain(d(1));
     let mut h = Harness { s };
     let c1 = h.conn(1);
     let t = start(&mut h, c1);
     for i in 0..5 {
-        assert_eq!(h.read_tx(c1, t, &alloc::format!("missing{i}")), Err(XsErrno::Enoent));
+        assert_eq!(
+            h.read_tx(c1, t, &alloc::format!("missing{i}")),
+            Err(XsErrno::Enoent)
+        );
     }
-    assert_eq!(h.read_tx(c1, t, "missing0"), Err(XsErrno::Enoent), "already touched");
+    assert_eq!(
+        h.read_tx(c1, t, "missing0"),
+        Err(XsErrno::Enoent),
+        "already touched"
+    );
     assert_eq!(h.read_tx(c1, t, "missing5"), Err(XsErrno::Enospc));
     // Outside the transaction nothing is bounded this way.
     assert_eq!(h.read(c1, "missing5"), Err(XsErrno::Enoent));
@@ -743,7 +753,8 @@ fn transaction_sees_own_writes_and_lists_them() {
         h.req(c1, 0, Request::Directory(p("dir"))),
         Ok(Reply::Directory(vec!["old".into()]))
     );
-    h.req(c1, t, Request::TransactionEnd { commit: true }).unwrap();
+    h.req(c1, t, Request::TransactionEnd { commit: true })
+        .unwrap();
     assert_eq!(
         h.req(c1, 0, Request::Directory(p("dir"))),
         Ok(Reply::Directory(vec!["new".into()]))

@@ -26,7 +26,9 @@ pub(crate) struct TxState {
 impl TxState {
     /// Whether the main tree still holds what the transaction based itself on.
     pub(crate) fn conflicts(&self, main: &Tree) -> bool {
-        self.seen.iter().any(|(p, g)| main.get(p).map(|n| n.gen) != *g)
+        self.seen
+            .iter()
+            .any(|(p, g)| main.get(p).map(|n| n.gen) != *g)
     }
 
     /// Owners that would end above `max` nodes, other than dom0.
@@ -52,8 +54,15 @@ impl TxState {
 
 /// The main tree (with the changes to fire) or a transaction over it.
 pub(crate) enum View<'a> {
-    Main { tree: &'a mut Tree, changes: &'a mut Changes },
-    Tx { main: &'a Tree, tx: &'a mut TxState, max_nodes: usize },
+    Main {
+        tree: &'a mut Tree,
+        changes: &'a mut Changes,
+    },
+    Tx {
+        main: &'a Tree,
+        tx: &'a mut TxState,
+        max_nodes: usize,
+    },
 }
 
 impl View<'_> {
@@ -76,12 +85,20 @@ impl View<'_> {
 
     /// Records what the main tree holds at `path`, once; refuses past the transaction bound.
     pub(crate) fn touch(&mut self, path: &str) -> Result<(), XsErrno> {
-        let View::Tx { main, tx, max_nodes } = self else { return Ok(()) };
+        let View::Tx {
+            main,
+            tx,
+            max_nodes,
+        } = self
+        else {
+            return Ok(());
+        };
         if !tx.seen.contains_key(path) {
             if tx.seen.len() >= *max_nodes {
                 return Err(XsErrno::Enospc);
             }
-            tx.seen.insert(String::from(path), main.get(path).map(|n| n.gen));
+            tx.seen
+                .insert(String::from(path), main.get(path).map(|n| n.gen));
         }
         Ok(())
     }
