@@ -232,7 +232,9 @@ impl Agent {
     }
 
     fn handle_frame(&mut self, frame: &[u8]) -> Result<(), ConnError> {
-        let (hdr, body) = frame.split_at(HEADER_LEN);
+        let (hdr, body) = frame
+            .split_at_checked(HEADER_LEN)
+            .ok_or(ConnError::Wire(WireError::Truncated { needed: HEADER_LEN }))?;
         let h = super::wire::MsgHeader::new_unchecked(hdr);
         let w = h.window();
         let ty = h.msg_type();

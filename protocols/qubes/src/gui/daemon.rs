@@ -213,7 +213,9 @@ impl Daemon {
     }
 
     fn handle_frame(&mut self, frame: &[u8]) -> Result<(), ConnError> {
-        let (hdr, body) = frame.split_at(HEADER_LEN);
+        let (hdr, body) = frame
+            .split_at_checked(HEADER_LEN)
+            .ok_or(ConnError::Wire(WireError::Truncated { needed: HEADER_LEN }))?;
         let h = MsgHeader::new_unchecked(hdr);
         let (w, ty) = (h.window(), h.msg_type());
         let msg = Message::parse_body(ty, body).map_err(ConnError::Wire)?;

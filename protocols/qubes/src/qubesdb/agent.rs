@@ -159,7 +159,8 @@ impl Agent {
     }
 
     /// Consumes vchan bytes and returns how many were taken. Fewer than given means queues are
-    /// full: transmit and take events, then offer the rest again. Errors are sticky.
+    /// full: transmit and take events, then offer the rest again (0 while disconnected).
+    /// Errors are sticky until [`connect`](Self::connect).
     pub fn handle_input(&mut self, data: &[u8]) -> Result<usize, ConnError> {
         match self.state {
             SyncState::Failed(e) => return Err(e),

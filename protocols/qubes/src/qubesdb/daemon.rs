@@ -143,8 +143,8 @@ impl Daemon {
         self.state == State::Ready
     }
 
-    /// Consumes VM bytes; returns how many were taken (fewer when queues are full). Errors are
-    /// fatal to this connection, as in the C daemon, and sticky.
+    /// Consumes VM bytes; returns how many were taken (fewer when queues are full, 0 while
+    /// disconnected). Errors are fatal to this connection, as in the C daemon, and sticky.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<usize, ConnError> {
         match self.state {
             State::Failed(e) => return Err(e),
