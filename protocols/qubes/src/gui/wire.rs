@@ -1,5 +1,5 @@
 //! GUI protocol wire format: handshake words, the 12-byte `msg_hdr` and a typed body for every
-//! type 124..149 with its exact size (qubes-gui-protocol.h [QG]; rules from the daemon [QGD]).
+//! type 124..149 with its exact size (qubes-gui-protocol.h \[QG\]; rules from the daemon \[QGD\]).
 //!
 //! Decoding is strict: a body must have exactly its type's size (variable bodies: their own
 //! rules), because from 1.6 the daemon exits on a mismatch. Fixed text fields are read up to
@@ -310,7 +310,7 @@ impl fmt::Display for BufferTooSmall {
 
 impl core::error::Error for BufferTooSmall {}
 
-/// A view of `struct msg_hdr` ([QG]); the same in both directions.
+/// A view of `struct msg_hdr` (\[QG\]); the same in both directions.
 #[derive(Debug, Clone, Copy)]
 pub struct MsgHeader<T: AsRef<[u8]>> {
     buffer: T,

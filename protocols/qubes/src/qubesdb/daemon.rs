@@ -357,7 +357,7 @@ impl Daemon {
         }
     }
 
-    /// Reloads one client's firewall exactly as dom0 does ([QA] `reload_firewall_for_vm`):
+    /// Reloads one client's firewall exactly as dom0 does (\[QA\] `reload_firewall_for_vm`):
     /// RM `/qubes-firewall/<ip>/`, WRITE `policy` = `drop` and each rule as `NNNN`, then the
     /// commit marker `/qubes-firewall/<ip>` = "". All or nothing: refused before any change if
     /// the queues cannot take the whole sequence.

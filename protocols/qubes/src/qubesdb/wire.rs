@@ -1,5 +1,5 @@
 //! QubesDB wire format: the 72-byte `qdb_hdr` view, validated paths and typed messages
-//! (`struct qdb_hdr`, `enum qdb_msg`, qubesdb.h [QDB]; validation as `db-cmds.c` `verify_hdr`).
+//! (`struct qdb_hdr`, `enum qdb_msg`, qubesdb.h \[QDB\]; validation as `db-cmds.c` `verify_hdr`).
 //!
 //! Contract (smoltcp's): once [`Header::new_checked`] passes, no accessor can panic. Decoding reads
 //! the path only up to its first NUL and never requires zero padding (the C daemon leaves garbage
@@ -108,7 +108,7 @@ impl From<MsgType> for u8 {
 }
 
 impl MsgType {
-    /// Whether the type may appear on the dom0 <-> VM vchan at all ([QDB] `handle_vchan_data`).
+    /// Whether the type may appear on the dom0 <-> VM vchan at all (\[QDB\] `handle_vchan_data`).
     pub fn valid_on_vchan(self) -> bool {
         matches!(
             self,
@@ -328,7 +328,7 @@ pub fn check_data(data: &[u8]) -> Result<(), WireError> {
     }
 }
 
-/// A view of `struct qdb_hdr` over a buffer ([QDB] qubesdb.h).
+/// A view of `struct qdb_hdr` over a buffer (\[QDB\] qubesdb.h).
 #[derive(Debug, Clone, Copy)]
 pub struct Header<T: AsRef<[u8]>> {
     buffer: T,

@@ -1,4 +1,4 @@
-//! Fixed-size GUI message bodies (`struct msg_*`, qubes-gui-protocol.h [QG]): all little-endian
+//! Fixed-size GUI message bodies (`struct msg_*`, qubes-gui-protocol.h \[QG\]): all little-endian
 //! u32/i32 words, so one macro declares each with its exact size.
 
 use super::WireError;
