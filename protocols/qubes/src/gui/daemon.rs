@@ -343,7 +343,9 @@ impl Daemon {
 
     /// Tells the agent the user moved or resized `w`. Refused with [`LocalError::Busy`] until
     /// the agent has answered the previous one with identical geometry.
-    pub fn configure(&mut self, w: WindowId, c: Configure) -> Result<(), LocalError> {
+    pub fn configure(&mut self, w: WindowId, mut c: Configure) -> Result<(), LocalError> {
+        // Clamped like the agent's reply will be, so the two can match.
+        (c.width, c.height) = Self::clamp(c.width, c.height);
         if self
             .windows
             .get(&w)

@@ -282,6 +282,29 @@ fn configure_round_trip_byte_at_a_time() {
 }
 
 #[test]
+fn oversized_user_configure_is_clamped_so_the_echo_matches() {
+    let mut p = Pair::connected(4096);
+    p.agent.create_window(W, 0, 0, 10, 10).unwrap();
+    p.drive();
+    let huge = Configure {
+        x: 0,
+        y: 0,
+        width: 99_999,
+        height: 99_999,
+        override_redirect: 0,
+    };
+    p.daemon.configure(W, huge).unwrap();
+    p.drive();
+    let clamped = Configure {
+        width: MAX_WINDOW_WIDTH,
+        height: MAX_WINDOW_HEIGHT,
+        ..huge
+    };
+    assert_eq!(p.agent_events, [Event::Configure(W, clamped)]);
+    p.daemon.configure(W, clamped).unwrap();
+}
+
+#[test]
 fn dump_then_ack() {
     let mut p = Pair::connected(4096);
     p.agent.create_window(W, 0, 0, 32, 32).unwrap();

@@ -335,6 +335,23 @@ fn own_write_reaches_the_untrusted_area_and_is_acked() {
 }
 
 #[test]
+fn own_write_during_sync_survives_the_sync() {
+    let mut pair = Pair::new(5);
+    dom0_with_defaults(&mut pair.dom0);
+    pair.connect();
+    pair.vm.write("/qubes-iptables-error", b"").unwrap();
+    pair.drive();
+    assert_eq!(pair.vm.read("/qubes-iptables-error"), Some(&b""[..]));
+    assert_eq!(
+        pair.dom0.read_untrusted("/qubes-iptables-error"),
+        Some(&b""[..])
+    );
+    assert!(pair
+        .vm_events
+        .contains(&Event::WriteAcked(p("/qubes-iptables-error"))));
+}
+
+#[test]
 fn reconnect_is_a_new_sync() {
     let mut pair = Pair::new(64);
     dom0_with_defaults(&mut pair.dom0);
