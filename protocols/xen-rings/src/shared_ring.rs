@@ -337,6 +337,33 @@ impl FrontRing {
         Ok(true)
     }
 
+    /// Responses validated by the last poll and not yet consumed.
+    pub fn ready(&self) -> u32 {
+        self.rsp_seen.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Requests published and not yet answered.
+    pub fn outstanding(&self) -> u32 {
+        self.req_prod.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Copies the response `ahead` slots past the consumer without consuming it; `false`
+    /// when the last poll did not validate that far.
+    pub fn peek_response<M: SharedMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        ahead: u32,
+        out: &mut [u8],
+    ) -> Result<bool, SharedRingError> {
+        self.check()?;
+        if ahead >= self.ready() {
+            return Ok(false);
+        }
+        let idx = self.rsp_cons.wrapping_add(ahead);
+        read_slot(mem, self.layout, idx, out).map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: when nothing is pending, sets `rsp_event` to ask
     /// for a notification on the next response, then looks once more (closing the race).
     pub fn final_check_for_responses<M: SharedMem + ?Sized>(
@@ -485,6 +512,33 @@ impl BackRing {
         let idx = self.req_cons.wrapping_add(ahead);
         read_slot(mem, self.layout, idx, out).map_err(|e| self.fail(e))?;
         Ok(true)
+    }
+
+    /// Consumes `n` requests already read with [`BackRing::peek_request`]; refuses to pass
+    /// what the last poll validated.
+    pub fn consume(&mut self, n: u32) -> Result<(), SharedRingError> {
+        self.check()?;
+        if n > self.ready() {
+            return Err(SharedRingError::Full {
+                what: "validated request to consume",
+            });
+        }
+        self.req_cons = self.req_cons.wrapping_add(n);
+        Ok(())
+    }
+
+    /// Asks for a notification once the frontend has produced `count` more requests than
+    /// we consumed (`req_event = req_cons + count`), then polls once more.
+    pub fn request_event_after<M: SharedMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        count: u32,
+    ) -> Result<u32, SharedRingError> {
+        self.check()?;
+        let r = mem.store_u32(REQ_EVENT, self.req_cons.wrapping_add(count.max(1)), Release);
+        r.map_err(|e| self.fail(e.into()))?;
+        mem.fence(SeqCst);
+        self.poll_requests(mem)
     }
 
     /// Writes a response into the next slot (not yet visible); each consumed request is
