@@ -31,7 +31,10 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLong { len, max } => {
-                write!(f, "message declares a {len}-byte body, more than the {max} allowed")
+                write!(
+                    f,
+                    "message declares a {len}-byte body, more than the {max} allowed"
+                )
             }
             Self::BadHeader(why) => write!(f, "bad message header: {why}"),
         }
@@ -53,7 +56,12 @@ pub struct FrameReader<F: Framing> {
 impl<F: Framing> FrameReader<F> {
     /// An empty reader.
     pub fn new(framing: F) -> Self {
-        Self { framing, buf: Vec::new(), frame_len: None, error: None }
+        Self {
+            framing,
+            buf: Vec::new(),
+            frame_len: None,
+            error: None,
+        }
     }
 
     /// The framing, e.g. to update a negotiated version.
@@ -128,7 +136,10 @@ mod tests {
         fn body_len(&self, h: &[u8]) -> Result<usize, FrameError> {
             let n = u32::from_le_bytes(h.try_into().unwrap());
             if n > 8 {
-                return Err(FrameError::TooLong { len: n.into(), max: 8 });
+                return Err(FrameError::TooLong {
+                    len: n.into(),
+                    max: 8,
+                });
             }
             Ok(n as usize)
         }
@@ -148,13 +159,26 @@ mod tests {
                 }
             }
         }
-        assert_eq!(frames, [&[2, 0, 0, 0, b'h', b'i'][..], &[0, 0, 0, 0], &[1, 0, 0, 0, b'x']]);
+        assert_eq!(
+            frames,
+            [
+                &[2, 0, 0, 0, b'h', b'i'][..],
+                &[0, 0, 0, 0],
+                &[1, 0, 0, 0, b'x']
+            ]
+        );
     }
 
     #[test]
     fn oversize_refused_before_allocation_and_sticky() {
         let mut r = FrameReader::new(Len);
-        assert_eq!(r.push(&[0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLong { len: 0xffff_ffff, max: 8 }));
+        assert_eq!(
+            r.push(&[0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::TooLong {
+                len: 0xffff_ffff,
+                max: 8
+            })
+        );
         assert!(r.buf.capacity() < 64);
         assert!(r.push(&[0]).is_err());
     }
