@@ -1,0 +1,12 @@
+//! qubes-sim: dom0 in a process. The hosted xenstored, one qrexec daemon per running qube with
+//! the policy evaluator, the qvm-* tools over a JSON registry, and the VM-side qrexec agent.
+//!
+//! Qubes run as Linux processes on the hosted backend (`QUBES_HOSTED_DOMID`,
+//! `QUBES_HOSTED_DIR`) and reach dom0 only through xs_wire, vchan and qrexec messages; the
+//! admin socket is dom0-internal (tools to daemon), as qubesd's is.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod dom0call;
+pub mod registry;

@@ -1,0 +1,53 @@
+//! qubes-sim multi-call binary: `qubes-sim <command> …` or a link named after the command
+//! (`qvm-create`, `qrexec-client-vm`, …).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use qubes_sim::cli::{self, Usage};
+
+const HELP: &str = "usage: qubes-sim COMMAND [ARGS...]
+dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-start qvm-kill qvm-run
+sim: daemon (run the sim in the foreground), shutdown
+in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process)
+state directory: $QUBES_SIM_DIR";
+
+fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().collect();
+    let arg0 = argv.first().cloned().unwrap_or_default();
+    let base = std::path::Path::new(&arg0)
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_string();
+    let (prog, args) = if base == "qubes-sim" || base.is_empty() || base.starts_with("qubes_sim") {
+        if argv.len() < 2 {
+            eprintln!("{HELP}");
+            return ExitCode::from(2);
+        }
+        let prog = argv.remove(1);
+        (prog, argv.split_off(1))
+    } else {
+        (base, argv.split_off(1))
+    };
+    if prog == "help" || prog == "--help" || prog == "-h" {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let result = match prog.as_str() {
+        p if p.starts_with("qvm-") => cli::run(p, &args),
+        _ => Err(Usage(format!("unknown command {prog:?}")).into()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("{prog}: error: {e:#}");
+            let code = if e.downcast_ref::<Usage>().is_some() {
+                2
+            } else {
+                1
+            };
+            ExitCode::from(code)
+        }
+    }
+}
