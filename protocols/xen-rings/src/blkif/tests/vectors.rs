@@ -1,5 +1,5 @@
 //! Every blkif vector both ways: emit == hex, parse == fields; constants; round trips.
-use super::wire::*;
+use crate::blkif::wire::*;
 use alloc::format;
 use platform_api::GrantRef;
 use proptest::prelude::*;

@@ -1,0 +1,3 @@
+//! blkif tests: vectors both ways, then our blkfront against a fake backend.
+mod front;
+mod vectors;
