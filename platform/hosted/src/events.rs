@@ -1,6 +1,8 @@
 //! Hosted event channels: each handle owns a Unix datagram socket; each port is an entry
 //! `<run>/evtchn/d<dom>/<port>` that binding cross-links with its peer's; notify = one datagram.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod poll;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -216,8 +218,6 @@ impl Drop for Inner {
 #[derive(Debug)]
 pub struct HostedEvents {
     inner: Arc<Inner>,
-    /// The receive socket's current mode, to skip redundant `fcntl`/`setsockopt` calls.
-    mode: Option<Option<Duration>>,
 }
 
 impl HostedEvents {
@@ -227,6 +227,8 @@ impl HostedEvents {
         fs::create_dir_all(&dir).map_err(|e| os("create port directory", &e))?;
         let sock_path = dir.join(format!("{}.sock", unique("h")));
         let recv = UnixDatagram::bind(&sock_path).map_err(|e| os("bind event socket", &e))?;
+        recv.set_nonblocking(true)
+            .map_err(|e| os("event socket", &e))?;
         let send = UnixDatagram::unbound().map_err(|e| os("event socket", &e))?;
         send.set_nonblocking(true)
             .map_err(|e| os("event socket", &e))?;
@@ -240,7 +242,6 @@ impl HostedEvents {
         };
         Ok(Self {
             inner: Arc::new(inner),
-            mode: None,
         })
     }
 
@@ -253,21 +254,6 @@ impl HostedEvents {
     /// Our domain id.
     pub fn domid(&self) -> DomId {
         self.inner.me
-    }
-
-    fn set_mode(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if self.mode == Some(timeout) {
-            return Ok(());
-        }
-        let s = &self.inner.recv;
-        if timeout == Some(Duration::ZERO) {
-            s.set_nonblocking(true)?;
-        } else {
-            s.set_nonblocking(false)?;
-            s.set_read_timeout(timeout)?;
-        }
-        self.mode = Some(timeout);
-        Ok(())
     }
 
     /// Adds the port a datagram names to `set` if it is ours and came from its peer domain.
@@ -369,29 +355,28 @@ impl Events for HostedEvents {
     fn wait(&mut self, timeout: Option<Duration>) -> Result<PortSet, PlatformError> {
         let mut set = PortSet::new();
         let mut buf = [0u8; 64];
-        self.set_mode(timeout)
-            .map_err(|e| os("event socket mode", &e))?;
-        match self.inner.recv.recv(&mut buf) {
-            Ok(n) => self.accept(buf.get(..n).unwrap_or(&[]), &mut set),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(set)
+        // The socket is non-blocking: drain what is queued; sleep in poll(2) only if nothing
+        // was, then drain again. One wakeup reports every pending port.
+        for round in 0..2 {
+            let mut got = false;
+            loop {
+                match self.inner.recv.recv(&mut buf) {
+                    Ok(n) => {
+                        got = true;
+                        self.accept(buf.get(..n).unwrap_or(&[]), &mut set);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(os("receive event", &e)),
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(set),
-            Err(e) => return Err(os("receive event", &e)),
-        }
-        // Drain the rest without blocking: one wakeup reports every pending port.
-        self.set_mode(Some(Duration::ZERO))
-            .map_err(|e| os("event socket mode", &e))?;
-        loop {
-            match self.inner.recv.recv(&mut buf) {
-                Ok(n) => self.accept(buf.get(..n).unwrap_or(&[]), &mut set),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+            if got || round == 1 || timeout == Some(Duration::ZERO) {
+                break;
+            }
+            let ready = poll::readable(self.inner.recv.as_fd(), timeout)
+                .map_err(|e| os("poll event socket", &e))?;
+            if !ready {
+                break;
             }
         }
         Ok(set)
