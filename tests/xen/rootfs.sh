@@ -4,6 +4,7 @@
 set -euo pipefail
 ROOT=${1:?usage: rootfs.sh DIR}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
+SECURITY=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common linux-image-amd64 initramfs-tools
       systemd-sysv udev kmod iproute2 procps)
 
@@ -18,6 +19,8 @@ mount --bind /dev "$ROOT/dev"; mount --bind /dev/pts "$ROOT/dev/pts"
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"; chmod +x "$ROOT/usr/sbin/policy-rc.d"
 echo "deb $MIRROR bookworm main" > "$ROOT/etc/apt/sources.list"
 echo "deb $MIRROR bookworm-updates main" >> "$ROOT/etc/apt/sources.list"
+# Security updates carry the Xen and kernel fixes the lab was shown to work with (4.17.7, 6.1.0-5x).
+echo "deb $SECURITY bookworm-security main" >> "$ROOT/etc/apt/sources.list"
 ch() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@"; }
 ch apt-get update -qq
 ch apt-get install -y -qq --no-install-recommends "${PKGS[@]}"

@@ -7,7 +7,7 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use platform_api::{Clock, DomId, Duration, Events, Notify, Port, Store, Tx};
+use platform_api::{Clock, DomId, Duration, Events, Grants, Notify, Port, SharedMem, Store, Tx};
 use platform_xen::abi::ShutdownReason;
 use platform_xen::{println, Mode, Xen};
 use xen_store::blocking::BlockingStore;
@@ -68,18 +68,66 @@ pub fn main(mut xen: Xen) -> ! {
     match evs.alloc_unbound(DomId::DOM0) {
         Ok(p) => {
             let port = p.port();
-            let sent = p.notify();
-            println!(
-                "xen-smoke: evtchn ok alloc-unbound port={port} send={}",
-                sent.is_ok()
-            );
-            let _ = store.write(
-                Tx::NONE,
-                "data/smoke-port",
-                alloc::format!("{port}").as_bytes(),
-            );
+            println!("xen-smoke: evtchn-unbound ok port={port}");
+            let _ = store.write(Tx::NONE, "data/smoke-port", alloc::format!("{port}").as_bytes());
+            core::mem::forget(p); // stays open for dom0 to inspect
         }
-        Err(e) => println!("xen-smoke: evtchn FAIL {e}"),
+        Err(e) => println!("xen-smoke: evtchn-unbound FAIL {e}"),
+    }
+    // Loopback: bind to our own unbound port, notify one end, see the other pending.
+    let me = domid.as_ref().ok().and_then(|d| DomId::parse(d.trim()).ok());
+    match me.map(|me| (me, evs.alloc_unbound(me))) {
+        Some((me, Ok(a))) => match evs.bind_interdomain(me, a.port()) {
+            Ok(b) => {
+                let sent = b.notify();
+                let got = evs.wait(Some(Duration::from_secs(2)));
+                let hit = got.as_ref().map(|s| s.contains(a.port())).unwrap_or(false);
+                if sent.is_ok() && hit {
+                    println!("xen-smoke: evtchn-interdomain ok {}<->{} send+poll", a.port(), b.port());
+                } else {
+                    println!("xen-smoke: evtchn-interdomain FAIL sent={sent:?} got={got:?}");
+                }
+            }
+            Err(e) => println!("xen-smoke: evtchn-interdomain FAIL bind {e}"),
+        },
+        Some((_, Err(e))) => println!("xen-smoke: evtchn-interdomain FAIL alloc {e}"),
+        None => println!("xen-smoke: evtchn-interdomain FAIL no domid"),
+    }
+    // VIRQ_TIMER: a one-shot timer 20 ms ahead wakes SCHEDOP_poll.
+    match evs.bind_timer() {
+        Ok(t) => {
+            let start = clock.now();
+            let armed = evs.set_timer(start.saturating_add(Duration::from_millis(20)));
+            let got = evs.wait(Some(Duration::from_secs(2)));
+            let dt = clock.now().saturating_duration_since(start);
+            let hit = got.as_ref().map(|s| s.contains(t.port())).unwrap_or(false);
+            if armed.is_ok() && hit && dt >= Duration::from_millis(19) {
+                println!("xen-smoke: virq-timer ok fired after {}us", dt.as_micros());
+            } else {
+                println!("xen-smoke: virq-timer FAIL armed={armed:?} got={got:?} after {}us", dt.as_micros());
+            }
+        }
+        Err(e) => println!("xen-smoke: virq-timer FAIL bind {e}"),
+    }
+
+    match xen.grants() {
+        Some(mut g) => match g.share(DomId::DOM0, 2, true) {
+            Ok((mem, refs)) => {
+                let wrote = mem.write(4096, b"granted by xen-smoke").is_ok();
+                let list: Vec<String> = refs.iter().map(|r| alloc::format!("{r}")).collect();
+                let _ = store.write(Tx::NONE, "data/smoke-grefs", list.join(" ").as_bytes());
+                let before = g.free_refs();
+                let ended = mem.end_access();
+                let back = g.free_refs() == before + refs.len();
+                if wrote && ended.is_ok() && back {
+                    println!("xen-smoke: grant ok refs={} end-access ok", list.join(","));
+                } else {
+                    println!("xen-smoke: grant FAIL wrote={wrote} end={ended:?} refs-back={back}");
+                }
+            }
+            Err(e) => println!("xen-smoke: grant FAIL share: {e}"),
+        },
+        None => println!("xen-smoke: grant FAIL no grant table"),
     }
 
     if let Err(e) = store.watch("control/shutdown", "shutdown") {

@@ -181,6 +181,11 @@ pub const XENMAPSPACE_GRANT_TABLE: u32 = 1;
 pub const HVMOP_SET_PARAM: u32 = 0;
 /// `HVMOP_get_param`.
 pub const HVMOP_GET_PARAM: u32 = 1;
+/// `HVM_PARAM_CALLBACK_IRQ`: how events are delivered; non-zero tells the toolstack the guest
+/// has PV drivers (libxl refuses `xl shutdown` of a PVH guest without it).
+pub const HVM_PARAM_CALLBACK_IRQ: u32 = 0;
+/// `HVM_PARAM_CALLBACK_TYPE_VECTOR` in bits 63:56 of the CALLBACK_IRQ value.
+pub const CALLBACK_TYPE_VECTOR: u64 = 2 << 56;
 /// `HVM_PARAM_STORE_PFN`.
 pub const HVM_PARAM_STORE_PFN: u32 = 1;
 /// `HVM_PARAM_STORE_EVTCHN`.
@@ -798,6 +803,7 @@ mod tests {
             ("HVM_PARAM_CONSOLE_PFN", HVM_PARAM_CONSOLE_PFN),
             ("HVM_PARAM_CONSOLE_EVTCHN", HVM_PARAM_CONSOLE_EVTCHN),
             ("HVM_PARAM_STORE_PFN", HVM_PARAM_STORE_PFN),
+            ("HVM_PARAM_CALLBACK_IRQ", HVM_PARAM_CALLBACK_IRQ),
             ("HVM_PARAM_STORE_EVTCHN", HVM_PARAM_STORE_EVTCHN),
             ("XENMEM_add_to_physmap", XENMEM_ADD_TO_PHYSMAP),
             ("XENMAPSPACE_grant_table", XENMAPSPACE_GRANT_TABLE),
@@ -807,6 +813,8 @@ mod tests {
             assert_eq!(vf.constant(c), i64::from(v), "{c}");
         }
         assert_eq!(vf.constant("DOMID_SELF"), i64::from(DOMID_SELF));
+        let t = vf.constant("HVM_PARAM_CALLBACK_TYPE_VECTOR") as u64;
+        assert_eq!(t << 56, CALLBACK_TYPE_VECTOR);
         assert_eq!(vf.constant("SHUTDOWN_crash"), ShutdownReason::Crash as i64);
         assert_eq!(
             vf.constant("GTF_permit_access"),

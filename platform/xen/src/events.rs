@@ -154,6 +154,11 @@ impl XenEvents {
         Ok(XenPort { port, owned: true })
     }
 
+    /// Arms the one-shot timer (VIRQ_TIMER, see [`XenEvents::bind_timer`]) at `at`.
+    pub fn set_timer(&mut self, at: Instant) -> Result<(), PlatformError> {
+        hypercall::set_timer(at.as_nanos().max(1)).map_err(|e| port_err(e, "set_timer_op"))
+    }
+
     /// The watched ports that are pending now, with their pending bits cleared.
     fn take_pending(&self) -> PortSet {
         let mut words = [0u64; WORDS];

@@ -114,6 +114,17 @@ pub fn hvm_get_param(index: u32) -> Result<u64, XenErrno> {
     with_arg(hc::HVM_OP, abi::HVMOP_GET_PARAM, &mut a).map(|_| a.value)
 }
 
+/// `HVMOP_set_param` for our own domain.
+pub fn hvm_set_param(index: u32, value: u64) -> Result<(), XenErrno> {
+    let mut a = abi::HvmParam {
+        domid: abi::DOMID_SELF,
+        pad: 0,
+        index,
+        value,
+    };
+    with_arg(hc::HVM_OP, abi::HVMOP_SET_PARAM, &mut a).map(|_| ())
+}
+
 /// `EVTCHNOP_send`.
 pub fn evtchn_send(port: u32) -> Result<(), XenErrno> {
     let mut a = abi::EvtchnPortArg { port };
@@ -154,6 +165,12 @@ pub fn evtchn_bind_virq(virq: u32) -> Result<u32, XenErrno> {
         port: 0,
     };
     with_arg(hc::EVENT_CHANNEL_OP, abi::EVTCHNOP_BIND_VIRQ, &mut a).map(|_| a.port)
+}
+
+/// `set_timer_op`: a one-shot timer at Xen system time `ns` (fires VIRQ_TIMER); 0 cancels.
+pub fn set_timer(ns: u64) -> Result<(), XenErrno> {
+    // SAFETY: set_timer_op takes a value, no memory.
+    result(unsafe { raw(hc::SET_TIMER_OP, ns, 0, 0, 0, 0) }).map(|_| ())
 }
 
 /// `XENMEM_add_to_physmap` for our own domain (PVH: shared_info, grant frames).

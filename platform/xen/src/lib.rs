@@ -9,12 +9,12 @@
 //! them against the header vectors. Limits: [`bootinfo::MAX_MEMMAP`], [`bootinfo::MAX_CMDLINE`].
 #![cfg_attr(not(test), no_std)]
 
-#[cfg(xen_image)]
 extern crate alloc;
 
 pub mod abi;
 pub mod bootinfo;
 pub mod console_ring;
+pub mod grant_table;
 pub mod heap;
 pub mod note;
 pub mod pending;
@@ -24,6 +24,8 @@ pub mod time;
 mod boot;
 #[cfg(xen_image)]
 mod events;
+#[cfg(xen_image)]
+mod grants;
 #[cfg(xen_image)]
 mod hypercall;
 #[cfg(xen_image)]

@@ -1,6 +1,7 @@
 //! Memory: the global heap over the domain's RAM, the stack guard page (PVH page tables or a PV
 //! `update_va_mapping`), and PV machine-to-physical lookups.
 
+use core::alloc::Layout;
 use core::arch::asm;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use crate::boot;
 use crate::bootinfo::Memmap;
 use crate::heap::Heap;
 use crate::hypercall;
-use crate::shared::PageBuf;
+use crate::shared::{PageBuf, RawPages};
 
 #[global_allocator]
 static HEAP: Heap = Heap::new();
@@ -86,4 +87,57 @@ pub unsafe fn pv_map_machine_page(va: u64, ma: u64) -> Result<(), hypercall::Xen
     // P | RW | A | D: Xen adds what a ring-3 kernel mapping needs.
     // SAFETY: the caller vouches for `va` (contract above).
     unsafe { hypercall::update_va_mapping(va, (ma & !0xfff) | 0x63) }
+}
+
+/// Whole pages from the heap, zeroed, that we may share with a peer; freed on drop.
+#[derive(Debug)]
+pub struct HeapPages {
+    raw: RawPages,
+    pages: usize,
+}
+
+impl HeapPages {
+    /// `pages` zeroed, page-aligned pages; `None` when the heap cannot supply them.
+    pub fn alloc(pages: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(pages.checked_mul(4096)?, 4096).ok()?;
+        if pages == 0 {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size (checked above).
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: the block is ours alone, mapped (heap memory), page-aligned, and Rust keeps no
+        // reference into it: all access goes through RawPages.
+        let raw = unsafe { RawPages::new(p as usize, pages * 4096) };
+        Some(Self { raw, pages })
+    }
+
+    /// Address of the first page (PVH: also its guest-physical address).
+    pub fn addr(&self) -> usize {
+        self.raw.base()
+    }
+
+    /// The memory.
+    pub fn mem(&self) -> &RawPages {
+        &self.raw
+    }
+}
+
+impl Drop for HeapPages {
+    fn drop(&mut self) {
+        let layout =
+            Layout::from_size_align(self.pages * 4096, 4096).expect("valid when allocated");
+        // SAFETY: allocated in `alloc` with this layout; callers forget (leak) a HeapPages a
+        // peer may still map, so dropping means nobody else uses the pages.
+        unsafe { alloc::alloc::dealloc(self.raw.base() as *mut u8, layout) };
+    }
+}
+
+/// PV: the machine frame of pseudo-physical frame `pfn`, from the builder's p2m list.
+pub fn pv_pfn_to_mfn(mfn_list: u64, pfn: u64) -> u64 {
+    // SAFETY: the p2m list is mapped read-write at `mfn_list` (start_info) for all our pages,
+    // and `pfn` is one of ours (a heap page).
+    unsafe { ((mfn_list + pfn * 8) as *const u64).read_volatile() }
 }

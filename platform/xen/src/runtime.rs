@@ -16,6 +16,7 @@ use crate::shared::{RawPages, SpinCell, XenPages};
 use crate::{boot, hypercall, mm};
 
 pub use crate::events::{XenClock, XenEvents, XenPort};
+pub use crate::grants::{GrantedPages, XenGrants};
 pub use crate::store_ring::StoreRing;
 
 /// How the domain was started.
@@ -192,6 +193,12 @@ pub fn start(facts: BootFacts) -> ! {
             });
             let pages = crate::shared::discover_pvh();
             mm::guard_stack_pvh();
+            // Say "PV drivers present" as Xen's own PVH code does, so `xl shutdown` works. The
+            // vector is never taken: we run with interrupts off and poll.
+            let _ = hypercall::hvm_set_param(
+                crate::abi::HVM_PARAM_CALLBACK_IRQ,
+                crate::abi::CALLBACK_TYPE_VECTOR | 0xf3,
+            );
             on_xen(facts, pages)
         }
         (Mode::Pv, _) => {
@@ -311,6 +318,14 @@ fn on_xen(facts: BootFacts, pages: Result<XenPages, hypercall::XenErrno>) -> ! {
         let port = EvtchnPort::new(port).ok()?;
         StoreRing::attach(page, port, XenEvents::new(shared, clock)).ok()
     });
+    let mfn_list = facts.start_info.as_ref().map(|si| si.mfn_list);
+    let grants = match crate::shared::grant_frames(pv) {
+        Ok(frames) => Some(XenGrants::new(frames, mfn_list)),
+        Err(e) => {
+            let _ = writeln!(XenConsole, "platform-xen: no grant table: {e}");
+            None
+        }
+    };
     let xen = Xen {
         mode: facts.mode,
         cmdline: facts.cmdline,
@@ -318,6 +333,7 @@ fn on_xen(facts: BootFacts, pages: Result<XenPages, hypercall::XenErrno>) -> ! {
         shared,
         clock,
         store,
+        grants,
     };
     boot::call_app(xen)
 }
@@ -331,6 +347,7 @@ pub struct Xen {
     shared: &'static RawPages,
     clock: XenClock,
     store: Option<StoreRing>,
+    grants: Option<XenGrants>,
 }
 
 impl Xen {
@@ -361,6 +378,10 @@ impl Xen {
     /// The xenstore ring transport, once (the application builds its store client on it).
     pub fn take_store(&mut self) -> Option<StoreRing> {
         self.store.take()
+    }
+    /// Our grant table (`None` if Xen refused to set it up). Clones share one table.
+    pub fn grants(&self) -> Option<XenGrants> {
+        self.grants.clone()
     }
     /// Stops the domain.
     pub fn shutdown(&self, reason: ShutdownReason) -> ! {

@@ -279,3 +279,58 @@ pub fn discover_pv(si: &crate::bootinfo::StartInfo) -> Result<XenPages, XenErrno
         store: (si.store_mfn != 0).then(|| ring(si.store_mfn, si.store_evtchn)),
     })
 }
+
+/// Frames of our grant table: 4 frames, 2048 v1 entries.
+pub const GRANT_FRAMES: usize = 4;
+static GRANT_TABLE: [PageBuf; GRANT_FRAMES] = [
+    PageBuf::new(),
+    PageBuf::new(),
+    PageBuf::new(),
+    PageBuf::new(),
+];
+
+/// Sets up our grant table frames and returns them as one region.
+pub fn grant_frames(pv: bool) -> Result<RawPages, XenErrno> {
+    let base = GRANT_TABLE[0].addr();
+    if pv {
+        let mut frames = [0u64; GRANT_FRAMES];
+        let mut a = crate::abi::GnttabSetupTable {
+            dom: crate::abi::DOMID_SELF,
+            nr_frames: GRANT_FRAMES as u32,
+            status: 0,
+            frame_list: frames.as_mut_ptr() as u64,
+        };
+        // SAFETY: setup_table writes `nr_frames` u64s into `frames` and the status into `a`,
+        // both ours and live across the call.
+        let r = unsafe {
+            hypercall::raw(
+                crate::abi::hc::GRANT_TABLE_OP,
+                u64::from(crate::abi::GNTTABOP_SETUP_TABLE),
+                &mut a as *mut _ as u64,
+                1,
+                0,
+                0,
+            )
+        };
+        if r < 0 || a.status != 0 {
+            return Err(XenErrno(if r < 0 { r } else { i64::from(a.status) }));
+        }
+        for (i, mfn) in frames.iter().enumerate() {
+            // SAFETY: GRANT_TABLE is ours and Rust never reads it except through RawPages.
+            unsafe { mm::pv_map_machine_page(GRANT_TABLE[i].addr() as u64, mfn << 12)? };
+        }
+    } else {
+        for (i, f) in GRANT_TABLE.iter().enumerate() {
+            // SAFETY: as above; Xen replaces the frame behind our page with grant frame i.
+            unsafe {
+                hypercall::add_to_physmap(
+                    crate::abi::XENMAPSPACE_GRANT_TABLE,
+                    i as u64,
+                    f.addr() as u64 >> 12,
+                )?
+            };
+        }
+    }
+    // SAFETY: the array is contiguous, page-aligned, ours, and now Xen's grant frames.
+    Ok(unsafe { RawPages::new(base, GRANT_FRAMES * 4096) })
+}
