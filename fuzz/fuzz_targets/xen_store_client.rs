@@ -11,8 +11,16 @@ use xen_store::wire::{Header, MsgHeader, Request, RequestMsg, XsPath, HEADER_LEN
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Send { kind: u8, tx: u8 },
-    Reply { req_id: u8, ty: u8, tx: u8, payload: Vec<u8> },
+    Send {
+        kind: u8,
+        tx: u8,
+    },
+    Reply {
+        req_id: u8,
+        ty: u8,
+        tx: u8,
+        payload: Vec<u8>,
+    },
     Raw(Vec<u8>),
     Take(u8),
     Poll,
@@ -20,18 +28,28 @@ enum Op {
     Reset,
 }
 
-const LIMITS: Limits = Limits { max_pending: 4, max_events: 3 };
+const LIMITS: Limits = Limits {
+    max_pending: 4,
+    max_events: 3,
+};
 
 fn request(kind: u8) -> Request {
     let p = XsPath::new("device/vif/0").unwrap();
     match kind % 8 {
         0 => Request::Read(p),
-        1 => Request::Write { path: p, value: b"4".to_vec() },
+        1 => Request::Write {
+            path: p,
+            value: b"4".to_vec(),
+        },
         2 => Request::Directory(p),
         3 => Request::GetPerms(p),
         4 => Request::TransactionStart,
         5 => Request::TransactionEnd { commit: true },
-        6 => Request::Watch { path: p, token: "t".into(), depth: None },
+        6 => Request::Watch {
+            path: p,
+            token: "t".into(),
+            depth: None,
+        },
         _ => Request::GetDomainPath(platform_api::DomId::DOM0),
     }
 }
@@ -64,10 +82,20 @@ fuzz_target!(|ops: Vec<Op>| {
                     sent.push((id, u32::from(tx % 3)));
                 }
             }
-            Op::Reply { req_id, ty, tx, payload } => {
+            Op::Reply {
+                req_id,
+                ty,
+                tx,
+                payload,
+            } => {
                 let mut m = Vec::with_capacity(HEADER_LEN + payload.len());
                 let len = payload.len().min(MSG_MAX) as u32;
-                for w in [u32::from(ty % 28), u32::from(req_id % 8), u32::from(tx % 3), len] {
+                for w in [
+                    u32::from(ty % 28),
+                    u32::from(req_id % 8),
+                    u32::from(tx % 3),
+                    len,
+                ] {
                     m.extend_from_slice(&w.to_le_bytes());
                 }
                 m.extend_from_slice(&payload);

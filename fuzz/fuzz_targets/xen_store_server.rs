@@ -54,13 +54,19 @@ const LIMITS: Limits = Limits {
     max_perms: 4,
     max_watches: 4,
     max_transactions: 3,
+    max_transaction_nodes: 16,
     max_output: 2048,
 };
 
 const SEGS: [&str; 8] = ["local", "domain", "1", "2", "data", "a", "b-c", "0"];
 
 fn path(p: &P) -> XsPath {
-    let segs: Vec<&str> = p.segs.iter().take(6).map(|&s| SEGS[usize::from(s % 8)]).collect();
+    let segs: Vec<&str> = p
+        .segs
+        .iter()
+        .take(6)
+        .map(|&s| SEGS[usize::from(s % 8)])
+        .collect();
     let s = match (p.abs, segs.is_empty()) {
         (true, true) => "/".to_string(),
         (true, false) => format!("/{}", segs.join("/")),
@@ -77,11 +83,17 @@ fn dom(n: u8) -> DomId {
 fn request(r: &Req) -> Request {
     match r {
         Req::Read(p) => Request::Read(path(p)),
-        Req::Write(p, n) => Request::Write { path: path(p), value: vec![b'v'; usize::from(*n)] },
+        Req::Write(p, n) => Request::Write {
+            path: path(p),
+            value: vec![b'v'; usize::from(*n)],
+        },
         Req::Mkdir(p) => Request::Mkdir(path(p)),
         Req::Rm(p) => Request::Rm(path(p)),
         Req::Dir(p) => Request::Directory(path(p)),
-        Req::DirPart(p, o) => Request::DirectoryPart { path: path(p), offset: u32::from(*o) },
+        Req::DirPart(p, o) => Request::DirectoryPart {
+            path: path(p),
+            offset: u32::from(*o),
+        },
         Req::GetPerms(p) => Request::GetPerms(path(p)),
         Req::SetPerms(p, l) => Request::SetPerms {
             path: path(p),
@@ -101,17 +113,28 @@ fn request(r: &Req) -> Request {
             token: format!("t{}", t % 4),
             depth: depth.map(|d| u32::from(d % 4)),
         },
-        Req::Unwatch(p, t) => Request::Unwatch { path: path(p), token: format!("t{}", t % 4) },
+        Req::Unwatch(p, t) => Request::Unwatch {
+            path: path(p),
+            token: format!("t{}", t % 4),
+        },
         Req::Special(release, t) => Request::Watch {
-            path: XsPath::new(if *release { "@releaseDomain" } else { "@introduceDomain" })
-                .unwrap(),
+            path: XsPath::new(if *release {
+                "@releaseDomain"
+            } else {
+                "@introduceDomain"
+            })
+            .unwrap(),
             token: format!("s{}", t % 2),
             depth: None,
         },
         Req::TxStart => Request::TransactionStart,
         Req::TxEnd(c) => Request::TransactionEnd { commit: *c },
         Req::Reset => Request::ResetWatches,
-        Req::Introduce(d) => Request::Introduce { domid: dom(*d), gfn: 1, evtchn: 1 },
+        Req::Introduce(d) => Request::Introduce {
+            domid: dom(*d),
+            gfn: 1,
+            evtchn: 1,
+        },
         Req::Release(d) => Request::Release(dom(*d)),
         Req::IsIntro(d) => Request::IsDomainIntroduced(dom(*d)),
     }
@@ -125,7 +148,9 @@ fn dom0_may(r: &Req) -> bool {
 
 fn drain(s: &mut Server, c: ConnId) {
     let mut buf = vec![0u8; 1 << 17];
-    let Some(n) = s.poll_transmit(c, &mut buf) else { return };
+    let Some(n) = s.poll_transmit(c, &mut buf) else {
+        return;
+    };
     let mut at = 0;
     while at < n {
         let view = MsgHeader::new_checked(&buf[at..n]).expect("our output frames");
@@ -138,7 +163,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut s = Server::new(LIMITS);
     let mut conns: Vec<ConnId> = Vec::new();
     for op in ops.into_iter().take(300) {
-        let pick = |i: u8, conns: &Vec<ConnId>| conns.get(usize::from(i) % conns.len().max(1)).copied();
+        let pick =
+            |i: u8, conns: &Vec<ConnId>| conns.get(usize::from(i) % conns.len().max(1)).copied();
         match op {
             Op::Connect(d) => {
                 if let Ok(c) = s.connect(dom(d)) {
@@ -164,7 +190,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     if s.conn_domid(c) == Some(DomId::DOM0) && !dom0_may(&r) {
                         continue;
                     }
-                    let m = RequestMsg { req_id: 1, tx_id: u32::from(tx % 6), request: request(&r) };
+                    let m = RequestMsg {
+                        req_id: 1,
+                        tx_id: u32::from(tx % 6),
+                        request: request(&r),
+                    };
                     let bytes = m.to_vec().unwrap();
                     // Only a frame completing an earlier raw fragment can be refused.
                     if s.handle_input(c, &bytes).is_err() {
@@ -188,7 +218,10 @@ fuzz_target!(|ops: Vec<Op>| {
         for d in 1..4 {
             let owned = s.nodes_owned_by(DomId::new(d).unwrap());
             // The toolstack's home and domid keys come on top of the quota.
-            assert!(owned <= LIMITS.max_nodes_per_domain + 2, "dom{d} owns {owned}");
+            assert!(
+                owned <= LIMITS.max_nodes_per_domain + 2,
+                "dom{d} owns {owned}"
+            );
             total += owned;
         }
         total += s.nodes_owned_by(DomId::DOM0);
