@@ -164,6 +164,12 @@ fn hostile_oversized_frame_closes_only_that_connection() {
 }
 
 #[test]
+fn hosted_store_is_a_sendable_store() {
+    fn check<T: Store + Send + 'static>() {}
+    check::<HostedStore>();
+}
+
+#[test]
 fn args_parse() {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let (dir, ds) = parse_args(&s(&["/tmp/r", "--domains", "0,1,2"]), None).unwrap();

@@ -264,6 +264,29 @@ impl Server {
         self.introduced.insert(domid);
     }
 
+    /// Toolstack action: runs a node request (READ, WRITE, MKDIR, RM, DIRECTORY, GET_PERMS,
+    /// SET_PERMS, ...) as `domid` outside any transaction and fires the watches it triggers.
+    pub fn execute_as(&mut self, domid: DomId, request: &Request) -> Result<Reply, XsErrno> {
+        let node_request = match request {
+            Request::GetPerms(p) | Request::SetPerms { path: p, .. } => !p.is_special(),
+            Request::Read(_)
+            | Request::Write { .. }
+            | Request::Mkdir(_)
+            | Request::Rm(_)
+            | Request::Directory(_)
+            | Request::DirectoryPart { .. } => true,
+            _ => false,
+        };
+        if !node_request {
+            return Err(XsErrno::Einval);
+        }
+        let r = self.node_op(ConnId(0), domid, 0, request);
+        for change in core::mem::take(&mut self.deferred) {
+            self.fire(&change);
+        }
+        r
+    }
+
     /// Toolstack action: marks a domain released and fires `@releaseDomain`.
     pub fn release_domain(&mut self, domid: DomId) {
         self.introduced.remove(&domid);

@@ -762,6 +762,37 @@ fn transaction_sees_own_writes_and_lists_them() {
 }
 
 #[test]
+fn toolstack_requests_fire_watches() {
+    let mut h = Harness::new();
+    let c1 = h.conn(1);
+    h.send(
+        c1,
+        0,
+        Request::Watch {
+            path: p("control"),
+            token: "c".into(),
+            depth: None,
+        },
+    );
+    assert_eq!(h.drain(c1).len(), 2);
+    let w = Request::Write {
+        path: p("/local/domain/1/control/shutdown"),
+        value: b"poweroff".to_vec(),
+    };
+    assert_eq!(h.s.execute_as(d(0), &w), ok(MsgType::Write));
+    assert_eq!(
+        h.drain(c1),
+        vec![Out::Ev("control/shutdown".into(), "c".into())]
+    );
+    assert_eq!(h.read(c1, "control/shutdown"), Ok(b"poweroff".to_vec()));
+    assert_eq!(h.s.execute_as(d(2), &w), Err(XsErrno::Eacces));
+    assert_eq!(
+        h.s.execute_as(d(0), &Request::TransactionStart),
+        Err(XsErrno::Einval)
+    );
+}
+
+#[test]
 fn hostile_oversized_len_drops_connection() {
     let mut h = Harness::new();
     let c1 = h.conn(1);
