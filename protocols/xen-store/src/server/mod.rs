@@ -9,8 +9,8 @@ use core::fmt;
 use platform_api::{Access, DomId, Perm, XsErrno};
 
 use crate::wire::{
-    Header, MsgHeader, MsgType, Reply, ReplyMsg, Request, RequestMsg, WireError, XsPath,
-    HEADER_LEN, INTRODUCE_DOMAIN, PAYLOAD_MAX, RELEASE_DOMAIN,
+    Header, MsgHeader, Reply, ReplyMsg, Request, RequestMsg, WireError, XsPath, HEADER_LEN,
+    INTRODUCE_DOMAIN, RELEASE_DOMAIN,
 };
 
 mod op;
@@ -18,10 +18,12 @@ mod op;
 mod tests;
 mod tree;
 mod view;
+mod watch;
 
 use op::{Change, Changes, Op};
-use tree::{can_read, is_at_or_below, Node, Tree};
+use tree::{Node, Tree};
 use view::{TxState, View};
+use watch::Watch;
 
 /// Bounds that keep a hostile domain from exhausting the daemon's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,14 +96,6 @@ impl fmt::Display for ServerError {
 }
 
 impl core::error::Error for ServerError {}
-
-#[derive(Debug, Clone)]
-struct Watch {
-    path: XsPath,
-    abs: String,
-    token: String,
-    depth: Option<u32>,
-}
 
 #[derive(Debug)]
 struct Conn {
@@ -254,7 +248,7 @@ impl Server {
             };
             self.tree.insert(
                 alloc::format!("{home}/domid"),
-                node(domid.to_string_bytes(), self.gen),
+                node(alloc::format!("{domid}").into_bytes(), self.gen),
             );
             self.tree.insert(home, node(Vec::new(), self.gen));
             if let Some(n) = self.tree.get_mut("/local/domain") {
@@ -565,84 +559,9 @@ impl Server {
         Ok(())
     }
 
-    fn watch(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        path: XsPath,
-        token: String,
-        depth: Option<u32>,
-    ) -> Result<Reply, XsErrno> {
-        let max = self.limits.max_watches;
-        let c = self.conns.get_mut(&conn.0).ok_or(XsErrno::Einval)?;
-        if c.watches.iter().any(|w| w.path == path && w.token == token) {
-            return Err(XsErrno::Eexist);
-        }
-        if c.watches.len() >= max {
-            return Err(XsErrno::E2big);
-        }
-        let abs = path.resolve(domid);
-        c.watches.push(Watch {
-            path: path.clone(),
-            abs,
-            token: token.clone(),
-            depth,
-        });
-        // The initial event follows the OK reply.
-        c.pending_initial(path, token);
-        Ok(Reply::Ok(MsgType::Watch))
-    }
-
     /// Changes are fired once the reply is queued, so a watcher sees the reply first.
     fn defer(&mut self, _conn: ConnId, changes: Changes) {
         self.deferred.extend(changes.into_values());
-    }
-
-    fn flush_pending_events(&mut self, conn: ConnId) {
-        let max = self.limits.max_output;
-        if let Some(c) = self.conns.get_mut(&conn.0) {
-            let initial = core::mem::take(&mut c.initial);
-            for (path, token) in initial {
-                c.push_event(max, path, token);
-            }
-        }
-    }
-
-    fn fire(&mut self, change: &Change) {
-        let max = self.limits.max_output;
-        for c in self.conns.values_mut() {
-            let mut events = Vec::new();
-            for w in &c.watches {
-                if let Some(epath) = match_watch(w, change) {
-                    if !can_read(c.domid, &change.perms) {
-                        continue;
-                    }
-                    events.push((event_path(w, epath, c.domid), w.token.clone()));
-                }
-            }
-            for (path, token) in events {
-                c.push_event(max, path, token);
-            }
-        }
-    }
-}
-
-impl Conn {
-    fn pending_initial(&mut self, path: XsPath, token: String) {
-        self.initial.push((path, token));
-    }
-
-    fn push_event(&mut self, max: usize, path: XsPath, token: String) {
-        let bytes = ReplyMsg {
-            req_id: 0,
-            tx_id: 0,
-            reply: Reply::WatchEvent { path, token },
-        }
-        .to_vec();
-        match bytes {
-            Ok(b) if self.out.len() + b.len() <= max + PAYLOAD_MAX => self.out.extend(b),
-            _ => self.events_dropped += 1,
-        }
     }
 }
 
@@ -651,56 +570,5 @@ fn special_index(p: &str) -> Option<usize> {
         RELEASE_DOMAIN => Some(0),
         INTRODUCE_DOMAIN => Some(1),
         _ => None,
-    }
-}
-
-/// The absolute path an event carries for watch `w`, if `change` fires it.
-fn match_watch<'a>(w: &'a Watch, change: &'a Change) -> Option<&'a str> {
-    let special_w = w.path.is_special();
-    let special_c = change.path.starts_with('@');
-    if special_w || special_c {
-        return (w.abs == change.path).then_some(change.path.as_str());
-    }
-    if is_at_or_below(&change.path, &w.abs) {
-        if let Some(depth) = w.depth {
-            let rest = if w.abs == "/" {
-                &change.path[..]
-            } else {
-                &change.path[w.abs.len()..]
-            };
-            let levels = if change.path == w.abs {
-                0
-            } else {
-                rest.matches('/').count()
-            };
-            if levels > depth as usize {
-                return None;
-            }
-        }
-        return Some(change.path.as_str());
-    }
-    (change.recursive && is_at_or_below(&w.abs, &change.path)).then_some(w.abs.as_str())
-}
-
-/// Relative watches get paths relative to the watcher's home, as xenstored sends them.
-fn event_path(w: &Watch, abs: &str, domid: DomId) -> XsPath {
-    if !w.path.is_absolute() && !w.path.is_special() {
-        let home = alloc::format!("/local/domain/{domid}/");
-        if let Some(rel) = abs.strip_prefix(home.as_str()) {
-            if let Ok(p) = XsPath::new(rel) {
-                return p;
-            }
-        }
-    }
-    XsPath::new(abs).unwrap_or_else(|_| w.path.clone())
-}
-
-trait DomIdBytes {
-    fn to_string_bytes(&self) -> Vec<u8>;
-}
-
-impl DomIdBytes for DomId {
-    fn to_string_bytes(&self) -> Vec<u8> {
-        alloc::format!("{self}").into_bytes()
     }
 }

@@ -7,6 +7,7 @@ use alloc::vec;
 use core::cell::RefCell;
 
 use super::*;
+use crate::wire::MsgType;
 use crate::blocking::{with_transaction, BlockingStore, Transport};
 use crate::client::WatchEvent;
 use crate::wire::MSG_MAX;
