@@ -7,9 +7,9 @@ use alloc::vec;
 use core::cell::RefCell;
 
 use super::*;
-use crate::wire::MsgType;
 use crate::blocking::{with_transaction, BlockingStore, Transport};
 use crate::client::WatchEvent;
+use crate::wire::MsgType;
 use crate::wire::MSG_MAX;
 use platform_api::{Duration, Store, StoreError, Tx};
 
