@@ -138,6 +138,11 @@ impl Reply {
             }
             MsgType::Control => Self::Control(f.rest().to_vec()),
             MsgType::Read => Self::Read(f.rest().to_vec()),
+            // Some xenstoreds answer an empty listing with one empty string.
+            MsgType::Directory if payload == b"\0" => {
+                f.rest();
+                Self::Directory(Vec::new())
+            }
             MsgType::Directory => {
                 let mut v = Vec::new();
                 while !f.is_empty() {

@@ -514,8 +514,12 @@ fn hostile_replies_refused() {
         rep(MsgType::Directory, b"a/b\0"),
         Err(WireError::BadPath { .. })
     ));
+    assert_eq!(
+        rep(MsgType::Directory, b"\0").unwrap(),
+        Reply::Directory(Vec::new())
+    );
     assert!(matches!(
-        rep(MsgType::Directory, b"\0"),
+        rep(MsgType::Directory, b"a\0\0"),
         Err(WireError::BadPath { .. })
     ));
     assert_eq!(
