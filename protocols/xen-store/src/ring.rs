@@ -1,5 +1,5 @@
 //! Transport over the shared `xenstore_domain_interface` page (xs_wire.h, xenstore-ring.txt
-//! [X]): req/rsp byte rings, streaming of messages larger than a ring, features, reconnection.
+//! \[X\]): req/rsp byte rings, streaming of messages larger than a ring, features, reconnection.
 
 use core::fmt;
 

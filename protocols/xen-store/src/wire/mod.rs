@@ -1,5 +1,5 @@
 //! The xenstore wire format: the 16-byte `xsd_sockmsg` header view, typed requests and
-//! replies, paths and permissions (xs_wire.h, docs/misc/xenstore.txt [X]).
+//! replies, paths and permissions (xs_wire.h, docs/misc/xenstore.txt \[X\]).
 //!
 //! Contract (smoltcp style): once [`MsgHeader::check_len`] has passed, no accessor can panic.
 //! Input is checked, output is not: `emit` trusts values built through checked constructors.
@@ -29,7 +29,7 @@ pub const MSG_MAX: usize = HEADER_LEN + PAYLOAD_MAX;
 
 macro_rules! msg_types {
     ($( $(#[$doc:meta])* $name:ident = $value:expr, )*) => {
-        /// `enum xsd_sockmsg_type` (xs_wire.h [X]); unknown numbers are kept as values.
+        /// `enum xsd_sockmsg_type` (xs_wire.h \[X\]); unknown numbers are kept as values.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum MsgType {
             $( $(#[$doc])* $name, )*
@@ -223,7 +223,7 @@ fn le32(b: &[u8], r: core::ops::Range<usize>) -> u32 {
     u32::from_le_bytes(w)
 }
 
-/// A view of one `struct xsd_sockmsg` plus its payload (xs_wire.h [X]).
+/// A view of one `struct xsd_sockmsg` plus its payload (xs_wire.h \[X\]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsgHeader<T: AsRef<[u8]>> {
     buffer: T,

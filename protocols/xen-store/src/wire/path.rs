@@ -1,5 +1,5 @@
 //! Checked xenstore paths (`XsPath`) and permission strings (`<letter><domid>`).
-//! Rules from docs/misc/xenstore.txt [X]: charset, no `//`, no trailing `/`, length limits.
+//! Rules from docs/misc/xenstore.txt \[X\]: charset, no `//`, no trailing `/`, length limits.
 
 use alloc::string::String;
 use core::fmt;

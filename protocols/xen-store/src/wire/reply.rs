@@ -1,5 +1,5 @@
 //! xenstored-to-client messages: replies (shaped by the request type they echo), watch
-//! events and errors by name (xs_wire.h `xsd_errors` [X]).
+//! events and errors by name (xs_wire.h `xsd_errors` \[X\]).
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -1,5 +1,5 @@
 //! Client-to-xenstored messages: one typed variant per `XS_*` request type.
-//! Payload shapes follow the table in docs/misc/xenstore.txt [X].
+//! Payload shapes follow the table in docs/misc/xenstore.txt \[X\].
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -12,7 +12,7 @@ use super::{
     HEADER_LEN,
 };
 
-/// A request, decoded (xs_wire.h `xsd_sockmsg_type` [X]).
+/// A request, decoded (xs_wire.h `xsd_sockmsg_type` \[X\]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `XS_CONTROL`: a command word and its arguments.
