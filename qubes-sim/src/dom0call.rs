@@ -1,11 +1,69 @@
-//! dom0 → qube calls (`qvm-run`, `qrexec-client`): dom0 is the data-vchan server and the
-//! caller end of the data channel.
+//! dom0 → qube calls (`qvm-run`): the sim's daemon sends EXEC_CMDLINE with dom0 as the peer,
+//! and this process is the data-vchan server and the caller end of the data channel.
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
+use platform_api::DomId;
 
-/// `qvm-run [-p] [-u USER] [--service] [--no-autostart] VMNAME COMMAND`.
-pub fn qvm_run(_state: &Path, _args: &[String]) -> Result<i32> {
-    bail!("not yet")
+use crate::admin::{self, Request};
+use crate::chan::Hosted;
+use crate::cli::Usage;
+use crate::client_vm::caller_pump;
+
+/// `qvm-run [-p|--pass-io] [-u USER] [--service] [--no-autostart] [-q] VMNAME COMMAND...`;
+/// returns the remote exit status.
+pub fn qvm_run(state: &Path, args: &[String]) -> Result<i32> {
+    let (mut pass_io, mut service, mut autostart, mut user) = (false, false, true, None);
+    let mut pos = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if !pos.is_empty() {
+            pos.push(a.clone());
+            continue;
+        }
+        match a.as_str() {
+            "-p" | "--pass-io" => pass_io = true,
+            "--service" => service = true,
+            "--no-autostart" => autostart = false,
+            "--autostart" => autostart = true,
+            "-q" | "--quiet" | "--no-gui" | "--nogui" => {}
+            "-u" | "--user" => {
+                user = Some(
+                    it.next()
+                        .ok_or_else(|| Usage("-u needs a USER".into()))?
+                        .clone(),
+                )
+            }
+            o if o.starts_with("--user=") => user = o.strip_prefix("--user=").map(String::from),
+            o if o.starts_with('-') && o.len() > 1 => {
+                return Err(Usage(format!("unrecognized arguments: {o}")).into())
+            }
+            _ => pos.push(a.clone()),
+        }
+    }
+    let Some((vm, command)) = pos.split_first().filter(|(_, c)| !c.is_empty()) else {
+        return Err(Usage("the following arguments are required: VMNAME, COMMAND".into()).into());
+    };
+    let command = command.join(" ");
+    let user = user.unwrap_or_else(|| "DEFAULT".into());
+    let cmdline = if service {
+        format!("{user}:QUBESRPC {command} dom0")
+    } else {
+        format!("{user}:{command}")
+    };
+    let reply = admin::call(
+        state,
+        &Request::Exec {
+            vm: vm.clone(),
+            cmdline,
+            autostart,
+        },
+    )?;
+    let (Some(domid), Some(port)) = (reply.domid, reply.port) else {
+        return Err(anyhow!("the sim did not name a data port"));
+    };
+    let peer = DomId::new(domid).map_err(|e| anyhow!("bad domid: {e}"))?;
+    let mut h = Hosted::new(&admin::run_dir(state), DomId::DOM0)?;
+    caller_pump(&mut h, peer, port, pass_io, !pass_io)
 }

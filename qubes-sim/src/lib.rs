@@ -7,6 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
+pub mod chan;
 pub mod cli;
+pub mod client_vm;
+pub mod daemon;
 pub mod dom0call;
+pub mod policy;
+pub mod pump;
+pub mod qrexecd;
 pub mod registry;

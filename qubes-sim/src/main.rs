@@ -36,6 +36,13 @@ fn main() -> ExitCode {
     }
     let result = match prog.as_str() {
         p if p.starts_with("qvm-") => cli::run(p, &args),
+        "daemon" => qubes_sim::daemon::main(&cli::state_dir(), &args),
+        "shutdown" => {
+            qubes_sim::admin::call(&cli::state_dir(), &qubes_sim::admin::Request::Shutdown)
+                .map(|_| 0)
+        }
+        "vm-agent" => qubes_sim::agent::run(),
+        "qrexec-client-vm" => qubes_sim::client_vm::run(&args),
         _ => Err(Usage(format!("unknown command {prog:?}")).into()),
     };
     match result {

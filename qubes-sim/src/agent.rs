@@ -1,0 +1,362 @@
+//! The Linux qube's qrexec agent: control vchan server on port 512 for dom0, services run from
+//! `<vm dir>/qubes-rpc/`, and a local socket through which `qrexec-client-vm` starts calls.
+//!
+//! Local socket protocol (one line each way): `CALL <target> <service[+arg]>` is answered by
+//! `CONNECT <domid> <port>`, `REFUSED` or `ERROR <why>`. After CONNECT the client serves the
+//! data vchan itself and keeps the socket open until the call is over.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use platform_api::DomId;
+use qubes::qrexec::agent::{Event, Limits};
+use qubes::qrexec::cmdline::Command as QCommand;
+use qubes::qrexec::{
+    Agent, DataChannel, RequestId, Stream, AGENT_VERSION, CONTROL_PORT, EXIT_NOT_FOUND,
+    EXIT_PROBLEM,
+};
+use vchan::Interest;
+
+use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT, TICK};
+use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
+
+/// The qube's directory (services, agent socket).
+pub const ENV_VM_DIR: &str = "QUBES_SIM_VM_DIR";
+/// The qube's name.
+pub const ENV_VM_NAME: &str = "QUBES_SIM_VM_NAME";
+/// Overrides the agent socket path for `qrexec-client-vm`.
+pub const ENV_AGENT_SOCK: &str = "QUBES_SIM_AGENT_SOCK";
+/// Longest local request line.
+const MAX_REQUEST: u64 = 4096;
+
+/// The agent socket of a qube directory.
+pub fn agent_socket(vm_dir: &Path) -> PathBuf {
+    vm_dir.join("qrexec-agent.sock")
+}
+
+enum Msg {
+    Call {
+        target: String,
+        service: String,
+        conn: UnixStream,
+    },
+    Terminated {
+        peer: DomId,
+        port: u32,
+    },
+}
+
+/// `qubes-sim vm-agent`: runs until dom0 closes the control channel or our parent dies.
+pub fn run() -> Result<i32> {
+    let vm_dir = PathBuf::from(
+        std::env::var_os(ENV_VM_DIR).ok_or_else(|| anyhow!("{ENV_VM_DIR} is not set"))?,
+    );
+    let name = std::env::var(ENV_VM_NAME).unwrap_or_else(|_| "qube".into());
+    let parent = std::os::unix::process::parent_id();
+    let mut h = Hosted::from_env()?;
+    let mut ctrl = Vchan::serve(&mut h, DomId::DOM0, CONTROL_PORT, 4096, 4096)?;
+    let mut agent = Agent::new(Limits::DEFAULT);
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let sock = agent_socket(&vm_dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;
+    spawn_listener(listener, tx.clone());
+    let mut pending: HashMap<RequestId, UnixStream> = HashMap::new();
+    let mut inbuf = vec![0u8; 8192];
+    let mut in_len = 0;
+    let mut out = vec![0u8; 8192];
+    let (mut out_off, mut out_len) = (0, 0);
+    let result = loop {
+        if std::os::unix::process::parent_id() != parent {
+            break Ok(0);
+        }
+        let mut progress = false;
+        if in_len < inbuf.len() {
+            match ctrl.read(&mut inbuf[in_len..]) {
+                Ok(n) => {
+                    in_len += n;
+                    progress |= n > 0;
+                }
+                Err(vchan::Error::PeerClosed) => break Ok(0),
+                Err(e) => break Err(anyhow!("control vchan: {e}")),
+            }
+        }
+        if in_len > 0 {
+            match agent.handle_input(&inbuf[..in_len]) {
+                Ok(n) => {
+                    inbuf.copy_within(n..in_len, 0);
+                    in_len -= n;
+                    progress |= n > 0;
+                }
+                Err(e) => break Err(anyhow!("dom0 broke the control protocol: {e}")),
+            }
+        }
+        while let Some(ev) = agent.poll_event() {
+            progress = true;
+            handle_event(ev, &h, &vm_dir, &name, &tx, &mut pending);
+        }
+        while let Ok(m) = rx.try_recv() {
+            progress = true;
+            match m {
+                Msg::Call {
+                    target,
+                    service,
+                    mut conn,
+                } => match agent.trigger_service(&target, &service) {
+                    Ok(id) => {
+                        pending.insert(id, conn);
+                    }
+                    Err(e) => {
+                        let _ = writeln!(conn, "ERROR {e}");
+                    }
+                },
+                Msg::Terminated { peer, port } => {
+                    if let Err(e) = agent.connection_terminated(peer, port) {
+                        eprintln!("{name}: qrexec-agent: connection {peer}:{port}: {e}");
+                    }
+                }
+            }
+        }
+        loop {
+            if out_off == out_len {
+                match agent.poll_transmit(&mut out) {
+                    Some(n) => (out_off, out_len) = (0, n),
+                    None => break,
+                }
+            }
+            match ctrl.write(&out[out_off..out_len]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out_off += n;
+                    progress = true;
+                }
+                Err(e) => return Err(anyhow!("control vchan: {e}")),
+            }
+        }
+        ctrl.tidy(&mut h);
+        if !progress {
+            let interest = Interest {
+                read: true,
+                write: out_off < out_len,
+            };
+            if let Err(e) = ctrl.wait(&mut h, interest, TICK) {
+                break Err(e);
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&sock);
+    ctrl.shutdown(&mut h);
+    result
+}
+
+fn spawn_listener(listener: UnixListener, tx: Sender<Msg>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let tx = tx.clone();
+            // One short-lived thread per request line, so that a slow client cannot stall
+            // the others.
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(line) = crate::admin::read_line((&conn).take(MAX_REQUEST)) else {
+                    return;
+                };
+                let mut parts = line.split_whitespace();
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some("CALL"), Some(t), Some(s), None) => {
+                        let _ = conn.set_read_timeout(None);
+                        let _ = tx.send(Msg::Call {
+                            target: t.into(),
+                            service: s.into(),
+                            conn,
+                        });
+                    }
+                    _ => {
+                        let _ = writeln!(conn, "ERROR malformed request");
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn handle_event(
+    ev: Event,
+    h: &Hosted,
+    vm_dir: &Path,
+    name: &str,
+    tx: &Sender<Msg>,
+    pending: &mut HashMap<RequestId, UnixStream>,
+) {
+    match ev {
+        Event::Ready { .. } => {}
+        Event::Exec {
+            peer,
+            port,
+            just_exec,
+            command,
+        } => {
+            let (run, me, vm_dir, tx) = (h.run.clone(), h.me, vm_dir.to_path_buf(), tx.clone());
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                if let Err(e) = serve_call(&run, me, peer, port, just_exec, command, &vm_dir) {
+                    eprintln!("{name}: qrexec-agent: call from {peer} on port {port}: {e:#}");
+                }
+                let _ = tx.send(Msg::Terminated { peer, port });
+            });
+        }
+        Event::ServiceConnect {
+            peer,
+            port,
+            request_id,
+        } => {
+            let Some(mut conn) = pending.remove(&request_id) else {
+                return;
+            };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                if writeln!(conn, "CONNECT {} {port}", peer.get()).is_ok() {
+                    // The client holds the socket for the length of the call.
+                    let mut sink = [0u8; 64];
+                    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                }
+                let _ = tx.send(Msg::Terminated { peer, port });
+            });
+        }
+        Event::Refused { request_id } => {
+            if let Some(mut conn) = pending.remove(&request_id) {
+                let _ = writeln!(conn, "REFUSED");
+            }
+        }
+        Event::Overflow { peer, port } => {
+            eprintln!("{name}: qrexec-agent: too many calls, dropped one from {peer} port {port}");
+        }
+    }
+}
+
+/// What a command line runs: an executable with its argument, or a shell command.
+fn resolve(
+    command: &Result<QCommand, qubes::qrexec::cmdline::CmdlineError>,
+    vm_dir: &Path,
+) -> Result<(Command, String), i32> {
+    match command {
+        Ok(QCommand::Service(call)) => {
+            let dir = vm_dir.join("qubes-rpc");
+            let arg = call.argument();
+            let specific = dir.join(format!("{}+{arg}", call.service));
+            let general = dir.join(&call.service);
+            let path = if !arg.is_empty() && specific.is_file() {
+                specific
+            } else if general.is_file() {
+                general
+            } else {
+                return Err(EXIT_NOT_FOUND);
+            };
+            let mut c = Command::new(path);
+            if !arg.is_empty() {
+                c.arg(arg).env("QREXEC_SERVICE_ARGUMENT", arg);
+            }
+            c.env("QREXEC_REMOTE_DOMAIN", &call.source)
+                .env("QREXEC_SERVICE_FULL_NAME", call.service_and_arg());
+            Ok((c, call.source.clone()))
+        }
+        Ok(QCommand::Shell { command, .. }) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(command).env("QREXEC_REMOTE_DOMAIN", "dom0");
+            Ok((c, "dom0".into()))
+        }
+        Err(_) => Err(EXIT_PROBLEM),
+    }
+}
+
+/// Exit status as a shell reports it: the code, or 128 + signal.
+pub fn status_code(st: std::process::ExitStatus) -> i32 {
+    st.code()
+        .or_else(|| st.signal().map(|s| 128 + s))
+        .unwrap_or(EXIT_PROBLEM)
+}
+
+/// Runs one EXEC_CMDLINE: data vchan client of `peer`, the service's I/O through it.
+fn serve_call(
+    run: &Path,
+    me: DomId,
+    peer: DomId,
+    port: u32,
+    just_exec: bool,
+    command: Result<QCommand, qubes::qrexec::cmdline::CmdlineError>,
+    vm_dir: &Path,
+) -> Result<()> {
+    let mut h = Hosted::new(run, me)?;
+    let mut v = Vchan::connect(&mut h, peer, port, CONNECT_TIMEOUT, &|| false)?;
+    let mut chan = DataChannel::service(just_exec, AGENT_VERSION);
+    let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
+    let mut child: Option<Arc<Mutex<Child>>> = None;
+    let mut sink = ChildSink::new(None::<std::process::ChildStdin>);
+    match resolve(&command, vm_dir) {
+        Err(code) => {
+            let _ = tx.send(Input::Exit(code));
+        }
+        Ok((mut cmd, _source)) => {
+            let io = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+            cmd.stdin(io(!just_exec))
+                .stdout(io(!just_exec))
+                .stderr(io(!just_exec))
+                .current_dir(vm_dir);
+            match cmd.spawn() {
+                Err(_) => {
+                    let _ = tx.send(Input::Exit(EXIT_NOT_FOUND));
+                }
+                Ok(mut c) => {
+                    sink = ChildSink::new(c.stdin.take());
+                    let readers: Vec<_> = [
+                        c.stdout
+                            .take()
+                            .map(|o| pump::spawn_reader(o, Stream::Stdout, tx.clone())),
+                        c.stderr
+                            .take()
+                            .map(|e| pump::spawn_reader(e, Stream::Stderr, tx.clone())),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    let c = Arc::new(Mutex::new(c));
+                    child = Some(c.clone());
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        for r in readers {
+                            let _ = r.join();
+                        }
+                        let code = loop {
+                            let st = c.lock().unwrap_or_else(|p| p.into_inner()).try_wait();
+                            match st {
+                                Ok(Some(st)) => break status_code(st),
+                                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                                Err(_) => break EXIT_PROBLEM,
+                            }
+                        };
+                        let _ = tx.send(Input::Exit(code));
+                    });
+                }
+            }
+        }
+    }
+    drop(tx);
+    let res = pump::pump(&mut h, &mut v, peer, &mut chan, &rx, &mut sink, &|| false);
+    if !matches!(res, Ok(Outcome::Exit(_))) {
+        if let Some(c) = &child {
+            let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    drop(v);
+    res.map(|_| ())
+}

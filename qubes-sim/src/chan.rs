@@ -1,0 +1,201 @@
+//! vchan over the hosted backend for one thread: a domain's grant, event and store handles,
+//! either vchan end behind one type, and the bounded-wait connect that retries until a server
+//! has advertised itself.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use platform_api::{DomId, Events, StoreError, XsErrno};
+use platform_hosted::events::{HostedEvents, HostedPort};
+use platform_hosted::grants::{GrantMem, HostedGrants};
+use platform_hosted::store::{self, HostedStore};
+use vchan::setup::{client_init, server_init, XsDir};
+use vchan::{Interest, PeerState, SetupError};
+
+/// One domain's backend handles. Each thread that waits on vchans owns its own: a wait
+/// returns (and clears) the events of every port of one [`HostedEvents`].
+#[derive(Debug)]
+pub struct Hosted {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Our domain.
+    pub me: DomId,
+    /// Grant table.
+    pub grants: HostedGrants,
+    /// Event channels.
+    pub events: HostedEvents,
+    /// Store connection.
+    pub store: HostedStore,
+}
+
+impl Hosted {
+    /// Handles for domain `me` of the run in `run`.
+    pub fn new(run: &Path, me: DomId) -> Result<Hosted> {
+        Ok(Hosted {
+            run: run.to_path_buf(),
+            me,
+            grants: HostedGrants::new(run, me),
+            events: HostedEvents::new(run, me).context("event channels")?,
+            store: store::connect(run, me).context("connect to xenstored")?,
+        })
+    }
+
+    /// Handles for the domain named by `QUBES_HOSTED_DIR` / `QUBES_HOSTED_DOMID`.
+    pub fn from_env() -> Result<Hosted> {
+        let (run, me) = platform_hosted::events::env_domain().context("hosted environment")?;
+        Self::new(&run, me)
+    }
+
+    /// Whether domain `d` still exists. A crashed process cannot clear its live byte, so
+    /// long waits ask the "hypervisor" (the sim's per-domain marker file) instead, as a Xen
+    /// peer would see the domain die.
+    pub fn domain_alive(&mut self, d: DomId) -> bool {
+        d == DomId::DOM0 || alive_marker(&self.run, d).exists()
+    }
+}
+
+/// `<run>/dom/<domid>`: exists while the sim runs that domain.
+pub fn alive_marker(run: &Path, d: DomId) -> PathBuf {
+    run.join("dom").join(d.get().to_string())
+}
+
+type Srv = vchan::Server<GrantMem, HostedPort>;
+type Cli = vchan::Client<GrantMem, HostedPort>;
+
+/// Either end of a vchan; closed on drop.
+#[derive(Debug)]
+pub enum Vchan {
+    /// We advertised it; the xenstore directory is removed once the client is there.
+    Server(Srv, Option<XsDir>),
+    /// We mapped a peer's.
+    Client(Cli),
+}
+
+/// How long a connect retries while the server has not advertised its vchan.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One wait slice: every blocking loop looks at its stop conditions this often.
+pub const TICK: Duration = Duration::from_millis(20);
+
+impl Vchan {
+    /// A server for `peer` on `port` (Qubes path), left ring `read_min`, right `write_min`.
+    pub fn serve(
+        h: &mut Hosted,
+        peer: DomId,
+        port: u32,
+        read_min: usize,
+        write_min: usize,
+    ) -> Result<Vchan> {
+        let (s, dir) = server_init(
+            &mut h.grants,
+            &mut h.events,
+            &mut h.store,
+            peer,
+            port,
+            read_min,
+            write_min,
+        )
+        .with_context(|| format!("vchan server for domain {peer} port {port}"))?;
+        Ok(Vchan::Server(s, Some(dir)))
+    }
+
+    /// A client of `server`'s vchan on `port`, retrying while it is not advertised yet, until
+    /// `timeout` passes or `stop()` says so.
+    pub fn connect(
+        h: &mut Hosted,
+        server: DomId,
+        port: u32,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vchan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match client_init(&mut h.grants, &mut h.events, &mut h.store, server, port) {
+                Ok(c) => return Ok(Vchan::Client(c)),
+                Err(SetupError::Store(StoreError::Xs(XsErrno::Enoent))) => {}
+                Err(e) => bail!("vchan client of domain {server} port {port}: {e}"),
+            }
+            if stop() {
+                bail!("vchan client of domain {server} port {port}: cancelled");
+            }
+            if Instant::now() >= deadline {
+                bail!("vchan client of domain {server} port {port}: no server after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// See `vchan::Server::read`.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, vchan::Error> {
+        match self {
+            Vchan::Server(s, _) => s.read(buf),
+            Vchan::Client(c) => c.read(buf),
+        }
+    }
+
+    /// See `vchan::Server::write`.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, vchan::Error> {
+        match self {
+            Vchan::Server(s, _) => s.write(data),
+            Vchan::Client(c) => c.write(data),
+        }
+    }
+
+    /// See `vchan::Server::prepare_wait`.
+    pub fn prepare_wait(&mut self, interest: Interest) -> Result<bool, vchan::Error> {
+        match self {
+            Vchan::Server(s, _) => s.prepare_wait(interest),
+            Vchan::Client(c) => c.prepare_wait(interest),
+        }
+    }
+
+    /// The peer's state.
+    pub fn peer_state(&mut self) -> Result<PeerState, vchan::Error> {
+        match self {
+            Vchan::Server(s, _) => s.peer_state(),
+            Vchan::Client(c) => c.peer_state(),
+        }
+    }
+
+    /// Removes a server's xenstore directory once its client has attached, so that a later
+    /// client of the same port cannot find this one.
+    pub fn tidy(&mut self, h: &mut Hosted) {
+        if let Vchan::Server(s, dir) = self {
+            if dir.is_some() && !matches!(s.peer_state(), Ok(PeerState::Waiting)) {
+                if let Some(d) = dir.take() {
+                    let _ = d.remove(&mut h.store);
+                }
+            }
+        }
+    }
+
+    /// Closes and removes a server's directory if still there.
+    pub fn shutdown(mut self, h: &mut Hosted) {
+        if let Vchan::Server(_, dir) = &mut self {
+            if let Some(d) = dir.take() {
+                let _ = d.remove(&mut h.store);
+            }
+        }
+    }
+
+    /// Waits for our events (any port of `h`) for at most `timeout`, after posting interest.
+    pub fn wait(&mut self, h: &mut Hosted, interest: Interest, timeout: Duration) -> Result<()> {
+        match self.prepare_wait(interest) {
+            Ok(true) => {
+                h.events.wait(Some(timeout)).context("event wait")?;
+            }
+            Ok(false) | Err(vchan::Error::PeerClosed) => {}
+            Err(e) => bail!("vchan: {e}"),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Vchan {
+    fn drop(&mut self) {
+        let _ = match self {
+            Vchan::Server(s, _) => s.close(),
+            Vchan::Client(c) => c.close(),
+        };
+    }
+}

@@ -1,0 +1,509 @@
+//! The sim itself (`qubes-sim daemon`): the run directory, the hosted xenstored, one process per
+//! running qube with its dom0 qrexec daemon thread, a supervisor that notices crashes, and the
+//! admin socket. Everything it starts is stopped and removed when it exits.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use platform_api::{DomId, Store, Tx};
+use platform_hosted::store::{self as hstore, Daemon as Xenstored};
+use qubes::qrexec::RequestId;
+
+use crate::admin::{self, Reply, Request};
+use crate::agent::{ENV_VM_DIR, ENV_VM_NAME};
+use crate::chan::alive_marker;
+use crate::registry::{Class, Registry};
+
+/// Most admin requests served at once.
+const MAX_ADMIN: usize = 32;
+/// How often the supervisor looks at the qube processes.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
+
+/// A qube's power state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// Its process runs; its agent has not answered yet.
+    Starting,
+    /// Its agent answered HELLO.
+    Running,
+    /// Its process died without being asked to.
+    Crashed,
+}
+
+/// What a qube's qrexec daemon thread is asked to do.
+#[derive(Debug)]
+pub enum Cmd {
+    /// EXEC_CMDLINE to the agent, data channel to `peer`; answers the allocated port.
+    Exec {
+        /// The other end of the data channel.
+        peer: DomId,
+        /// `user:command`.
+        cmdline: String,
+        /// Where the port (or why not) goes.
+        reply: Sender<Result<u32, String>>,
+    },
+    /// SERVICE_CONNECT for the agent's call `id`.
+    Connect {
+        /// The service's domain.
+        peer: DomId,
+        /// The data port.
+        port: u32,
+        /// The agent's request.
+        id: RequestId,
+    },
+    /// SERVICE_REFUSED for the agent's call `id`.
+    Refuse {
+        /// The agent's request.
+        id: RequestId,
+    },
+}
+
+#[derive(Debug)]
+struct Vm {
+    domid: DomId,
+    power: Power,
+    child: Option<Child>,
+    cmd: Option<Sender<Cmd>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The running sim.
+#[derive(Debug)]
+pub struct Sim {
+    /// The state directory.
+    pub state: PathBuf,
+    /// The run directory (`QUBES_HOSTED_DIR`).
+    pub run: PathBuf,
+    exe: PathBuf,
+    xs: Mutex<Option<Xenstored>>,
+    vms: Mutex<BTreeMap<String, Vm>>,
+    changed: Condvar,
+    stop: AtomicBool,
+    admin_busy: AtomicUsize,
+}
+
+impl Sim {
+    /// Creates the run directory (replacing one a dead sim left) and starts xenstored.
+    pub fn start(state: &Path) -> Result<Arc<Sim>> {
+        let run = admin::run_dir(state);
+        if run.exists() {
+            if UnixStream::connect(admin::socket_path(state)).is_ok() {
+                bail!("a sim is already running in {}", state.display());
+            }
+            std::fs::remove_dir_all(&run)
+                .with_context(|| format!("cannot remove stale {}", run.display()))?;
+        }
+        for d in ["bin", "dom"] {
+            std::fs::create_dir_all(run.join(d))
+                .with_context(|| format!("cannot create {}", run.display()))?;
+        }
+        let exe = std::env::current_exe().context("own executable")?;
+        std::os::unix::fs::symlink(&exe, run.join("bin").join("qrexec-client-vm"))?;
+        let xs = Xenstored::spawn(&run, &[DomId::DOM0]).context("start xenstored")?;
+        Ok(Arc::new(Sim {
+            state: state.to_path_buf(),
+            run,
+            exe,
+            xs: Mutex::new(Some(xs)),
+            vms: Mutex::new(BTreeMap::new()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            admin_busy: AtomicUsize::new(0),
+        }))
+    }
+
+    fn vms(&self) -> MutexGuard<'_, BTreeMap<String, Vm>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the sim is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Power states by name (halted qubes are absent).
+    pub fn states(&self) -> BTreeMap<String, Power> {
+        self.vms()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.power))
+            .collect()
+    }
+
+    /// Which qubes run (for policy).
+    pub fn running(&self) -> BTreeMap<String, bool> {
+        self.states()
+            .into_iter()
+            .map(|(n, p)| (n, p != Power::Crashed))
+            .collect()
+    }
+
+    /// Sends `cmd` to the qrexec daemon of `vm`.
+    pub fn send(&self, vm: &str, cmd: Cmd) -> Result<()> {
+        let vms = self.vms();
+        let tx = vms
+            .get(vm)
+            .and_then(|v| v.cmd.as_ref())
+            .ok_or_else(|| anyhow!("qube '{vm}' is not running"))?;
+        tx.send(cmd)
+            .map_err(|_| anyhow!("qube '{vm}' is going down"))
+    }
+
+    /// The daemon thread saw the agent's HELLO.
+    pub fn set_running(&self, vm: &str) {
+        if let Some(v) = self.vms().get_mut(vm) {
+            v.power = Power::Running;
+        }
+        self.changed.notify_all();
+    }
+
+    fn with_store<R>(&self, f: impl FnOnce(&mut hstore::HostedStore) -> R) -> Option<R> {
+        hstore::connect(&self.run, DomId::DOM0)
+            .ok()
+            .map(|mut s| f(&mut s))
+    }
+
+    /// Starts `name` (if not running) and waits until its agent answered; returns its domid.
+    pub fn start_vm(self: &Arc<Self>, name: &str) -> Result<DomId> {
+        let reg = Registry::load(&self.state)?;
+        let d = reg.get(name)?;
+        if d.class == Class::AdminVM {
+            return Ok(DomId::DOM0);
+        }
+        let timeout = Duration::from_secs(u64::from(d.prefs.qrexec_timeout.clamp(1, 600)));
+        let domid = DomId::new(d.domid).map_err(|e| anyhow!("bad domid of '{name}': {e}"))?;
+        let stale = {
+            let mut vms = self.vms();
+            match vms.get(name).map(|v| v.power) {
+                Some(Power::Crashed) => vms.remove(name),
+                _ => None,
+            }
+        };
+        // Joined without the lock: the old daemon thread may still take it once.
+        if let Some(v) = stale {
+            reap(v);
+        }
+        let mut vms = self.vms();
+        if !vms.contains_key(name) {
+            if self.stopping() {
+                bail!("the sim is shutting down");
+            }
+            let vm = self.spawn_vm(name, domid, &d.prefs.default_user)?;
+            vms.insert(name.to_string(), vm);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match vms.get(name).map(|v| v.power) {
+                Some(Power::Running) => return Ok(domid),
+                Some(Power::Starting) => {}
+                Some(Power::Crashed) | None => bail!("qube '{name}' died while starting"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(vms);
+                self.kill_vm(name);
+                bail!(
+                    "qube '{name}': no qrexec agent after {}s",
+                    timeout.as_secs()
+                );
+            }
+            vms = self
+                .changed
+                .wait_timeout(vms, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn spawn_vm(self: &Arc<Self>, name: &str, domid: DomId, user: &str) -> Result<Vm> {
+        {
+            let xs = self.xs.lock().unwrap_or_else(|p| p.into_inner());
+            let xs = xs.as_ref().ok_or_else(|| anyhow!("xenstored is gone"))?;
+            xs.add_domain(domid)?;
+            xs.with_server(|s| s.introduce_domain(domid));
+        }
+        self.with_store(|s| {
+            s.write(
+                Tx::NONE,
+                &format!("/local/domain/{domid}/name"),
+                name.as_bytes(),
+            )
+        })
+        .ok_or_else(|| anyhow!("cannot reach xenstored"))??;
+        let vm_dir = self.state.join("vms").join(name);
+        std::fs::create_dir_all(vm_dir.join("qubes-rpc"))?;
+        std::fs::write(alive_marker(&self.run, domid), name)?;
+        let path = match std::env::var_os("PATH") {
+            Some(p) => {
+                let mut v = vec![self.run.join("bin")];
+                v.extend(std::env::split_paths(&p));
+                std::env::join_paths(v)?
+            }
+            None => self.run.join("bin").into_os_string(),
+        };
+        let child = Command::new(&self.exe)
+            .arg("vm-agent")
+            .env(platform_hosted::events::ENV_DIR, &self.run)
+            .env(platform_hosted::events::ENV_DOMID, domid.get().to_string())
+            .env(ENV_VM_DIR, &vm_dir)
+            .env(ENV_VM_NAME, name)
+            .env("PATH", path)
+            .env_remove(crate::cli::ENV_STATE)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("spawn the qube's process")?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (sim, name, stop, user) = (
+                self.clone(),
+                name.to_string(),
+                stop.clone(),
+                user.to_string(),
+            );
+            std::thread::spawn(move || crate::qrexecd::run(&sim, &name, domid, &user, &stop, &rx))
+        };
+        eprintln!(
+            "qubes-sim: started qube '{name}' (domid {domid}, pid {})",
+            child.id()
+        );
+        Ok(Vm {
+            domid,
+            power: Power::Starting,
+            child: Some(child),
+            cmd: Some(tx),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Kills a qube's processes and forgets it (a halted qube has no entry).
+    pub fn kill_vm(&self, name: &str) -> bool {
+        let vm = self.vms().remove(name);
+        let Some(vm) = vm else { return false };
+        let domid = vm.domid;
+        reap(vm);
+        self.released(domid);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Tells the store and the peers' vchans that `domid` is gone.
+    fn released(&self, domid: DomId) {
+        let _ = std::fs::remove_file(alive_marker(&self.run, domid));
+        let _ = self.with_store(|s| s.rm(Tx::NONE, &format!("/local/domain/{domid}")));
+        if let Some(xs) = self.xs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            xs.with_server(|s| s.release_domain(domid));
+        }
+        for sub in ["evtchn", "gnt"] {
+            let _ = std::fs::remove_dir_all(self.run.join(sub).join(format!("d{domid}")));
+        }
+    }
+
+    /// One supervisor pass: a qube process that exited is a crash.
+    fn supervise(&self) {
+        let mut dead = Vec::new();
+        for (name, vm) in self.vms().iter_mut() {
+            let Some(child) = vm.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(st)) = child.try_wait() {
+                eprintln!(
+                    "qubes-sim: qube '{name}' (domid {}) crashed: {st}",
+                    vm.domid
+                );
+                // Its services die with it, as a domain's do.
+                kill_group(child.id());
+                vm.power = Power::Crashed;
+                vm.child = None;
+                vm.cmd = None;
+                vm.stop.store(true, Ordering::Relaxed);
+                dead.push(vm.domid);
+            }
+        }
+        for d in dead {
+            self.released(d);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Stops every qube and xenstored and removes the run directory.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let names: Vec<String> = self.vms().keys().cloned().collect();
+        for n in names {
+            self.kill_vm(&n);
+        }
+        drop(self.xs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+
+    fn handle_admin(self: &Arc<Self>, req: Request) -> Reply {
+        let r: Result<Reply> = (|| match req {
+            Request::Status => {
+                let states = self
+                    .states()
+                    .into_iter()
+                    .map(|(n, p)| (n, format!("{p:?}")))
+                    .collect();
+                Ok(Reply {
+                    states,
+                    ..Reply::default()
+                })
+            }
+            Request::Start { vm } => Ok(Reply {
+                domid: Some(u32::from(self.start_vm(&vm)?.get())),
+                ..Reply::default()
+            }),
+            Request::Kill { vm } => {
+                Registry::load(&self.state)?.get(&vm)?;
+                if !self.kill_vm(&vm) {
+                    bail!("qube '{vm}' is not running");
+                }
+                Ok(Reply::default())
+            }
+            Request::Exec {
+                vm,
+                cmdline,
+                autostart,
+            } => {
+                let running = self.states().get(&vm) == Some(&Power::Running);
+                if !running && !autostart {
+                    bail!("qube '{vm}' is not running");
+                }
+                let domid = self.start_vm(&vm)?;
+                if domid == DomId::DOM0 {
+                    bail!("dom0 runs no qrexec agent in the sim");
+                }
+                let port = self.exec(&vm, DomId::DOM0, &cmdline)?;
+                Ok(Reply {
+                    domid: Some(u32::from(domid.get())),
+                    port: Some(port),
+                    ..Reply::default()
+                })
+            }
+            Request::Shutdown => {
+                self.stop.store(true, Ordering::Relaxed);
+                Ok(Reply::default())
+            }
+        })();
+        r.unwrap_or_else(|e| Reply::err(format!("{e:#}")))
+    }
+
+    /// EXEC_CMDLINE through `vm`'s daemon with the data channel to `peer`; the port.
+    pub fn exec(&self, vm: &str, peer: DomId, cmdline: &str) -> Result<u32> {
+        let (tx, rx) = mpsc::channel();
+        self.send(
+            vm,
+            Cmd::Exec {
+                peer,
+                cmdline: cmdline.to_string(),
+                reply: tx,
+            },
+        )?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(port)) => Ok(port),
+            Ok(Err(e)) => bail!("qube '{vm}': {e}"),
+            Err(_) => bail!("qube '{vm}': its qrexec daemon did not answer"),
+        }
+    }
+}
+
+/// Kills a qube's whole process group (it leads its own): its services die with it.
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn reap(mut vm: Vm) {
+    vm.stop.store(true, Ordering::Relaxed);
+    vm.cmd = None;
+    if let Some(mut c) = vm.child.take() {
+        kill_group(c.id());
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    if let Some(t) = vm.thread.take() {
+        let _ = t.join();
+    }
+}
+
+/// `qubes-sim daemon`: runs the sim until `qubes-sim shutdown` (or stdin closes, with
+/// `--stdin-lifeline`). Prints `ready <run dir>` once the admin socket listens.
+pub fn main(state: &Path, args: &[String]) -> Result<i32> {
+    let lifeline = args.iter().any(|a| a == "--stdin-lifeline");
+    let sim = Sim::start(state)?;
+    let listener = UnixListener::bind(admin::socket_path(state)).context("admin socket")?;
+    listener.set_nonblocking(true)?;
+    if lifeline {
+        let sim = sim.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            sim.stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let autostart: Vec<String> = Registry::load(state)?
+        .domains
+        .values()
+        .filter(|d| d.prefs.autostart && d.domid != 0)
+        .map(|d| d.name.clone())
+        .collect();
+    for vm in autostart {
+        if let Err(e) = sim.start_vm(&vm) {
+            eprintln!("qubes-sim: autostart of '{vm}': {e:#}");
+        }
+    }
+    println!("ready {}", sim.run.display());
+    let _ = std::io::stdout().flush();
+    while !sim.stopping() {
+        match listener.accept() {
+            Ok((conn, _)) => serve_admin(&sim, conn),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                sim.supervise();
+                std::thread::sleep(SUPERVISE_EVERY);
+            }
+            Err(_) => std::thread::sleep(SUPERVISE_EVERY),
+        }
+    }
+    drop(listener);
+    sim.shutdown();
+    eprintln!("qubes-sim: stopped");
+    Ok(0)
+}
+
+fn serve_admin(sim: &Arc<Sim>, mut conn: UnixStream) {
+    if sim.admin_busy.fetch_add(1, Ordering::SeqCst) >= MAX_ADMIN {
+        sim.admin_busy.fetch_sub(1, Ordering::SeqCst);
+        let _ = writeln!(conn, "{}", serde_json::json!({"error": "sim busy"}));
+        return;
+    }
+    let sim = sim.clone();
+    std::thread::spawn(move || {
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let reply = match admin::read_line(&conn)
+            .and_then(|l| serde_json::from_str::<Request>(&l).map_err(Into::into))
+        {
+            Ok(req) => sim.handle_admin(req),
+            Err(e) => Reply::err(format!("bad request: {e:#}")),
+        };
+        if let Ok(line) = serde_json::to_string(&reply) {
+            let _ = writeln!(conn, "{line}");
+        }
+        sim.admin_busy.fetch_sub(1, Ordering::SeqCst);
+    });
+}

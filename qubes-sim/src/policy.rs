@@ -1,0 +1,112 @@
+//! Policy glue: the `policy.d` directory read from disk, the system model from the registry
+//! and power states, and the `ask` prompt hook (an answer from a file or the environment).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use qubes::policy::{
+    CallTarget, Limits, Policy, PolicyError, PolicySource, Qube, QubeType, SourceError, System,
+};
+
+use crate::registry::{Class, Registry};
+
+/// The policy directory inside the state directory.
+pub const POLICY_DIR: &str = "policy.d";
+/// The `ask` answer: `allow`, `allow:<qube>` or `deny` (first line of `<state>/ask`, else
+/// this environment variable of the sim, else deny as if the user closed the dialog).
+pub const ENV_ASK: &str = "QUBES_SIM_ASK";
+/// Largest policy file read.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Policy files from the real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsSource;
+
+impl PolicySource for FsSource {
+    fn read_file(&self, path: &str) -> Result<String, SourceError> {
+        let meta = fs::metadata(path).map_err(|_| SourceError::NotFound)?;
+        if !meta.is_file() {
+            return Err(SourceError::NotAFile);
+        }
+        let mut s = String::new();
+        fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE).read_to_string(&mut s))
+            .map_err(|_| SourceError::Unreadable)?;
+        Ok(s)
+    }
+
+    fn list_dir(&self, dir: &str) -> Result<Vec<String>, SourceError> {
+        let rd = fs::read_dir(dir).map_err(|_| SourceError::NotADirectory)?;
+        Ok(rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+}
+
+/// Loads `<state>/policy.d`.
+pub fn load(state: &Path) -> Result<Policy, PolicyError> {
+    let dir = state.join(POLICY_DIR);
+    Policy::load(&FsSource, &[&dir.to_string_lossy()], Limits::DEFAULT)
+}
+
+fn kind(c: Class) -> QubeType {
+    match c {
+        Class::AppVM => QubeType::AppVM,
+        Class::TemplateVM => QubeType::TemplateVM,
+        Class::StandaloneVM => QubeType::StandaloneVM,
+        Class::DispVM => QubeType::DispVM,
+        Class::AdminVM => QubeType::AdminVM,
+    }
+}
+
+/// The policy's view of the registry; `running` names the qubes that run now.
+pub fn system(reg: &Registry, running: &BTreeMap<String, bool>) -> System {
+    let mut sys = System::new();
+    for d in reg.domains.values().filter(|d| d.domid != 0) {
+        let mut q = Qube::new(&d.name, kind(d.class));
+        q.tags = d.tags.clone();
+        if !d.prefs.default_dispvm.is_empty() {
+            q = q.default_dispvm(&d.prefs.default_dispvm);
+        }
+        q.template_for_dispvms = d.prefs.template_for_dispvms;
+        q.running = running.get(&d.name).copied().unwrap_or(false);
+        sys.add(q);
+    }
+    sys
+}
+
+/// The prompt hook's answer for an `ask` with these choices: the chosen target, or `None`.
+pub fn ask(
+    state: &Path,
+    question: &str,
+    targets: &[CallTarget],
+    default: Option<&CallTarget>,
+) -> Option<CallTarget> {
+    let answer = fs::read_to_string(state.join("ask"))
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .or_else(|| std::env::var(ENV_ASK).ok())
+        .unwrap_or_else(|| "deny".into());
+    let answer = answer.trim();
+    let choice = match answer.strip_prefix("allow:") {
+        Some(name) => targets.iter().find(|t| t.to_string() == name).cloned(),
+        None if answer == "allow" => match (default, targets) {
+            (Some(d), _) => Some(d.clone()),
+            (None, [only]) => Some(only.clone()),
+            _ => None,
+        },
+        None => None,
+    };
+    eprintln!(
+        "qubes-sim: ask: {question}: choices {:?} -> {}",
+        targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        choice
+            .as_ref()
+            .map_or("deny".to_string(), ToString::to_string)
+    );
+    choice
+}

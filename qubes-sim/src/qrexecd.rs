@@ -1,0 +1,250 @@
+//! dom0's qrexec daemon for one qube (a thread of the sim): control vchan client on port 512
+//! speaking `qubes::qrexec::daemon`, and the routing of the qube's calls through policy to the
+//! target's daemon (EXEC_CMDLINE there, SERVICE_CONNECT here), or SERVICE_REFUSED.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use platform_api::DomId;
+use qubes::policy::{CallTarget, Decision, Request};
+use qubes::qrexec::daemon::{Event, Limits};
+use qubes::qrexec::{Daemon, RequestId, CONTROL_PORT};
+use vchan::Interest;
+
+use crate::chan::{Hosted, Vchan, TICK};
+use crate::daemon::{Cmd, Sim};
+use crate::registry::Registry;
+
+/// Calls of one qube being routed at once; more are refused (a flooding agent cannot make
+/// dom0 spawn without bound).
+const MAX_ROUTING: usize = 16;
+
+/// The daemon thread's body; returns when the qube goes away or the sim stops.
+pub fn run(
+    sim: &Arc<Sim>,
+    name: &str,
+    domid: DomId,
+    user: &str,
+    stop: &AtomicBool,
+    cmds: &Receiver<Cmd>,
+) {
+    if let Err(e) = serve(sim, name, domid, user, stop, cmds) {
+        if !stop.load(Ordering::Relaxed) {
+            eprintln!("qubes-sim: qrexec-daemon for '{name}': {e:#}");
+        }
+    }
+}
+
+fn serve(
+    sim: &Arc<Sim>,
+    name: &str,
+    domid: DomId,
+    user: &str,
+    stop: &AtomicBool,
+    cmds: &Receiver<Cmd>,
+) -> Result<()> {
+    let mut h = Hosted::new(&sim.run, DomId::DOM0)?;
+    let timeout = Duration::from_secs(60);
+    let quit = || stop.load(Ordering::Relaxed) || sim.stopping();
+    let mut v = Vchan::connect(&mut h, domid, CONTROL_PORT, timeout, &quit)?;
+    let mut d = Daemon::new(Limits::DEFAULT);
+    d.set_default_user(user).map_err(|e| anyhow!("{e}"))?;
+    let routing = Arc::new(AtomicUsize::new(0));
+    let mut inbuf = vec![0u8; 8192];
+    let mut in_len = 0;
+    let mut out = vec![0u8; 8192];
+    let (mut out_off, mut out_len) = (0, 0);
+    while !quit() {
+        let mut progress = false;
+        if in_len < inbuf.len() {
+            match v.read(&mut inbuf[in_len..]) {
+                Ok(n) => {
+                    in_len += n;
+                    progress |= n > 0;
+                }
+                Err(vchan::Error::PeerClosed) => bail!("the agent closed the control channel"),
+                Err(e) => bail!("control vchan: {e}"),
+            }
+        }
+        if in_len > 0 {
+            let n = d
+                .handle_input(&inbuf[..in_len])
+                .map_err(|e| anyhow!("agent broke the protocol: {e}"))?;
+            inbuf.copy_within(n..in_len, 0);
+            in_len -= n;
+            progress |= n > 0;
+        }
+        while let Some(ev) = d.poll_event() {
+            progress = true;
+            match ev {
+                Event::Ready { .. } => sim.set_running(name),
+                Event::Trigger {
+                    target,
+                    service,
+                    argument,
+                    request_id,
+                    ..
+                } => {
+                    if routing.fetch_add(1, Ordering::SeqCst) >= MAX_ROUTING {
+                        routing.fetch_sub(1, Ordering::SeqCst);
+                        d.refuse(request_id).map_err(|e| anyhow!("{e}"))?;
+                        continue;
+                    }
+                    let call = Call {
+                        source: name.to_string(),
+                        source_id: domid,
+                        target,
+                        service,
+                        argument,
+                        id: request_id,
+                    };
+                    let (sim, routing) = (sim.clone(), routing.clone());
+                    std::thread::spawn(move || {
+                        route(&sim, call);
+                        routing.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+                Event::TriggerRefused { reason, .. } => {
+                    eprintln!("qubes-sim: qrexec: call from '{name}' refused: {reason:?}");
+                }
+                Event::ConnectionTerminated { .. } => {}
+            }
+        }
+        while let Ok(cmd) = cmds.try_recv() {
+            progress = true;
+            match cmd {
+                Cmd::Exec {
+                    peer,
+                    cmdline,
+                    reply,
+                } => {
+                    let r = d.exec(peer, cmdline.as_bytes(), false);
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+                Cmd::Connect { peer, port, id } => {
+                    d.service_connect(peer, port, id)
+                        .map_err(|e| anyhow!("{e}"))?;
+                }
+                Cmd::Refuse { id } => d.refuse(id).map_err(|e| anyhow!("{e}"))?,
+            }
+        }
+        loop {
+            if out_off == out_len {
+                match d.poll_transmit(&mut out) {
+                    Some(n) => (out_off, out_len) = (0, n),
+                    None => break,
+                }
+            }
+            match v.write(&out[out_off..out_len]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out_off += n;
+                    progress = true;
+                }
+                Err(e) => bail!("control vchan: {e}"),
+            }
+        }
+        if !progress {
+            let interest = Interest {
+                read: true,
+                write: out_off < out_len,
+            };
+            v.wait(&mut h, interest, TICK)?;
+        }
+    }
+    Ok(())
+}
+
+/// One call a qube asked for.
+#[derive(Debug)]
+struct Call {
+    source: String,
+    source_id: DomId,
+    target: String,
+    service: String,
+    argument: String,
+    id: RequestId,
+}
+
+fn route(sim: &Arc<Sim>, call: Call) {
+    let what = format!(
+        "{}+{} from '{}' to '{}'",
+        call.service, call.argument, call.source, call.target
+    );
+    match decide_and_connect(sim, &call) {
+        Ok((peer, port)) => {
+            let cmd = Cmd::Connect {
+                peer,
+                port,
+                id: call.id,
+            };
+            if let Err(e) = sim.send(&call.source, cmd) {
+                eprintln!("qubes-sim: qrexec: {what}: {e:#}");
+            }
+        }
+        Err(e) => {
+            eprintln!("qubes-sim: qrexec: {what} refused: {e:#}");
+            let _ = sim.send(&call.source, Cmd::Refuse { id: call.id });
+        }
+    }
+}
+
+/// Evaluates policy, starts the target if allowed, sends it EXEC_CMDLINE; the target's domid
+/// and the data port.
+fn decide_and_connect(sim: &Arc<Sim>, call: &Call) -> Result<(DomId, u32)> {
+    let reg = Registry::load(&sim.state)?;
+    let system = crate::policy::system(&reg, &sim.running());
+    let policy = crate::policy::load(&sim.state).map_err(|e| anyhow!("policy: {e}"))?;
+    let req = Request {
+        service: &call.service,
+        argument: &call.argument,
+        source: &call.source,
+        target: &call.target,
+    };
+    let (target, user, autostart) = match policy.evaluate(&system, &req) {
+        Decision::Allow {
+            target,
+            user,
+            autostart,
+            ..
+        } => (target, user, autostart),
+        Decision::Ask {
+            targets,
+            default_target,
+            user,
+            autostart,
+            ..
+        } => {
+            let q = format!(
+                "{}+{} from '{}' to '{}'",
+                call.service, call.argument, call.source, call.target
+            );
+            let t = crate::policy::ask(&sim.state, &q, &targets, default_target.as_ref())
+                .ok_or_else(|| anyhow!("the user refused"))?;
+            (t, user, autostart)
+        }
+        Decision::Deny { reason, .. } => bail!("{reason}"),
+    };
+    let name = match target {
+        CallTarget::Qube(n) => n,
+        CallTarget::Dom0 => bail!("calls to dom0 services are not provided by the sim yet"),
+        CallTarget::NewDisposable(t) => {
+            bail!("disposables (@dispvm:{t}) are not provided by the sim yet")
+        }
+    };
+    let running = sim.states().get(&name) == Some(&crate::daemon::Power::Running);
+    if !running && !autostart {
+        bail!("target '{name}' is not running and autostart=no");
+    }
+    let peer = sim.start_vm(&name)?;
+    let user = user.unwrap_or_else(|| "DEFAULT".into());
+    let cmdline = format!(
+        "{user}:QUBESRPC {}+{} {}",
+        call.service, call.argument, call.source
+    );
+    let port = sim.exec(&name, call.source_id, &cmdline)?;
+    Ok((peer, port))
+}

@@ -1,0 +1,474 @@
+//! qrexec end to end: a real sim (`qubes-sim daemon`), qubes as processes on the hosted
+//! backend, calls through xs_wire, vchan and qrexec only. Every wait has a deadline.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{State, EXE};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running sim with dom0 and two AppVMs, work (domid 1) and vault (domid 2).
+struct Sim {
+    state: State,
+    daemon: Option<Child>,
+    log: PathBuf,
+}
+
+const ECHO: &str = "#!/bin/sh\nprintf 'arg=%s from=%s env=%s\\n' \"$1\" \"$QREXEC_REMOTE_DOMAIN\" \"$QREXEC_SERVICE_ARGUMENT\"\ncat\nexit 3\n";
+
+impl Sim {
+    fn new(tag: &str, policy: &str) -> Sim {
+        let state = State::new(tag);
+        state.ok("qvm-create", &["--label", "red", "work"]);
+        state.ok("qvm-create", &["--label", "black", "vault"]);
+        let mut sim = Sim {
+            log: state.path().join("sim.log"),
+            state,
+            daemon: None,
+        };
+        sim.policy(policy);
+        sim.service("vault", "test.Echo", ECHO);
+        sim.boot();
+        sim
+    }
+
+    fn path(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    fn policy(&self, text: &str) {
+        let dir = self.path().join("policy.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("30-test.policy"), text).unwrap();
+    }
+
+    fn service(&self, vm: &str, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.path().join("vms").join(vm).join("qubes-rpc");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Starts the daemon and waits for its `ready` line.
+    fn boot(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut child = self
+            .state
+            .cmd("daemon")
+            .arg("--stdin-lifeline")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        self.daemon = Some(child);
+        let line = read_line_within(out, DEADLINE).expect("sim did not get ready");
+        assert!(line.starts_with("ready "), "{line}");
+    }
+
+    /// Stops the daemon (admin shutdown), waits for it; returns its exit status.
+    fn stop(&mut self) -> i32 {
+        let Some(mut child) = self.daemon.take() else {
+            return 0;
+        };
+        let _ = self.state.run("shutdown", &[]);
+        let code = wait_within(&mut child, DEADLINE);
+        code.unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sim did not stop within {DEADLINE:?}")
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn domid(&self, vm: &str) -> String {
+        self.state.ok("qvm-prefs", &[vm, "qid"]).trim().to_string()
+    }
+
+    /// A process inside `vm`: the environment its agent gives to its own children.
+    fn in_vm(&self, vm: &str, prog: &str) -> Command {
+        let mut c = Command::new(EXE);
+        c.arg(prog)
+            .env("QUBES_HOSTED_DIR", self.run_dir())
+            .env("QUBES_HOSTED_DOMID", self.domid(vm))
+            .env("QUBES_SIM_VM_DIR", self.path().join("vms").join(vm))
+            .env_remove("QUBES_SIM_DIR");
+        c
+    }
+
+    /// `qrexec-client-vm TARGET SERVICE` from `vm` (started first) with `input` on stdin.
+    fn call(&self, vm: &str, target: &str, service: &str, input: &[u8]) -> Done {
+        self.state.ok("qvm-start", &[vm]);
+        let mut c = self.in_vm(vm, "qrexec-client-vm");
+        c.args([target, service]);
+        run_within(c, input, DEADLINE)
+    }
+
+    fn state_of(&self, vm: &str) -> String {
+        let ls = self.state.ok("qvm-ls", &[vm]);
+        ls.lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = self.state.run("shutdown", &[]);
+            if wait_within(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A finished process.
+#[derive(Debug)]
+struct Done {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+fn wait_within(c: &mut Child, d: Duration) -> Option<i32> {
+    let end = Instant::now() + d;
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return Some(st.code().unwrap_or(-1));
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_line_within(out: ChildStdout, d: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(d).ok()
+}
+
+/// Runs `c` feeding `input`, collecting output, killing it after `d`.
+fn run_within(mut c: Command, input: &[u8], d: Duration) -> Done {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = match wait_within(&mut child, d) {
+        Some(c) => c,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {d:?}");
+        }
+    };
+    let _ = feeder.join();
+    Done {
+        code,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Pids of live processes whose environment names `run` as their hosted directory.
+fn processes_in(run: &Path) -> Vec<u32> {
+    let needle = format!("QUBES_HOSTED_DIR={}", run.display());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // A zombie has been killed and only waits for its parent; it holds nothing.
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if !zombie && env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn allowed_call_returns_output_and_exit_code() {
+    let sim = Sim::new("allow", "test.Echo  *  work  vault  allow\n");
+    let r = sim.call("work", "vault", "test.Echo+hello", b"ping\n");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "arg=hello from=work env=hello\nping\n",
+        "stderr: {}\nlog: {}",
+        r.stderr,
+        sim.log()
+    );
+    assert_eq!(r.code, 3);
+    assert_eq!(
+        sim.state_of("vault"),
+        "Running",
+        "the target was autostarted"
+    );
+}
+
+#[test]
+fn denied_call_exits_126_and_runs_nothing() {
+    let sim = Sim::new(
+        "deny",
+        "test.Echo  *  work  vault  deny\ntest.Mark * work vault deny\n",
+    );
+    sim.service(
+        "vault",
+        "test.Mark",
+        "#!/bin/sh\ntouch \"$QUBES_SIM_VM_DIR/ran\"\n",
+    );
+    let r = sim.call("work", "vault", "test.Mark", b"");
+    assert_eq!(r.code, 126, "{r:?}");
+    assert_eq!(r.stdout, b"");
+    assert!(r.stderr.contains("Request refused"), "{}", r.stderr);
+    let r = sim.call("work", "vault", "test.Echo+x", b"");
+    assert_eq!(r.code, 126);
+    assert!(
+        !sim.path().join("vms/vault/ran").exists(),
+        "the service ran"
+    );
+    assert_eq!(
+        sim.state_of("vault"),
+        "Halted",
+        "a denied call started the target"
+    );
+    assert!(sim.log().contains("denied by policy"), "{}", sim.log());
+}
+
+#[test]
+fn ask_is_answered_by_the_hook() {
+    let sim = Sim::new(
+        "ask",
+        "test.Echo  *  work  @anyvm  ask default_target=vault\n",
+    );
+    std::fs::write(sim.path().join("ask"), "allow\n").unwrap();
+    let r = sim.call("work", "vault", "test.Echo+a", b"");
+    assert_eq!(
+        (r.code, r.stdout.as_slice()),
+        (3, &b"arg=a from=work env=a\n"[..]),
+        "{r:?}"
+    );
+    std::fs::write(sim.path().join("ask"), "deny\n").unwrap();
+    let r = sim.call("work", "vault", "test.Echo+b", b"");
+    assert_eq!(r.code, 126);
+    std::fs::write(sim.path().join("ask"), "allow:vault\n").unwrap();
+    let r = sim.call("work", "vault", "test.Echo+c", b"");
+    assert_eq!(r.code, 3, "{r:?} {}", sim.log());
+    assert!(sim.log().contains("ask: test.Echo+b"), "{}", sim.log());
+}
+
+#[test]
+fn missing_service_exits_127() {
+    let sim = Sim::new("missing", "*  *  work  vault  allow\n");
+    let r = sim.call("work", "vault", "test.Missing+arg", b"input");
+    assert_eq!(r.code, 127, "{r:?}");
+    assert_eq!(r.stdout, b"");
+    // The qube still serves calls afterwards.
+    let r = sim.call("work", "vault", "test.Echo", b"");
+    assert_eq!(r.code, 3);
+}
+
+#[test]
+fn one_mebibyte_round_trip_is_intact() {
+    let sim = Sim::new("mib", "test.Cat  *  work  vault  allow\n");
+    sim.service("vault", "test.Cat", "#!/bin/sh\nexec cat\n");
+    let mut data = vec![0u8; 1 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let r = sim.call("work", "vault", "test.Cat", &data);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.len(), data.len());
+    assert!(r.stdout == data, "data corrupted");
+}
+
+#[test]
+fn dom0_runs_commands_and_services_in_a_qube() {
+    let sim = Sim::new("qvmrun", "");
+    let d = run_within(
+        {
+            let mut c = sim.state.cmd("qvm-run");
+            c.args(["-p", "work", "echo hi from $QREXEC_REMOTE_DOMAIN; exit 4"]);
+            c
+        },
+        b"",
+        DEADLINE,
+    );
+    assert_eq!(
+        (d.code, d.stdout.as_slice()),
+        (4, &b"hi from dom0\n"[..]),
+        "{d:?}"
+    );
+    let d = run_within(
+        {
+            let mut c = sim.state.cmd("qvm-run");
+            c.args(["--pass-io", "--service", "vault", "test.Echo+abc"]);
+            c
+        },
+        b"xyz",
+        DEADLINE,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&d.stdout),
+        "arg=abc from=dom0 env=abc\nxyz"
+    );
+    assert_eq!(d.code, 3);
+    let (code, _, err) = sim
+        .state
+        .run("qvm-run", &["--no-autostart", "-p", "nosuch", "true"]);
+    assert_eq!(code, 1, "{err}");
+    sim.state.ok("qvm-kill", &["work"]);
+    let (code, _, err) = sim
+        .state
+        .run("qvm-run", &["--no-autostart", "-p", "work", "true"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "qvm-run: error: qube 'work' is not running\n")
+    );
+}
+
+#[test]
+fn crash_is_reported_and_does_not_hang() {
+    let sim = Sim::new(
+        "crash",
+        "test.Sleep * work vault allow\ntest.Echo * work vault allow\n",
+    );
+    sim.service(
+        "vault",
+        "test.Sleep",
+        "#!/bin/sh\necho $PPID > agent.pid\necho started\nexec sleep 60\n",
+    );
+    sim.state.ok("qvm-start", &["work"]);
+    let mut c = sim.in_vm("work", "qrexec-client-vm");
+    let mut child = c
+        .args(["vault", "test.Sleep"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = read_line_within(child.stdout.take().unwrap(), DEADLINE);
+    assert_eq!(line.as_deref(), Some("started\n"));
+    let pid = std::fs::read_to_string(sim.path().join("vms/vault/agent.pid")).unwrap();
+    let st = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let code = wait_within(&mut child, Duration::from_secs(10));
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(code, Some(125), "the caller hung or got the wrong status");
+    let end = Instant::now() + Duration::from_secs(5);
+    while sim.state_of("vault") != "Crashed" && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sim.state_of("vault"), "Crashed");
+    assert!(
+        sim.log().contains("qube 'vault' (domid 2) crashed"),
+        "{}",
+        sim.log()
+    );
+    // The service died with its qube.
+    let end = Instant::now() + Duration::from_secs(5);
+    while processes_in(&sim.run_dir()).iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with("sleep"))
+    }) {
+        assert!(Instant::now() < end, "the crashed qube's service survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The sim still works: the next call restarts vault.
+    let r = sim.call("work", "vault", "test.Echo", b"again");
+    assert_eq!(
+        (r.code, r.stdout.as_slice()),
+        (3, &b"arg= from=work env=\nagain"[..]),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn two_runs_in_a_row_leave_nothing_behind() {
+    let mut sim = Sim::new("twice", "test.Echo * work vault allow\n");
+    for round in 0..2 {
+        if round == 1 {
+            sim.boot();
+        }
+        let r = sim.call("work", "vault", "test.Echo+r", b"");
+        assert_eq!(r.code, 3, "round {round}: {r:?}");
+        let run = sim.run_dir();
+        assert!(
+            !processes_in(&run).is_empty(),
+            "round {round}: no qube processes seen"
+        );
+        assert_eq!(sim.stop(), 0, "round {round}");
+        assert!(!run.exists(), "round {round}: run dir left behind");
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_in(&run);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "round {round}: processes left: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
