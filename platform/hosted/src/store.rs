@@ -376,7 +376,30 @@ fn read_loop(shared: Arc<Shared>, mut stream: UnixStream, conn: ConnId) {
     close(&shared, conn);
 }
 
+/// Writes all of `data`, giving up only when the daemon stops or the peer is gone; a peer
+/// that does not read just keeps this thread waiting (its output stays bounded in the core).
+fn send_all(shared: &Shared, stream: &mut UnixStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        if shared.stopped() {
+            return Err(ErrorKind::Interrupted.into());
+        }
+        match stream.write(data) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn write_loop(shared: Arc<Shared>, mut stream: UnixStream, conn: ConnId) {
+    // Bounded waits, so a peer that stops reading cannot keep shutdown from joining us.
+    let _ = stream.set_write_timeout(Some(TICK * 5));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = {
@@ -396,7 +419,7 @@ fn write_loop(shared: Arc<Shared>, mut stream: UnixStream, conn: ConnId) {
             }
         };
         shared.changed.notify_all();
-        if stream.write_all(&buf[..n]).is_err() {
+        if send_all(&shared, &mut stream, &buf[..n]).is_err() {
             close(&shared, conn);
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;

@@ -164,6 +164,51 @@ fn hostile_oversized_frame_closes_only_that_connection() {
 }
 
 #[test]
+fn hostile_client_that_never_reads_stalls_only_itself() {
+    use xen_store::wire::{Request, RequestMsg, XsPath};
+    let dir = run_dir();
+    let daemon = Daemon::spawn(&dir, &[d(1), d(2)]).unwrap();
+    let mut bad = UnixStream::connect(socket_path(&dir, d(1))).unwrap();
+    bad.set_nonblocking(true).unwrap();
+    let req = RequestMsg {
+        req_id: 1,
+        tx_id: 0,
+        request: Request::Read(XsPath::new("domid").unwrap()),
+    }
+    .to_vec()
+    .unwrap();
+    let flood: Vec<u8> = req
+        .iter()
+        .copied()
+        .cycle()
+        .take(req.len() * 200_000)
+        .collect();
+    let mut at = 0;
+    let start = Instant::now();
+    while at < flood.len() && start.elapsed() < Duration::from_millis(1500) {
+        match bad.write(&flood[at..]) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(TICK),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        at < flood.len(),
+        "the daemon stops reading a client that does not read"
+    );
+    let mut good = connect(&dir, d(2)).unwrap();
+    assert_eq!(good.read(Tx::NONE, "domid").unwrap(), b"2");
+    let t = Instant::now();
+    drop(daemon);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn hosted_store_is_a_sendable_store() {
     fn check<T: Store + Send + 'static>() {}
     check::<HostedStore>();
