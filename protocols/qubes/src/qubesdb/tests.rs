@@ -634,6 +634,44 @@ fn local_bounds_are_enforced() {
     );
 }
 
+#[test]
+fn local_value_of_max_data_is_refused_without_desync() {
+    // A value the wire cannot carry (data_len must stay below 3072) used to be stored and its
+    // path queued as pending with nothing sent: a debug_assert panic, or in release a pending
+    // ack that never comes, so dom0's next ack failed the connection as a mismatch.
+    let long = vec![b'a'; wire::MAX_DATA];
+    let mut a = synced_agent();
+    assert_eq!(
+        a.write("/x", &long),
+        Err(LocalError::Invalid(wire::WireError::DataTooLong(3072)))
+    );
+    assert_eq!(a.read("/x"), None, "a refused write changes nothing");
+    let mut d = ready_daemon();
+    assert_eq!(
+        d.write("/x", &long),
+        Err(LocalError::Invalid(wire::WireError::DataTooLong(3072)))
+    );
+    assert_eq!(d.read("/x"), None);
+    // Not yet connected: the value would be stored and break the dump later.
+    let mut d = Daemon::new(DaemonLimits::DEFAULT);
+    assert!(d.write("/x", &long).is_err());
+    let max = vec![b'a'; wire::MAX_DATA - 1];
+    d.write("/y", &max).unwrap();
+    d.connect();
+    d.handle_input(&Message::Multiread(QdbPath::EMPTY).to_vec().unwrap())
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1000];
+    while let Some(n) = d.poll_transmit(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        out.len(),
+        HEADER_LEN + max.len() + HEADER_LEN,
+        "one entry and the end marker"
+    );
+}
+
 // ---- hostile VM (bytes into the dom0 side) ----
 
 fn ready_daemon() -> Daemon {

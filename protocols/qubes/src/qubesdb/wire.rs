@@ -319,9 +319,14 @@ impl fmt::Display for QdbPath {
     }
 }
 
-/// Checks a value as `verify_data` does: no NUL byte.
+/// Checks a value as `verify_data` does (no NUL byte), and that it fits `data_len` (below
+/// [`MAX_DATA`]), which decoded values always do but values of local callers may not.
 pub fn check_data(data: &[u8]) -> Result<(), WireError> {
-    if data.contains(&0) {
+    if data.len() >= MAX_DATA {
+        Err(WireError::DataTooLong(
+            u32::try_from(data.len()).unwrap_or(u32::MAX),
+        ))
+    } else if data.contains(&0) {
         Err(WireError::DataHasNul)
     } else {
         Ok(())
