@@ -157,14 +157,23 @@ pub fn run() -> Result<i32> {
     result
 }
 
+/// Request lines read at once; more connections wait in the listen backlog.
+const MAX_READERS: usize = 16;
+
 fn spawn_listener(listener: UnixListener, tx: Sender<Msg>) {
     std::thread::spawn(move || {
+        let readers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let tx = tx.clone();
+            while readers.load(std::sync::atomic::Ordering::SeqCst) >= MAX_READERS {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            readers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (tx, readers) = (tx.clone(), readers.clone());
             // One short-lived thread per request line, so that a slow client cannot stall
             // the others.
             std::thread::spawn(move || {
+                let _guard = Release(readers);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 let Ok(line) = crate::admin::read_line((&conn).take(MAX_REQUEST)) else {
                     return;
@@ -186,6 +195,15 @@ fn spawn_listener(listener: UnixListener, tx: Sender<Msg>) {
             });
         }
     });
+}
+
+/// Counts a reader thread out when it ends, however it ends.
+struct Release(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn handle_event(

@@ -14,6 +14,9 @@ use crate::agent::{agent_socket, ENV_AGENT_SOCK, ENV_VM_DIR};
 use crate::chan::{Hosted, Vchan};
 use crate::pump::{self, Input, Outcome, StdSink, INPUT_DEPTH};
 
+/// How long we wait for the policy decision.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Data vchan ring sizes (both ways), as the C agent asks.
 pub const DATA_RING: usize = 65536;
 
@@ -37,6 +40,8 @@ pub fn run(args: &[String]) -> Result<i32> {
     let path = socket()?;
     let mut conn = UnixStream::connect(&path)
         .with_context(|| format!("cannot connect to the qrexec agent at {}", path.display()))?;
+    // Bounded: an `ask` waits for its answer, and the agent answers every call.
+    conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     writeln!(conn, "CALL {target} {service}")?;
     let line = crate::admin::read_line(&conn)?;
     let mut parts = line.split_whitespace();

@@ -198,7 +198,7 @@ impl Sim {
             if self.stopping() {
                 bail!("the sim is shutting down");
             }
-            let vm = self.spawn_vm(name, domid, &d.prefs.default_user)?;
+            let vm = self.spawn_vm(name, domid, &d.prefs.default_user, &d.prefs.kernel)?;
             vms.insert(name.to_string(), vm);
         }
         let deadline = Instant::now() + timeout;
@@ -225,7 +225,15 @@ impl Sim {
         }
     }
 
-    fn spawn_vm(self: &Arc<Self>, name: &str, domid: DomId, user: &str) -> Result<Vm> {
+    /// Starts the qube's process: the built-in Linux agent, or the hosted executable its
+    /// `kernel` property names by absolute path (a unikernel built for the hosted backend).
+    fn spawn_vm(
+        self: &Arc<Self>,
+        name: &str,
+        domid: DomId,
+        user: &str,
+        kernel: &str,
+    ) -> Result<Vm> {
         {
             let xs = self.xs.lock().unwrap_or_else(|p| p.into_inner());
             let xs = xs.as_ref().ok_or_else(|| anyhow!("xenstored is gone"))?;
@@ -251,8 +259,14 @@ impl Sim {
             }
             None => self.run.join("bin").into_os_string(),
         };
-        let child = Command::new(&self.exe)
-            .arg("vm-agent")
+        let mut cmd = if kernel.starts_with('/') {
+            Command::new(kernel)
+        } else {
+            let mut c = Command::new(&self.exe);
+            c.arg("vm-agent");
+            c
+        };
+        let child = cmd
             .env(platform_hosted::events::ENV_DIR, &self.run)
             .env(platform_hosted::events::ENV_DOMID, domid.get().to_string())
             .env(ENV_VM_DIR, &vm_dir)
@@ -260,6 +274,7 @@ impl Sim {
             .env("PATH", path)
             .env_remove(crate::cli::ENV_STATE)
             .stdin(Stdio::null())
+            .stdout(console()?)
             .process_group(0)
             .spawn()
             .context("spawn the qube's process")?;
@@ -286,6 +301,14 @@ impl Sim {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// The qube's qrexec daemon gave up on its agent (protocol violation, no HELLO): the
+    /// qube is killed; the supervisor then reports it and releases the domain.
+    pub fn agent_failed(&self, name: &str) {
+        if let Some(c) = self.vms().get(name).and_then(|v| v.child.as_ref()) {
+            kill_group(c.id());
+        }
     }
 
     /// Kills a qube's processes and forgets it (a halted qube has no entry).
@@ -418,6 +441,13 @@ impl Sim {
             Err(_) => bail!("qube '{vm}': its qrexec daemon did not answer"),
         }
     }
+}
+
+/// A qube's console: our stderr (our stdout is the `ready` line for whoever started us).
+fn console() -> Result<Stdio> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned()?;
+    Ok(Stdio::from(fd))
 }
 
 /// Kills a qube's whole process group (it leads its own): its services die with it.

@@ -52,10 +52,44 @@ pub fn qvm_run(state: &Path, args: &[String]) -> Result<i32> {
     } else {
         format!("{user}:{command}")
     };
+    exec_and_pump(state, vm.clone(), cmdline, autostart, pass_io)
+}
+
+/// `qrexec-client -d VMNAME USER:COMMAND`: the command line as given, with our stdin/stdout.
+pub fn qrexec_client(state: &Path, args: &[String]) -> Result<i32> {
+    let (mut vm, mut cmdline) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-d" => vm = it.next().cloned(),
+            "-t" | "-T" | "-W" => {}
+            o if o.starts_with('-') && o.len() > 1 => {
+                return Err(Usage(format!("unsupported option: {o}")).into())
+            }
+            _ if cmdline.is_none() => cmdline = Some(a.clone()),
+            _ => return Err(Usage(format!("unrecognized arguments: {a}")).into()),
+        }
+    }
+    let (Some(vm), Some(cmdline)) = (vm, cmdline) else {
+        return Err(Usage("usage: qrexec-client -d VMNAME USER:COMMAND".into()).into());
+    };
+    if !cmdline.contains(':') {
+        return Err(Usage("the command line must be USER:COMMAND".into()).into());
+    }
+    exec_and_pump(state, vm, cmdline, true, true)
+}
+
+fn exec_and_pump(
+    state: &Path,
+    vm: String,
+    cmdline: String,
+    autostart: bool,
+    pass_io: bool,
+) -> Result<i32> {
     let reply = admin::call(
         state,
         &Request::Exec {
-            vm: vm.clone(),
+            vm,
             cmdline,
             autostart,
         },

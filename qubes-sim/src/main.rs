@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use qubes_sim::cli::{self, Usage};
 
 const HELP: &str = "usage: qubes-sim COMMAND [ARGS...]
-dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-start qvm-kill qvm-run
+dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-start qvm-kill
+  qvm-run, qrexec-client -d VM USER:COMMAND
 sim: daemon (run the sim in the foreground), shutdown
 in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process)
 state directory: $QUBES_SIM_DIR";
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
                 .map(|_| 0)
         }
         "vm-agent" => qubes_sim::agent::run(),
+        "qrexec-client" => qubes_sim::dom0call::qrexec_client(&cli::state_dir(), &args),
         "qrexec-client-vm" => qubes_sim::client_vm::run(&args),
         _ => Err(Usage(format!("unknown command {prog:?}")).into()),
     };

@@ -32,8 +32,9 @@ pub fn run(
     cmds: &Receiver<Cmd>,
 ) {
     if let Err(e) = serve(sim, name, domid, user, stop, cmds) {
-        if !stop.load(Ordering::Relaxed) {
+        if !stop.load(Ordering::Relaxed) && !sim.stopping() {
             eprintln!("qubes-sim: qrexec-daemon for '{name}': {e:#}");
+            sim.agent_failed(name);
         }
     }
 }

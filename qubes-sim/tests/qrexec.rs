@@ -472,3 +472,130 @@ fn two_runs_in_a_row_leave_nothing_behind() {
         }
     }
 }
+
+/// Not a test of its own: the body of a hostile qube. The sim runs it as the qube's process
+/// (its `kernel` is a script re-executing this binary with `QSIM_HOSTILE` set); it serves
+/// the control vchan like an agent and then breaks the protocol.
+#[test]
+fn hostile_qube_helper() {
+    let Ok(mode) = std::env::var("QSIM_HOSTILE") else {
+        return;
+    };
+    use platform_api::DomId;
+    use qubes_sim::chan::{Hosted, Vchan};
+    let frame = |ty: u32, body: &[u8], len: u32| {
+        let mut v = ty.to_le_bytes().to_vec();
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    };
+    let hello = frame(0x300, &3u32.to_le_bytes(), 4);
+    let bytes = match mode.as_str() {
+        "garbage" => [hello, frame(0x9999, &[], 0)].concat(),
+        "huge" => [hello, frame(0x212, &[], 0xFFFF_FFF0)].concat(),
+        _ => Vec::new(),
+    };
+    let mut h = Hosted::from_env().unwrap();
+    let mut v = Vchan::serve(&mut h, DomId::DOM0, 512, 4096, 4096).unwrap();
+    let mut off = 0;
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if off < bytes.len() {
+            off += v.write(&bytes[off..]).unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn hostile(sim: &Sim, vm: &str, mode: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    let script = sim.path().join(format!("{vm}.kernel"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nQSIM_HOSTILE={mode} exec {} --exact hostile_qube_helper --nocapture -q\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sim.state.ok("qvm-create", &["-l", "red", vm]);
+    sim.state
+        .ok("qvm-prefs", &[vm, "kernel", script.to_str().unwrap()]);
+    sim.state.ok("qvm-prefs", &[vm, "qrexec_timeout", "2"]);
+}
+
+#[test]
+fn hostile_control_messages_kill_only_that_qube() {
+    let sim = Sim::new("hostile", "");
+    for (vm, mode) in [("evil", "garbage"), ("evil2", "huge")] {
+        hostile(&sim, vm, mode);
+        let _ = sim.state.run("qvm-start", &[vm]);
+        let end = Instant::now() + Duration::from_secs(10);
+        while sim.state_of(vm) != "Crashed" {
+            assert!(Instant::now() < end, "{vm} not stopped: {}", sim.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let log = sim.log();
+    assert_eq!(log.matches("agent broke the protocol").count(), 2, "{log}");
+    let d = run_within(
+        {
+            let mut c = sim.state.cmd("qvm-run");
+            c.args(["-p", "vault", "echo still here"]);
+            c
+        },
+        b"",
+        DEADLINE,
+    );
+    assert_eq!(
+        (d.code, d.stdout.as_slice()),
+        (0, &b"still here\n"[..]),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn silent_qube_times_out_and_is_killed() {
+    let sim = Sim::new("silent", "");
+    hostile(&sim, "mute", "silent");
+    let t = Instant::now();
+    let (code, _, err) = sim.state.run("qvm-start", &["mute"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "qvm-start: error: qube 'mute': no qrexec agent after 2s\n"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(sim.state_of("mute"), "Halted");
+    assert!(
+        processes_in(&sim.run_dir()).is_empty() || {
+            std::thread::sleep(Duration::from_millis(200));
+            processes_in(&sim.run_dir()).is_empty()
+        }
+    );
+}
+
+#[test]
+fn qrexec_client_runs_a_raw_command_line() {
+    let sim = Sim::new("qrexec-client", "");
+    let d = run_within(
+        {
+            let mut c = sim.state.cmd("qrexec-client");
+            c.args(["-d", "vault", "user:QUBESRPC test.Echo+q dom0"]);
+            c
+        },
+        b"in",
+        DEADLINE,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&d.stdout),
+        "arg=q from=dom0 env=q\nin"
+    );
+    assert_eq!(d.code, 3);
+    let (code, _, _) = sim
+        .state
+        .run("qrexec-client", &["-d", "vault", "no-user-part"]);
+    assert_eq!(code, 2);
+}
