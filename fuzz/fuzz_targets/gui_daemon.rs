@@ -8,7 +8,7 @@ use qubes::gui::{Daemon, DaemonEvent, DaemonLimits};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, stream)) = data.split_first() else { return };
-    let mut d = Daemon::new(DaemonLimits { max_windows: 8, max_events: 64, max_out: 4096 }, XConf::for_screen(1920, 1080));
+    let mut d = Daemon::new(DaemonLimits { max_windows: 8, max_events: 64, max_event_bytes: 1 << 20, max_out: 4096 }, XConf::for_screen(1920, 1080));
     let chunk = usize::from(mode % 64) + 1;
     let mut out = [0u8; 1024];
     let mut rest = stream;

@@ -27,6 +27,9 @@ pub struct AgentLimits {
     pub max_windows: usize,
     /// Undelivered events; input stops being consumed at this bound.
     pub max_events: usize,
+    /// Clipboard bytes held in undelivered events; input stops being consumed at this bound
+    /// (one more payload may overshoot it).
+    pub max_event_bytes: usize,
     /// Bytes queued for the vchan (a full-screen dump is 16 + 4·98304 bytes).
     pub max_out: usize,
 }
@@ -36,6 +39,7 @@ impl AgentLimits {
     pub const DEFAULT: AgentLimits = AgentLimits {
         max_windows: 16,
         max_events: 256,
+        max_event_bytes: 512 * 1024,
         max_out: 512 * 1024,
     };
 }
@@ -110,6 +114,8 @@ pub struct Agent {
     reader: FrameReader<GuiFraming>,
     out: OutQueue,
     events: VecDeque<Event>,
+    /// Clipboard bytes in `events`.
+    event_bytes: usize,
     windows: BTreeMap<WindowId, Window>,
     skipped: u64,
 }
@@ -138,6 +144,7 @@ impl Agent {
             }),
             out,
             events: VecDeque::new(),
+            event_bytes: 0,
             windows: BTreeMap::new(),
             skipped: 0,
         }
@@ -197,6 +204,7 @@ impl Agent {
         while used < data.len()
             && self.out.has_room(REPLY_ROOM)
             && self.events.len() < self.limits.max_events
+            && self.event_bytes < self.limits.max_event_bytes
         {
             let n = self
                 .reader
@@ -244,6 +252,7 @@ impl Agent {
         }
         let msg = Message::parse_body(ty, body).map_err(ConnError::Wire)?;
         if let Message::ClipboardData(d) = msg {
+            self.event_bytes = self.event_bytes.saturating_add(d.len());
             self.events.push_back(Event::ClipboardData(w, d.to_vec()));
             return Ok(());
         }
@@ -289,7 +298,11 @@ impl Agent {
 
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front()?;
+        if let Event::ClipboardData(_, d) = &e {
+            self.event_bytes = self.event_bytes.saturating_sub(d.len());
+        }
+        Some(e)
     }
 
     fn send(&mut self, w: WindowId, m: &Message<'_>) -> Result<(), LocalError> {

@@ -22,6 +22,9 @@ pub struct DaemonLimits {
     pub max_windows: usize,
     /// Undelivered events; input waits at this bound.
     pub max_events: usize,
+    /// Clipboard and grant-ref bytes held in undelivered events; input waits at this bound
+    /// (one more message may overshoot it).
+    pub max_event_bytes: usize,
     /// Bytes queued for the vchan.
     pub max_out: usize,
 }
@@ -31,6 +34,7 @@ impl DaemonLimits {
     pub const DEFAULT: DaemonLimits = DaemonLimits {
         max_windows: 256,
         max_events: 256,
+        max_event_bytes: 1024 * 1024,
         max_out: 512 * 1024,
     };
 }
@@ -108,7 +112,20 @@ pub struct Daemon {
     reader: FrameReader<GuiFraming>,
     out: OutQueue,
     events: VecDeque<DaemonEvent>,
+    /// Payload bytes in `events` (see `event_bytes`).
+    event_bytes: usize,
     windows: BTreeMap<WindowId, Window>,
+}
+
+/// Heap bytes an event holds: a clipboard payload or a dump's grant refs.
+fn event_bytes(e: &DaemonEvent) -> usize {
+    match e {
+        DaemonEvent::ClipboardData(d) => d.len(),
+        DaemonEvent::Dump(_, _, refs) => {
+            refs.len().saturating_mul(core::mem::size_of::<GrantRef>())
+        }
+        _ => 0,
+    }
 }
 
 impl Daemon {
@@ -130,6 +147,7 @@ impl Daemon {
             }),
             out: OutQueue::new(limits.max_out.max(1024)),
             events: VecDeque::new(),
+            event_bytes: 0,
             windows: BTreeMap::new(),
         }
     }
@@ -165,6 +183,7 @@ impl Daemon {
         while used < data.len()
             && self.out.has_room(HEADER_LEN)
             && self.events.len() < self.limits.max_events
+            && self.event_bytes < self.limits.max_event_bytes
         {
             let n = self
                 .reader
@@ -220,8 +239,7 @@ impl Daemon {
         let (w, ty) = (h.window(), h.msg_type());
         let msg = Message::parse_body(ty, body).map_err(ConnError::Wire)?;
         if let Message::ClipboardData(d) = msg {
-            self.events
-                .push_back(DaemonEvent::ClipboardData(d.to_vec()));
+            self.push_event(DaemonEvent::ClipboardData(d.to_vec()));
             return Ok(());
         }
         if let Message::Create(mut c) = msg {
@@ -290,8 +308,13 @@ impl Daemon {
             Message::MfnDump(..) => return Err(ConnError::Peer(PeerError::MfnDump)),
             other => return Err(ConnError::Peer(PeerError::UnexpectedType(other.msg_type()))),
         };
-        self.events.push_back(ev);
+        self.push_event(ev);
         Ok(())
+    }
+
+    fn push_event(&mut self, e: DaemonEvent) {
+        self.event_bytes = self.event_bytes.saturating_add(event_bytes(&e));
+        self.events.push_back(e);
     }
 
     /// Copies queued bytes into `out`; `None` when there is nothing to send.
@@ -301,7 +324,9 @@ impl Daemon {
 
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<DaemonEvent> {
-        self.events.pop_front()
+        let e = self.events.pop_front()?;
+        self.event_bytes = self.event_bytes.saturating_sub(event_bytes(&e));
+        Some(e)
     }
 
     /// Whether the agent created `w` and has not destroyed it.

@@ -755,6 +755,72 @@ fn configure_flood_is_backpressured() {
     assert!(a.poll_transmit(&mut big).unwrap() <= 1024);
 }
 
+/// Payload bytes held in queued events that carry a buffer.
+fn agent_payload(e: &Event) -> usize {
+    match e {
+        Event::ClipboardData(_, d) => d.len(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn clipboard_flood_from_daemon_is_bounded_in_bytes() {
+    // 256 queued events of 256000 bytes each were 64 MiB held for a hostile daemon.
+    let mut a = ready_agent();
+    let payload = vec![b'x'; MAX_CLIPBOARD_1_8 - 1];
+    let one = frame(1, Message::ClipboardData(&payload));
+    let flood: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
+    let used = a.handle_input(&flood).unwrap();
+    assert!(used < flood.len(), "input stops while payloads wait");
+    let mut held = 0;
+    while let Some(e) = a.poll_event() {
+        held += agent_payload(&e);
+    }
+    let bound = AgentLimits::DEFAULT.max_event_bytes + MAX_CLIPBOARD_1_8;
+    assert!(held > 0 && held <= bound, "{held} > {bound}");
+    // Once polled, the rest is consumed again.
+    let more = a.handle_input(&flood[used..]).unwrap();
+    assert!(more > 0);
+}
+
+#[test]
+fn clipboard_and_dump_flood_from_agent_is_bounded_in_bytes() {
+    let mut d = ready_daemon();
+    d.handle_input(&frame(
+        1,
+        Message::Create(Create {
+            width: 8,
+            height: 8,
+            ..Create::default()
+        }),
+    ))
+    .unwrap();
+    while d.poll_event().is_some() {}
+    let payload = vec![b'x'; MAX_CLIPBOARD_1_8 - 1];
+    let refs: Vec<u32> = (0..MAX_GRANT_REFS).collect();
+    let dump = WindowDumpHdr {
+        ty: 0,
+        width: 8,
+        height: 8,
+        bpp: 32,
+    };
+    let mut one = frame(1, Message::ClipboardData(&payload));
+    one.extend(frame(1, Message::WindowDump(dump, Words::Values(&refs))));
+    let flood: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
+    let used = d.handle_input(&flood).unwrap();
+    assert!(used < flood.len(), "input stops while payloads wait");
+    let mut held = 0;
+    while let Some(e) = d.poll_event() {
+        held += match e {
+            DaemonEvent::ClipboardData(b) => b.len(),
+            DaemonEvent::Dump(_, _, r) => 4 * r.len(),
+            _ => 0,
+        };
+    }
+    let bound = DaemonLimits::DEFAULT.max_event_bytes + MAX_CLIPBOARD_1_8;
+    assert!(held > 0 && held <= bound, "{held} > {bound}");
+}
+
 // ---- properties ----
 
 #[derive(Debug, Clone)]
