@@ -233,6 +233,10 @@ impl Op<'_> {
             all.push(0);
         }
         let rest = all.get(offset..).ok_or(XsErrno::Einval)?;
+        // An offset inside a name would split it; only name boundaries are valid.
+        if offset > 0 && all.get(offset - 1) != Some(&0) {
+            return Err(XsErrno::Einval);
+        }
         // Room after "<gencnt>\0" and the closing empty string.
         let room = PAYLOAD_MAX - 22;
         let mut children = Vec::new();

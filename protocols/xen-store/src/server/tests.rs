@@ -279,14 +279,16 @@ fn directory_part_lists_with_closing_empty_string() {
     assert!(
         matches!(r, Reply::DirectoryPart { ref children, complete: true, .. } if children == &["yy"])
     );
-    let r = h.req(
-        c1,
-        0,
-        Request::DirectoryPart {
-            path: p("d"),
-            offset: 99,
-        },
+    let part = |offset| Request::DirectoryPart {
+        path: p("d"),
+        offset,
+    };
+    assert_eq!(h.req(c1, 0, part(1)), Err(XsErrno::Einval), "inside a name");
+    let r = h.req(c1, 0, part(5)).unwrap();
+    assert!(
+        matches!(r, Reply::DirectoryPart { ref children, complete: true, .. } if children.is_empty())
     );
+    let r = h.req(c1, 0, part(99));
     assert_eq!(r, Err(XsErrno::Einval));
 }
 
