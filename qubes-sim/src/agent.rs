@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use platform_api::DomId;
 use qubes::qrexec::agent::{Event, Limits};
-use qubes::qrexec::cmdline::Command as QCommand;
+use qubes::qrexec::cmdline::{Command as QCommand, ServiceCall};
 use qubes::qrexec::{
     Agent, DataChannel, RequestId, Stream, AGENT_VERSION, CONTROL_PORT, EXIT_NOT_FOUND,
     EXIT_PROBLEM,
@@ -267,24 +267,7 @@ fn resolve(
 ) -> Result<(Command, String), i32> {
     match command {
         Ok(QCommand::Service(call)) => {
-            let dir = vm_dir.join("qubes-rpc");
-            let arg = call.argument();
-            let specific = dir.join(format!("{}+{arg}", call.service));
-            let general = dir.join(&call.service);
-            let path = if !arg.is_empty() && specific.is_file() {
-                specific
-            } else if general.is_file() {
-                general
-            } else {
-                return Err(EXIT_NOT_FOUND);
-            };
-            let mut c = Command::new(path);
-            if !arg.is_empty() {
-                c.arg(arg).env("QREXEC_SERVICE_ARGUMENT", arg);
-            }
-            c.env("QREXEC_REMOTE_DOMAIN", &call.source)
-                .env("QREXEC_SERVICE_FULL_NAME", call.service_and_arg());
-            Ok((c, call.source.clone()))
+            service_command(vm_dir, call).map(|c| (c, call.source.clone()))
         }
         Ok(QCommand::Shell { command, .. }) => {
             let mut c = Command::new("/bin/sh");
@@ -313,21 +296,59 @@ fn serve_call(
     vm_dir: &Path,
 ) -> Result<()> {
     let mut h = Hosted::new(run, me)?;
-    let mut v = Vchan::connect(&mut h, peer, port, CONNECT_TIMEOUT, &|| false)?;
-    let mut chan = DataChannel::service(just_exec, AGENT_VERSION);
+    let v = Vchan::connect(&mut h, peer, port, CONNECT_TIMEOUT, &|| false)?;
+    let chan = DataChannel::service(just_exec, AGENT_VERSION);
+    let cmd = resolve(&command, vm_dir).map(|(c, _)| c);
+    run_service(h, v, peer, chan, just_exec, cmd, vm_dir)
+}
+
+/// The executable for a service call in `dir/qubes-rpc`: `service+arg` first, then
+/// `service` with the argument as `$1`; `Err(127)` when neither exists.
+pub fn service_command(dir: &Path, call: &ServiceCall) -> Result<Command, i32> {
+    let rpc = dir.join("qubes-rpc");
+    let arg = call.argument();
+    let specific = rpc.join(format!("{}+{arg}", call.service));
+    let general = rpc.join(&call.service);
+    let path = if !arg.is_empty() && specific.is_file() {
+        specific
+    } else if general.is_file() {
+        general
+    } else {
+        return Err(EXIT_NOT_FOUND);
+    };
+    let mut c = Command::new(path);
+    if !arg.is_empty() {
+        c.arg(arg).env("QREXEC_SERVICE_ARGUMENT", arg);
+    }
+    c.env("QREXEC_REMOTE_DOMAIN", &call.source)
+        .env("QREXEC_SERVICE_FULL_NAME", call.service_and_arg());
+    Ok(c)
+}
+
+/// Runs the service side of a connected data channel: `cmd` (or the exit status that
+/// replaces it) with its stdin/stdout/stderr on the channel; kills it if the caller goes.
+pub fn run_service(
+    mut h: Hosted,
+    mut v: Vchan,
+    peer: DomId,
+    mut chan: DataChannel,
+    just_exec: bool,
+    cmd: Result<Command, i32>,
+    cwd: &Path,
+) -> Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
     let mut child: Option<Arc<Mutex<Child>>> = None;
     let mut sink = ChildSink::new(None::<std::process::ChildStdin>);
-    match resolve(&command, vm_dir) {
+    match cmd {
         Err(code) => {
             let _ = tx.send(Input::Exit(code));
         }
-        Ok((mut cmd, _source)) => {
+        Ok(mut cmd) => {
             let io = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
             cmd.stdin(io(!just_exec))
                 .stdout(io(!just_exec))
                 .stderr(io(!just_exec))
-                .current_dir(vm_dir);
+                .current_dir(cwd);
             match cmd.spawn() {
                 Err(_) => {
                     let _ = tx.send(Input::Exit(EXIT_NOT_FOUND));

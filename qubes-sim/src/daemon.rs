@@ -61,6 +61,14 @@ pub enum Cmd {
         /// The agent's request.
         id: RequestId,
     },
+    /// Allocate a data port with dom0 as the peer and send SERVICE_CONNECT for call `id`
+    /// (a call to a dom0 service); answers the port.
+    ConnectDom0 {
+        /// The agent's request.
+        id: RequestId,
+        /// Where the port (or why not) goes.
+        reply: Sender<Result<u32, String>>,
+    },
     /// SERVICE_REFUSED for the agent's call `id`.
     Refuse {
         /// The agent's request.

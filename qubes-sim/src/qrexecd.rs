@@ -10,11 +10,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use platform_api::DomId;
 use qubes::policy::{CallTarget, Decision, Request};
+use qubes::qrexec::cmdline::ServiceCall;
 use qubes::qrexec::daemon::{Event, Limits};
-use qubes::qrexec::{Daemon, RequestId, CONTROL_PORT};
+use qubes::qrexec::data::{Handshake, Limits as DataLimits, Role};
+use qubes::qrexec::{Daemon, DataChannel, RequestId, CONTROL_PORT, DAEMON_VERSION};
 use vchan::Interest;
 
-use crate::chan::{Hosted, Vchan, TICK};
+use crate::agent::{run_service, service_command};
+use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT, TICK};
 use crate::daemon::{Cmd, Sim};
 use crate::registry::Registry;
 
@@ -130,6 +133,19 @@ fn serve(
                         .map_err(|e| anyhow!("{e}"))?;
                 }
                 Cmd::Refuse { id } => d.refuse(id).map_err(|e| anyhow!("{e}"))?,
+                Cmd::ConnectDom0 { id, reply } => {
+                    let r = match d.allocate_port(DomId::DOM0) {
+                        Some(port) => match d.service_connect(DomId::DOM0, port, id) {
+                            Ok(()) => Ok(port),
+                            Err(e) => {
+                                d.release_port(port, 0);
+                                Err(e.to_string())
+                            }
+                        },
+                        None => Err("no free data port".to_string()),
+                    };
+                    let _ = reply.send(r);
+                }
             }
         }
         loop {
@@ -175,27 +191,82 @@ fn route(sim: &Arc<Sim>, call: Call) {
         "{}+{} from '{}' to '{}'",
         call.service, call.argument, call.source, call.target
     );
-    match decide_and_connect(sim, &call) {
-        Ok((peer, port)) => {
-            let cmd = Cmd::Connect {
+    let r = decide_and_connect(sim, &call).and_then(|to| match to {
+        Routed::Qube(peer, port) => sim.send(
+            &call.source,
+            Cmd::Connect {
                 peer,
                 port,
                 id: call.id,
-            };
-            if let Err(e) = sim.send(&call.source, cmd) {
-                eprintln!("qubes-sim: qrexec: {what}: {e:#}");
-            }
-        }
-        Err(e) => {
-            eprintln!("qubes-sim: qrexec: {what} refused: {e:#}");
-            let _ = sim.send(&call.source, Cmd::Refuse { id: call.id });
-        }
+            },
+        ),
+        Routed::Dom0(user) => dom0_service(sim, &call, user),
+    });
+    if let Err(e) = r {
+        eprintln!("qubes-sim: qrexec: {what} refused: {e:#}");
+        let _ = sim.send(&call.source, Cmd::Refuse { id: call.id });
     }
+}
+
+/// Where an allowed call goes.
+enum Routed {
+    /// A qube's agent got EXEC_CMDLINE; its domid and the data port.
+    Qube(DomId, u32),
+    /// A dom0 service, run as this user.
+    Dom0(String),
+}
+
+/// Runs a dom0 service (`<state>/dom0/qubes-rpc/`) for the caller: its daemon allocates the
+/// port and sends SERVICE_CONNECT with dom0 as the peer; dom0 is the data-vchan client and
+/// reads the caller's HELLO first, as the C daemon does.
+fn dom0_service(sim: &Arc<Sim>, call: &Call, user: String) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    sim.send(
+        &call.source,
+        Cmd::ConnectDom0 {
+            id: call.id,
+            reply: tx,
+        },
+    )?;
+    let port = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(port)) => port,
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => bail!("the caller's qrexec daemon did not answer"),
+    };
+    // From here on the caller has been told to connect: failures end the data channel.
+    let sc = ServiceCall {
+        user,
+        nogui: true,
+        service: call.service.clone(),
+        argument: Some(call.argument.clone()),
+        source: call.source.clone(),
+    };
+    let dir = sim.state.join("dom0");
+    let run = || -> Result<()> {
+        let mut h = Hosted::new(&sim.run, DomId::DOM0)?;
+        let stop = || sim.stopping();
+        let v = Vchan::connect(&mut h, call.source_id, port, CONNECT_TIMEOUT, &stop)?;
+        let chan = DataChannel::new(
+            Role::Service { just_exec: false },
+            Handshake::ReadFirst,
+            DAEMON_VERSION,
+            DataLimits::DEFAULT,
+        );
+        let cmd = service_command(&dir, &sc);
+        run_service(h, v, call.source_id, chan, false, cmd, &sim.state)
+    };
+    if let Err(e) = run() {
+        eprintln!(
+            "qubes-sim: dom0 service {}+{} for '{}': {e:#}",
+            call.service, call.argument, call.source
+        );
+    }
+    Ok(())
 }
 
 /// Evaluates policy, starts the target if allowed, sends it EXEC_CMDLINE; the target's domid
 /// and the data port.
-fn decide_and_connect(sim: &Arc<Sim>, call: &Call) -> Result<(DomId, u32)> {
+fn decide_and_connect(sim: &Arc<Sim>, call: &Call) -> Result<Routed> {
     let reg = Registry::load(&sim.state)?;
     let system = crate::policy::system(&reg, &sim.running());
     let policy = crate::policy::load(&sim.state).map_err(|e| anyhow!("policy: {e}"))?;
@@ -231,7 +302,7 @@ fn decide_and_connect(sim: &Arc<Sim>, call: &Call) -> Result<(DomId, u32)> {
     };
     let name = match target {
         CallTarget::Qube(n) => n,
-        CallTarget::Dom0 => bail!("calls to dom0 services are not provided by the sim yet"),
+        CallTarget::Dom0 => return Ok(Routed::Dom0(user.unwrap_or_else(|| "root".into()))),
         CallTarget::NewDisposable(t) => {
             bail!("disposables (@dispvm:{t}) are not provided by the sim yet")
         }
@@ -247,5 +318,5 @@ fn decide_and_connect(sim: &Arc<Sim>, call: &Call) -> Result<(DomId, u32)> {
         call.service, call.argument, call.source
     );
     let port = sim.exec(&name, call.source_id, &cmdline)?;
-    Ok((peer, port))
+    Ok(Routed::Qube(peer, port))
 }

@@ -473,6 +473,30 @@ fn two_runs_in_a_row_leave_nothing_behind() {
     }
 }
 
+#[test]
+fn qube_calls_a_dom0_service() {
+    let sim = Sim::new("dom0svc", "test.Dom0  *  work  @adminvm  allow\n");
+    sim.service(
+        "../dom0",
+        "test.Dom0",
+        "#!/bin/sh\necho \"dom0 got $1 from $QREXEC_REMOTE_DOMAIN\"\ncat\nexit 7\n",
+    );
+    let r = sim.call("work", "dom0", "test.Dom0+z", b"payload");
+    assert_eq!(
+        (r.code, String::from_utf8_lossy(&r.stdout).as_ref()),
+        (7, "dom0 got z from work\npayload"),
+        "{r:?} {}",
+        sim.log()
+    );
+    // The data port went back to the caller's daemon: many more calls still work.
+    for i in 0..20 {
+        let r = sim.call("work", "@adminvm", &format!("test.Dom0+n{i}"), b"");
+        assert_eq!(r.code, 7, "call {i}: {r:?}");
+    }
+    let r = sim.call("work", "dom0", "test.Missing", b"");
+    assert_eq!(r.code, 126, "no rule: refused before reaching dom0");
+}
+
 /// Not a test of its own: the body of a hostile qube. The sim runs it as the qube's process
 /// (its `kernel` is a script re-executing this binary with `QSIM_HOSTILE` set); it serves
 /// the control vchan like an agent and then breaks the protocol.
