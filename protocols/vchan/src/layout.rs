@@ -1,8 +1,5 @@
 //! The `vchan_interface` control page (libxenvchan.h \[X\]): a checked view, its `Repr`, and the
 //! ring geometry rules of `init.c` \[X\] (order limits, in-page rings, grant slots, server sizing).
-//!
-//! Contract (smoltcp `wire`): once [`VchanInterface::new_checked`] passes, no accessor panics;
-//! grant slots past the buffer are `None`. Input is checked, output is not.
 
 use alloc::vec::Vec;
 
@@ -290,6 +287,9 @@ impl Offer {
 }
 
 /// A view of `struct vchan_interface` (+ `grants[]`) over bytes.
+///
+/// Contract (smoltcp `wire`): once [`VchanInterface::new_checked`] passes, no accessor panics;
+/// grant slots past the buffer are `None`. Input is checked, output is not.
 #[derive(Debug, Clone)]
 pub struct VchanInterface<T: AsRef<[u8]>> {
     buffer: T,

@@ -1,9 +1,5 @@
 //! The VM side of the GUI protocol: the handshake at 1.8, a bounded window table with the
 //! daemon's rules (ids ≥ 1, CONFIGURE echoed, DESTROY acknowledged), and input as events.
-//!
-//! Version policy: we announce 1.8 and accept a daemon at 1.4..=1.8. A daemon below 1.4 would
-//! send only xconf, which cannot be told from a version word; R4.2 and R4.3 daemons are ≥ 1.7,
-//! so anything else ends the connection ([`PeerError::VersionOutOfRange`]).
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
@@ -104,6 +100,10 @@ struct Window {
 
 /// The VM's GUI agent. Sans-IO: bytes in with [`handle_input`](Self::handle_input), out with
 /// [`poll_transmit`](Self::poll_transmit), events from [`poll_event`](Self::poll_event).
+///
+/// Version policy: we announce 1.8 and accept a daemon at 1.4..=1.8. A daemon below 1.4 would
+/// send only xconf, which cannot be told from a version word; R4.2 and R4.3 daemons are ≥ 1.7,
+/// so anything else ends the connection ([`PeerError::VersionOutOfRange`]).
 #[derive(Debug)]
 pub struct Agent {
     limits: AgentLimits,

@@ -1,9 +1,9 @@
 //! GUI protocol wire format: handshake words, the 12-byte `msg_hdr` and a typed body for every
 //! type 124..149 with its exact size (qubes-gui-protocol.h \[QG\]; rules from the daemon \[QGD\]).
-//!
-//! Decoding is strict: a body must have exactly its type's size (variable bodies: their own
-//! rules), because from 1.6 the daemon exits on a mismatch. Fixed text fields are read up to
-//! their first NUL; encoders zero-pad them.
+
+// Decoding is strict: a body must have exactly its type's size (variable bodies: their own
+// rules), because from 1.6 the daemon exits on a mismatch. Fixed text fields are read up to
+// their first NUL; encoders zero-pad them.
 
 use core::fmt;
 

@@ -13,8 +13,8 @@ use super::rule::{
 /// Longest offending word an error message quotes; the rest is cut so errors stay one line.
 const MAX_QUOTED: usize = 48;
 
-/// A copy of the word a [`SyntaxError`] is about, cut at [`MAX_QUOTED`] characters. The error
-/// must name the word for the administrator, so it owns a (bounded) `String`.
+/// A copy of the word a [`SyntaxError`] is about, cut at `MAX_QUOTED` (48) characters. The
+/// error must name the word for the administrator, so it owns a (bounded) `String`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Word(String);
 

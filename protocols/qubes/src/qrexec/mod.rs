@@ -1,8 +1,8 @@
 //! qrexec (protocol v2–v4, \[QX\] `libqrexec/qrexec.h`) sans-IO: [`wire`], [`names`], [`cmdline`],
 //! the VM [`agent`], one [`data`] channel (either role, either side) and dom0's [`daemon`].
-//!
-//! Trust: peer bytes are hostile; bodies are capped by [`QrexecFraming`] before allocation,
-//! queues by each machine's `Limits`, and a peer's error is sticky (every later call returns it).
+
+// Trust: peer bytes are hostile; bodies are capped by `QrexecFraming` before allocation, queues
+// by each machine's `Limits`, and a peer's error is sticky (every later call returns it).
 
 pub mod agent;
 pub mod cmdline;

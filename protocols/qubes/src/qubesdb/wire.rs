@@ -1,9 +1,5 @@
 //! QubesDB wire format: the 72-byte `qdb_hdr` view, validated paths and typed messages
 //! (`struct qdb_hdr`, `enum qdb_msg`, qubesdb.h \[QDB\]; validation as `db-cmds.c` `verify_hdr`).
-//!
-//! Contract (smoltcp's): once [`Header::new_checked`] passes, no accessor can panic. Decoding reads
-//! the path only up to its first NUL and never requires zero padding (the C daemon leaves garbage
-//! there); encoding always writes zeros.
 
 use core::cmp::Ordering;
 use core::fmt;
@@ -334,6 +330,10 @@ pub fn check_data(data: &[u8]) -> Result<(), WireError> {
 }
 
 /// A view of `struct qdb_hdr` over a buffer (\[QDB\] qubesdb.h).
+///
+/// Contract (smoltcp's): once [`Header::new_checked`] passes, no accessor can panic. Decoding
+/// reads the path only up to its first NUL and never requires zero padding (the C daemon leaves
+/// garbage there); encoding always writes zeros.
 #[derive(Debug, Clone, Copy)]
 pub struct Header<T: AsRef<[u8]>> {
     buffer: T,

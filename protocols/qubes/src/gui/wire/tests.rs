@@ -1,3 +1,6 @@
+//! Wire tests: every `gui.json` vector both ways, handshake words, strict lengths, dump and
+//! clipboard limits, and parse/emit properties.
+
 use super::*;
 use crate::framing::FrameReader;
 use alloc::vec;

@@ -1,3 +1,6 @@
+//! Wire tests: every `qubesdb.json` vector both ways, garbage after the path's NUL, the
+//! `verify_hdr` refusals, and parse/emit properties.
+
 use super::*;
 use crate::framing::FrameReader;
 use alloc::vec::Vec;
