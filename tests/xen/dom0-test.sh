@@ -63,7 +63,7 @@ v=$(xenstore-read /local/domain/$DOMID/data/smoke 2>&1)
 port=$(xenstore-read /local/domain/$DOMID/data/smoke-port 2>/dev/null)
 "$lib/lsevtchn" "$DOMID" > /tmp/evtchn.txt 2>&1
 sed 's/^/XEN-EVTCHN /' /tmp/evtchn.txt
-[ -n "$port" ] && grep -iE "^ *$port: .*unbound" /tmp/evtchn.txt | grep -q 'omain 0'
+[ -n "$port" ] && grep -iE "^ *$port: .*(unbound|waiting connection)" /tmp/evtchn.txt | grep -qi 'domain 0'
 check evtchn-alloc-unbound $? "port ${port:-?}: $(grep -iE "^ *${port:-x}:" /tmp/evtchn.txt | head -1 | tr -s ' ')"
 grep -q 'xen-smoke: evtchn-interdomain ok' "$LOG"; check evtchn-interdomain $? "$(grep -o 'interdomain ok [0-9<>-]*' "$LOG") loopback send + SCHEDOP_poll"
 grep -q 'xen-smoke: virq-timer ok' "$LOG"; check virq-timer $? "$(grep -o 'fired after [0-9]*us' "$LOG") (set_timer_op, 20 ms)"

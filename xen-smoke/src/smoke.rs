@@ -69,13 +69,20 @@ pub fn main(mut xen: Xen) -> ! {
         Ok(p) => {
             let port = p.port();
             println!("xen-smoke: evtchn-unbound ok port={port}");
-            let _ = store.write(Tx::NONE, "data/smoke-port", alloc::format!("{port}").as_bytes());
+            let _ = store.write(
+                Tx::NONE,
+                "data/smoke-port",
+                alloc::format!("{port}").as_bytes(),
+            );
             core::mem::forget(p); // stays open for dom0 to inspect
         }
         Err(e) => println!("xen-smoke: evtchn-unbound FAIL {e}"),
     }
     // Loopback: bind to our own unbound port, notify one end, see the other pending.
-    let me = domid.as_ref().ok().and_then(|d| DomId::parse(d.trim()).ok());
+    let me = domid
+        .as_ref()
+        .ok()
+        .and_then(|d| DomId::parse(d.trim()).ok());
     match me.map(|me| (me, evs.alloc_unbound(me))) {
         Some((me, Ok(a))) => match evs.bind_interdomain(me, a.port()) {
             Ok(b) => {
@@ -83,7 +90,11 @@ pub fn main(mut xen: Xen) -> ! {
                 let got = evs.wait(Some(Duration::from_secs(2)));
                 let hit = got.as_ref().map(|s| s.contains(a.port())).unwrap_or(false);
                 if sent.is_ok() && hit {
-                    println!("xen-smoke: evtchn-interdomain ok {}<->{} send+poll", a.port(), b.port());
+                    println!(
+                        "xen-smoke: evtchn-interdomain ok {}<->{} send+poll",
+                        a.port(),
+                        b.port()
+                    );
                 } else {
                     println!("xen-smoke: evtchn-interdomain FAIL sent={sent:?} got={got:?}");
                 }
@@ -104,7 +115,10 @@ pub fn main(mut xen: Xen) -> ! {
             if armed.is_ok() && hit && dt >= Duration::from_millis(19) {
                 println!("xen-smoke: virq-timer ok fired after {}us", dt.as_micros());
             } else {
-                println!("xen-smoke: virq-timer FAIL armed={armed:?} got={got:?} after {}us", dt.as_micros());
+                println!(
+                    "xen-smoke: virq-timer FAIL armed={armed:?} got={got:?} after {}us",
+                    dt.as_micros()
+                );
             }
         }
         Err(e) => println!("xen-smoke: virq-timer FAIL bind {e}"),

@@ -122,9 +122,52 @@ const EXPECT: &[&str] = &[
 ];
 /// `(0x10 << 1) | 1`: the code the no-Xen path writes to isa-debug-exit.
 const EXIT_OK: i32 = 33;
+/// `(0x31 << 1) | 1`: the panic handler's code without Xen.
+const EXIT_PANIC: i32 = 99;
+
+/// `(0x32 << 1) | 1`: the CPU-exception handler's code without Xen.
+const EXIT_FAULT: i32 = 101;
+
+/// One boot of the test: command line, lines expected in order, expected exit status.
+struct Case {
+    what: &'static str,
+    cmdline: &'static str,
+    expect: &'static [&'static str],
+    status: i32,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        what: "PVH boot to Rust and clean exit",
+        cmdline: "boot-test console=serial",
+        expect: EXPECT,
+        status: EXIT_OK,
+    },
+    Case {
+        what: "panic reaches the console and the exit device",
+        cmdline: "boot-test boot-test=panic",
+        expect: &[
+            "platform-xen: PVH entry reached Rust",
+            "panic: ",
+            "boot-test=panic requested",
+        ],
+        status: EXIT_PANIC,
+    },
+    Case {
+        what: "stack overflow stopped by the guard page",
+        cmdline: "boot-test boot-test=overflow",
+        expect: &[
+            "platform-xen: overflowing the stack into its guard page",
+            "platform-xen: CPU exception 14 (page fault)",
+            "(stack overflow into the guard page)",
+        ],
+        status: EXIT_FAULT,
+    },
+];
 
 /// Boots each image under QEMU's PVH loader (TCG): the image must reach Rust, report its boot
-/// facts on the serial port, find no Xen, and exit through isa-debug-exit with the success code.
+/// facts on the serial port, find no Xen, and exit through isa-debug-exit with the success code;
+/// two more boots check the panic path and the stack guard page.
 pub fn boot_test(root: &Path) -> Result<()> {
     crate::deps::apt_install(&["qemu-system-x86"])?;
     build_images(root)?;
@@ -138,55 +181,58 @@ pub fn boot_test(root: &Path) -> Result<()> {
     let mut failed = 0;
     for name in IMAGES {
         let img = image_path(root, name);
-        let t0 = Instant::now();
-        let out = Command::new("timeout")
-            .args([
-                "60",
-                "qemu-system-x86_64",
-                "-accel",
-                "tcg",
-                "-cpu",
-                "max,vendor=GenuineIntel",
-                "-m",
-                "128M",
-            ])
-            .args([
-                "-no-reboot",
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-                "-display",
-                "none",
-            ])
-            .args([
-                "-device",
-                "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                "-kernel",
-            ])
-            .arg(&img)
-            .args(["-append", "boot-test console=serial"])
-            .output()
-            .context("running qemu-system-x86_64")?;
-        let took = t0.elapsed();
-        let serial = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-        match check_boot(&serial, out.status.code()) {
-            Ok(()) => println!(
-                "boot-test {name}: ok, PVH boot to Rust and clean exit in {}",
-                secs(took)
-            ),
-            Err(why) => {
-                failed += 1;
-                println!("boot-test {name}: FAIL ({why}) after {}", secs(took));
-                println!(
-                    "--- serial ---\n{serial}--- stderr ---\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+        for case in CASES {
+            let t0 = Instant::now();
+            let out = Command::new("timeout")
+                .args([
+                    "60",
+                    "qemu-system-x86_64",
+                    "-accel",
+                    "tcg",
+                    "-cpu",
+                    "max,vendor=GenuineIntel",
+                ])
+                .args([
+                    "-m",
+                    "128M",
+                    "-no-reboot",
+                    "-serial",
+                    "stdio",
+                    "-monitor",
+                    "none",
+                ])
+                .args([
+                    "-display",
+                    "none",
+                    "-device",
+                    "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                ])
+                .arg("-kernel")
+                .arg(&img)
+                .args(["-append", case.cmdline])
+                .output()
+                .context("running qemu-system-x86_64")?;
+            let took = t0.elapsed();
+            let serial = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+            match check_boot(&serial, out.status.code(), case) {
+                Ok(()) => println!("boot-test {name}: ok, {} in {}", case.what, secs(took)),
+                Err(why) => {
+                    failed += 1;
+                    println!(
+                        "boot-test {name}: FAIL, {} ({why}) after {}",
+                        case.what,
+                        secs(took)
+                    );
+                    println!(
+                        "--- serial ---\n{serial}--- stderr ---\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
             }
         }
     }
     if failed > 0 {
-        bail!("{failed} image(s) failed the QEMU PVH boot test");
+        bail!("{failed} boot(s) failed the QEMU PVH boot test");
     }
     Ok(())
 }
@@ -195,23 +241,21 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn check_boot(serial: &str, code: Option<i32>) -> std::result::Result<(), String> {
+fn check_boot(serial: &str, code: Option<i32>, case: &Case) -> std::result::Result<(), String> {
     let mut at = 0;
-    for want in EXPECT {
+    for want in case.expect {
         match serial[at..].find(want) {
             Some(i) => at += i + want.len(),
             None => return Err(format!("serial output lacks {want:?}")),
         }
     }
-    if serial.contains("panic:") {
+    if case.status != EXIT_PANIC && serial.contains("panic:") {
         return Err("the image panicked".into());
     }
     match code {
-        Some(EXIT_OK) => Ok(()),
+        Some(c) if c == case.status => Ok(()),
         Some(124) => Err("timed out after 60 s".into()),
-        other => Err(format!(
-            "exit status {other:?}, expected {EXIT_OK} (isa-debug-exit 0x10)"
-        )),
+        other => Err(format!("exit status {other:?}, expected {}", case.status)),
     }
 }
 
@@ -221,12 +265,17 @@ mod tests {
 
     #[test]
     fn boot_check_wants_every_line_in_order_and_the_exit_code() {
+        let ok = &CASES[0];
         let good = EXPECT.join("\n");
-        assert_eq!(check_boot(&good, Some(33)), Ok(()));
-        assert!(check_boot(&good, Some(1)).is_err());
-        assert!(check_boot(&good, Some(124)).is_err());
+        assert_eq!(check_boot(&good, Some(33), ok), Ok(()));
+        assert!(check_boot(&good, Some(1), ok).is_err());
+        assert!(check_boot(&good, Some(124), ok).is_err());
         let reversed: Vec<&str> = EXPECT.iter().rev().copied().collect();
-        assert!(check_boot(&reversed.join("\n"), Some(33)).is_err());
-        assert!(check_boot(&format!("{good}\npanic: x"), Some(33)).is_err());
+        assert!(check_boot(&reversed.join("\n"), Some(33), ok).is_err());
+        assert!(check_boot(&format!("{good}\npanic: x"), Some(33), ok).is_err());
+        let panic = &CASES[1];
+        let text = "platform-xen: PVH entry reached Rust\npanic: boot-test=panic requested";
+        assert_eq!(check_boot(text, Some(99), panic), Ok(()));
+        assert!(check_boot(text, Some(33), panic).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //! ports, reading and clearing pending bits in shared_info. Plus the PV clock.
 #![forbid(unsafe_code)]
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use platform_api::{
     Clock, DomId, Duration, Events, EvtchnPort, Instant, Notify, Ordering, PlatformError, Port,
@@ -69,17 +71,18 @@ impl Clock for XenClock {
     }
 }
 
-/// A bound port; closed on drop unless it was given to us (console, xenstore).
+/// A bound port; closed (and no longer waited on) when dropped, unless it was given to us
+/// (console, xenstore).
 #[derive(Debug)]
 pub struct XenPort {
     port: EvtchnPort,
-    owned: bool,
+    owned: Option<Rc<RefCell<PortSet>>>,
 }
 
 impl XenPort {
     /// A port Xen or the toolstack bound for us; never closed by us.
     pub fn given(port: EvtchnPort) -> Self {
-        Self { port, owned: false }
+        Self { port, owned: None }
     }
 }
 
@@ -97,7 +100,9 @@ impl Port for XenPort {
 
 impl Drop for XenPort {
     fn drop(&mut self) {
-        if self.owned {
+        if let Some(interest) = &self.owned {
+            // Polling a closed port is -EINVAL: stop waiting on it first.
+            interest.borrow_mut().remove(self.port);
             let _ = hypercall::evtchn_close(self.port.get());
         }
     }
@@ -115,7 +120,7 @@ fn port_err(e: XenErrno, what: &'static str) -> PlatformError {
 pub struct XenEvents {
     shared: &'static RawPages,
     clock: XenClock,
-    interest: PortSet,
+    interest: Rc<RefCell<PortSet>>,
 }
 
 impl XenEvents {
@@ -124,7 +129,7 @@ impl XenEvents {
         Self {
             shared,
             clock,
-            interest: PortSet::new(),
+            interest: Rc::new(RefCell::new(PortSet::new())),
         }
     }
 
@@ -135,12 +140,12 @@ impl XenEvents {
 
     /// Adds a port bound elsewhere (console, xenstore, a VIRQ) to what `wait` watches.
     pub fn watch(&mut self, port: EvtchnPort) {
-        self.interest.insert(port);
+        self.interest.borrow_mut().insert(port);
     }
 
     /// Stops watching a port.
     pub fn unwatch(&mut self, port: EvtchnPort) {
-        self.interest.remove(port);
+        self.interest.borrow_mut().remove(port);
     }
 
     /// Binds `VIRQ_TIMER` and watches it.
@@ -150,8 +155,11 @@ impl XenEvents {
         let port = EvtchnPort::new(p).map_err(|_| PlatformError::Full {
             what: "event channel ports",
         })?;
-        self.interest.insert(port);
-        Ok(XenPort { port, owned: true })
+        self.interest.borrow_mut().insert(port);
+        Ok(XenPort {
+            port,
+            owned: Some(self.interest.clone()),
+        })
     }
 
     /// Arms the one-shot timer (VIRQ_TIMER, see [`XenEvents::bind_timer`]) at `at`.
@@ -161,15 +169,16 @@ impl XenEvents {
 
     /// The watched ports that are pending now, with their pending bits cleared.
     fn take_pending(&self) -> PortSet {
+        let interest = self.interest.borrow().clone();
         let mut words = [0u64; WORDS];
-        for p in self.interest.iter() {
+        for p in interest.iter() {
             let (w, _) = word_bit(p);
             words[w] = self
                 .shared
                 .load_u64(si::EVTCHN_PENDING + w * 8, Ordering::Acquire)
                 .unwrap_or(0);
         }
-        let got = pending_in(&self.interest, &words);
+        let got = pending_in(&interest, &words);
         for p in got.iter() {
             let (w, bit) = word_bit(p);
             let _ = self
@@ -187,8 +196,11 @@ impl XenEvents {
         let p = p.map_err(|e| port_err(e, what))?;
         match EvtchnPort::new(p) {
             Ok(port) => {
-                self.interest.insert(port);
-                Ok(XenPort { port, owned: true })
+                self.interest.borrow_mut().insert(port);
+                Ok(XenPort {
+                    port,
+                    owned: Some(self.interest.clone()),
+                })
             }
             Err(_) => {
                 let _ = hypercall::evtchn_close(p);
@@ -223,7 +235,7 @@ impl Events for XenEvents {
                 .now_ns()
                 .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         });
-        let ports: Vec<u32> = self.interest.iter().map(|p| p.get()).collect();
+        let ports: Vec<u32> = self.interest.borrow().iter().map(|p| p.get()).collect();
         if ports.len() > MAX_POLL_PORTS {
             return Err(PlatformError::Full {
                 what: "ports in one SCHEDOP_poll",

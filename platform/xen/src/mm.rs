@@ -141,3 +141,129 @@ pub fn pv_pfn_to_mfn(mfn_list: u64, pfn: u64) -> u64 {
     // and `pfn` is one of ours (a heap page).
     unsafe { ((mfn_list + pfn * 8) as *const u64).read_volatile() }
 }
+
+/// PV: the 1:1 virtual window we extend the bootstrap mapping into (one L2 table: 1 GiB).
+const PV_MAP_LIMIT: u64 = 1 << 30;
+
+/// PV: the table a page-table entry points to, as a readable address (1:1 window), and its MFN.
+fn pv_next_table(entry: u64) -> Option<(u64, u64)> {
+    if entry & 1 == 0 {
+        return None;
+    }
+    let mfn = (entry & 0x000f_ffff_ffff_f000) >> 12;
+    let va = pv_mfn_to_pfn(mfn) << 12;
+    (va < PV_MAP_LIMIT).then_some((va, mfn))
+}
+
+/// PV: maps pseudo-physical pages `[from_pfn, to_pfn)` at `pfn << 12` (creating L1 tables from
+/// the heap as needed) and gives them to the heap chunk by chunk, so later tables can come from
+/// earlier chunks. The bootstrap mapping covers only the image, the start-of-day pages and
+/// 512 KiB; this makes the rest of the domain's memory usable. Returns the range added; stops at
+/// the first page it cannot map (no L2 table, the 1 GiB window, a refused update).
+pub fn pv_extend_heap(
+    pt_base: u64,
+    mfn_list: u64,
+    from_pfn: u64,
+    to_pfn: u64,
+) -> Option<(u64, u64)> {
+    let to_pfn = to_pfn.min(PV_MAP_LIMIT >> 12);
+    // SAFETY: pt_base is the L4 table Xen built and maps read-only for us (start_info); reading
+    // its entries is allowed.
+    let l4e = unsafe { (pt_base as *const u64).read_volatile() };
+    let (l3_va, _) = pv_next_table(l4e)?;
+    // SAFETY: a page table of ours inside the bootstrap mapping (read-only, readable).
+    let l3e = unsafe { (l3_va as *const u64).read_volatile() };
+    let (l2_va, l2_mfn) = pv_next_table(l3e)?;
+    let mut pfn = from_pfn;
+    while pfn < to_pfn {
+        let chunk_start = pfn;
+        let l2i = (pfn >> 9) & 511;
+        // SAFETY: as above, the L2 table is ours and readable.
+        let l2e = unsafe { ((l2_va + l2i * 8) as *const u64).read_volatile() };
+        let chunk_end = (((pfn >> 9) + 1) << 9).min(to_pfn);
+        if let Some((l1_va, l1_mfn)) = pv_next_table(l2e) {
+            // An existing L1 (the bootstrap area's last 2 MiB): map what is missing page by page.
+            while pfn < chunk_end {
+                // SAFETY: the L1 table is ours and readable.
+                let pte = unsafe { ((l1_va + (pfn & 511) * 8) as *const u64).read_volatile() };
+                if pte & 1 == 0 {
+                    let val = (pv_pfn_to_mfn(mfn_list, pfn) << 12) | 0x63;
+                    if mmu_update(&crate::abi::MmuUpdate {
+                        ptr: (l1_mfn << 12) + (pfn & 511) * 8,
+                        val,
+                    })
+                    .is_err()
+                    {
+                        break;
+                    }
+                }
+                pfn += 1;
+            }
+        } else {
+            // A new L1 from the heap, filled while writable, then made read-only and hooked in.
+            let Some(table) = HeapPages::alloc(1) else {
+                break;
+            };
+            let base = (pfn >> 9) << 9;
+            for i in 0..512u64 {
+                let p = base + i;
+                let pte = if p >= pfn && p < chunk_end {
+                    (pv_pfn_to_mfn(mfn_list, p) << 12) | 0x63
+                } else {
+                    0
+                };
+                let _ =
+                    platform_api::SharedMem::write(table.mem(), i as usize * 8, &pte.to_le_bytes());
+            }
+            let t_va = table.addr() as u64;
+            let t_mfn = pv_pfn_to_mfn(mfn_list, t_va >> 12);
+            // From here Rust never writes the table (Xen wants page tables read-only) nor frees it.
+            core::mem::forget(table);
+            // SAFETY: the table page is ours and no longer written by Rust; its new mapping is
+            // the same frame, read-only.
+            let ro = unsafe { hypercall::update_va_mapping(t_va, (t_mfn << 12) | 0x21) };
+            let l2 = crate::abi::MmuUpdate {
+                ptr: (l2_mfn << 12) + l2i * 8,
+                val: (t_mfn << 12) | 0x67,
+            };
+            if ro.and_then(|_| mmu_update(&l2)).is_err() {
+                break;
+            }
+            pfn = chunk_end;
+        }
+        give(chunk_start, pfn);
+    }
+    (pfn > from_pfn).then_some((from_pfn << 12, pfn << 12))
+}
+
+/// Hands freshly mapped pages to the heap.
+fn give(from_pfn: u64, to_pfn: u64) {
+    if to_pfn > from_pfn {
+        let (start, len) = (from_pfn << 12, (to_pfn - from_pfn) << 12);
+        // SAFETY: every page in the range is mapped at its 1:1 address (checked present or just
+        // mapped), is RAM of this domain beyond everything the builder placed (the caller starts
+        // after the bootstrap stack and the initial heap), and is handed over exactly once.
+        HEAP.with(|l| unsafe { l.add_region(start as usize, len as usize) });
+    }
+}
+
+fn mmu_update(req: &crate::abi::MmuUpdate) -> Result<(), hypercall::XenErrno> {
+    let mut done = 0u32;
+    // SAFETY: one request read from `req`, the count written to `done`; the PTE change is
+    // described by the caller (a page table of ours gains an entry for a page of ours).
+    let r = unsafe {
+        hypercall::raw(
+            crate::abi::hc::MMU_UPDATE,
+            req as *const _ as u64,
+            1,
+            &mut done as *mut u32 as u64,
+            u64::from(crate::abi::DOMID_SELF),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(hypercall::XenErrno(r))
+    } else {
+        Ok(())
+    }
+}

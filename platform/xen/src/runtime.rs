@@ -182,8 +182,12 @@ fn heap_from(memmap: &Memmap) -> Option<(u64, u64)> {
 /// Entered from `boot` once per boot, on the boot stack.
 pub fn start(facts: BootFacts) -> ! {
     match (facts.mode, boot::xen_cpuid_base()) {
-        (Mode::Pvh, None) => no_xen(facts),
+        (Mode::Pvh, None) => {
+            boot::install_fault_handlers();
+            no_xen(facts)
+        }
         (Mode::Pvh, Some(base)) => {
+            boot::install_fault_handlers();
             hypercall::install_page(base);
             let _ = CONSOLE.try_with(|s| {
                 *s = Sink::Xen {
@@ -262,12 +266,32 @@ fn no_xen(facts: BootFacts) -> ! {
     if let Some(e) = facts.error {
         let _ = writeln!(c, "platform-xen: boot info: {e}");
     }
+    // The boot test's failure drills: the panic path and the stack guard page.
+    let words = || facts.cmdline.as_str_lossy().split(' ');
+    if words().any(|w| w == "boot-test=panic") {
+        panic!("boot-test=panic requested");
+    }
+    if words().any(|w| w == "boot-test=overflow") {
+        let _ = writeln!(c, "platform-xen: overflowing the stack into its guard page");
+        let _ = overflow(0);
+    }
     let _ = writeln!(
         c,
         "platform-xen: no Xen hypervisor (no XenVMMXenVMM CPUID leaf); exiting"
     );
     boot::outb(DEBUG_EXIT_PORT, NO_XEN_EXIT_CODE);
     boot::halt_forever()
+}
+
+/// Recurses with 4 KiB frames until the guard page stops it (a fault with no IDT: the CPU
+/// resets, and QEMU with -no-reboot exits).
+#[inline(never)]
+fn overflow(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    let frame = core::hint::black_box([depth; 512]);
+    overflow(depth + 1).wrapping_add(frame[(depth % 512) as usize])
 }
 
 fn on_xen(facts: BootFacts, pages: Result<XenPages, hypercall::XenErrno>) -> ! {
@@ -292,6 +316,10 @@ fn on_xen(facts: BootFacts, pages: Result<XenPages, hypercall::XenErrno>) -> ! {
         });
     }
     let heap = heap_from(&facts.memmap);
+    if let (Some(si), Some((_, end))) = (&facts.start_info, heap) {
+        // PV: map the rest of the domain's pages (the builder mapped only 512 KiB spare).
+        let _ = mm::pv_extend_heap(si.pt_base, si.mfn_list, end >> 12, si.nr_pages);
+    }
     let (major, minor) = hypercall::xen_version();
     let shared: &'static RawPages = match heap {
         Some(_) => Box::leak(Box::new(pages.shared_info)),
@@ -387,6 +415,78 @@ impl Xen {
     pub fn shutdown(&self, reason: ShutdownReason) -> ! {
         hypercall::shutdown(reason)
     }
+}
+
+/// Writes without the console lock (a fault may strike while it is held): serial without
+/// Xen, the 0xE9 debug port on PVH.
+fn emergency_write(text: &str) {
+    let no_xen = NO_XEN.load(Ordering::SeqCst);
+    for b in text.bytes() {
+        if no_xen {
+            if b == b'\n' {
+                serial_put(b'\r');
+            }
+            serial_put(b);
+        } else {
+            boot::outb(DEBUGCON, b);
+        }
+    }
+}
+
+struct Emergency;
+
+impl Write for Emergency {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        emergency_write(s);
+        Ok(())
+    }
+}
+
+const EXCEPTIONS: [&str; 21] = [
+    "divide error",
+    "debug",
+    "NMI",
+    "breakpoint",
+    "overflow",
+    "bound range",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor overrun",
+    "invalid TSS",
+    "segment not present",
+    "stack fault",
+    "general protection",
+    "page fault",
+    "reserved",
+    "x87 FP",
+    "alignment check",
+    "machine check",
+    "SIMD FP",
+    "virtualization",
+];
+
+/// A CPU exception (PVH and no Xen; `boot`'s IDT sends all 32 here): report and stop.
+pub fn fault(vector: u64, error: u64, rip: u64, cr2: u64) -> ! {
+    let name = EXCEPTIONS
+        .get(vector as usize)
+        .copied()
+        .unwrap_or("exception");
+    let guard = boot::stack_guard();
+    let hint = if vector == 14 && (guard..guard + 4096).contains(&cr2) {
+        " (stack overflow into the guard page)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        Emergency,
+        "platform-xen: CPU exception {vector} ({name}) at rip {rip:#x}, error {error:#x}, address {cr2:#x}{hint}"
+    );
+    if NO_XEN.load(Ordering::SeqCst) {
+        boot::outb(DEBUG_EXIT_PORT, 0x32);
+        boot::halt_forever();
+    }
+    hypercall::shutdown(ShutdownReason::Crash)
 }
 
 #[panic_handler]

@@ -101,6 +101,71 @@ xen_pv_start:
     call pv_rust_entry
 4:  jmp 4b
 
+/* ---- CPU exception stubs (PVH and no-Xen): push a zero error code where the CPU does not,
+   push the vector, then call rust_fault(vector, error, rip, cr2) on the IST stack. */
+.macro fault_stub vec, err
+fault_stub_\vec:
+    .if \err == 0
+    push $0
+    .endif
+    push $\vec
+    jmp fault_common
+.endm
+.section .text.fault, "ax"
+    fault_stub 0, 0
+    fault_stub 1, 0
+    fault_stub 2, 0
+    fault_stub 3, 0
+    fault_stub 4, 0
+    fault_stub 5, 0
+    fault_stub 6, 0
+    fault_stub 7, 0
+    fault_stub 8, 1
+    fault_stub 9, 0
+    fault_stub 10, 1
+    fault_stub 11, 1
+    fault_stub 12, 1
+    fault_stub 13, 1
+    fault_stub 14, 1
+    fault_stub 15, 0
+    fault_stub 16, 0
+    fault_stub 17, 1
+    fault_stub 18, 0
+    fault_stub 19, 0
+    fault_stub 20, 0
+    fault_stub 21, 1
+    fault_stub 22, 0
+    fault_stub 23, 0
+    fault_stub 24, 0
+    fault_stub 25, 0
+    fault_stub 26, 0
+    fault_stub 27, 0
+    fault_stub 28, 0
+    fault_stub 29, 1
+    fault_stub 30, 1
+    fault_stub 31, 0
+fault_common:
+    mov (%rsp), %rdi
+    mov 8(%rsp), %rsi
+    mov 16(%rsp), %rdx
+    mov %cr2, %rcx
+    and $-16, %rsp
+    call rust_fault
+8:  jmp 8b
+
+.section .rodata.fault, "a"
+.p2align 3
+.globl fault_stubs
+fault_stubs:
+    .quad fault_stub_0, fault_stub_1, fault_stub_2, fault_stub_3
+    .quad fault_stub_4, fault_stub_5, fault_stub_6, fault_stub_7
+    .quad fault_stub_8, fault_stub_9, fault_stub_10, fault_stub_11
+    .quad fault_stub_12, fault_stub_13, fault_stub_14, fault_stub_15
+    .quad fault_stub_16, fault_stub_17, fault_stub_18, fault_stub_19
+    .quad fault_stub_20, fault_stub_21, fault_stub_22, fault_stub_23
+    .quad fault_stub_24, fault_stub_25, fault_stub_26, fault_stub_27
+    .quad fault_stub_28, fault_stub_29, fault_stub_30, fault_stub_31
+
 /* ---- The hypercall page: Xen writes 32-byte stubs here (PV at build, PVH via the MSR). */
 .section .text.hypercall, "ax"
 .p2align 12
@@ -177,13 +242,17 @@ boot_pd:
     .set pd_index, pd_index + 1
     .endr
 
-/* GDT: null, 64-bit code (0x08), data (0x10); accessed bits preset. */
+/* GDT: null, 64-bit code (0x08), data (0x10), accessed bits preset; a 64-bit TSS (0x18, two
+   slots) that boot::install_fault_handlers fills in. */
 .section .data.gdt, "aw"
 .p2align 3
+.globl boot_gdt
 boot_gdt:
     .quad 0
     .quad 0x00af9b000000ffff
     .quad 0x00cf93000000ffff
+    .quad 0
+    .quad 0
 boot_gdt_end:
 boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1

@@ -236,3 +236,74 @@ extern "C" fn _Unwind_Resume() -> ! {
 /// As `_Unwind_Resume`: referenced by the precompiled crates, never called.
 #[unsafe(no_mangle)]
 extern "C" fn rust_eh_personality() {}
+
+/// The 64-bit TSS (only its IST1 slot is used) and the IDT, filled once at boot.
+#[repr(C, align(16))]
+struct Tables {
+    tss: [u8; 104],
+    idt: [u64; 64],
+}
+
+/// The stack CPU exceptions run on (IST1), so a fault on a broken stack can still be reported.
+#[repr(C, align(16))]
+struct FaultStack([u8; 16384]);
+
+static TABLES: crate::shared::SpinCell<Tables> = crate::shared::SpinCell::new(Tables {
+    tss: [0; 104],
+    idt: [0; 64],
+});
+static FAULT_STACK: crate::shared::SpinCell<FaultStack> =
+    crate::shared::SpinCell::new(FaultStack([0; 16384]));
+
+unsafe extern "C" {
+    static fault_stubs: [u64; 32];
+    static mut boot_gdt: [u64; 5];
+}
+
+/// PVH (and no Xen): an IDT for the 32 CPU exceptions, each on the IST1 stack, reporting through
+/// `runtime::fault`. Without it any fault (the stack guard included) resets the CPU silently.
+pub fn install_fault_handlers() {
+    let stack_top = FAULT_STACK
+        .try_with(|s| s.0.as_ptr() as u64 + s.0.len() as u64)
+        .unwrap_or(0);
+    let ok = TABLES.try_with(|t| {
+        // IST1 is at offset 36 of the 64-bit TSS; the I/O map base (offset 102) points past it.
+        t.tss[36..44].copy_from_slice(&stack_top.to_le_bytes());
+        t.tss[102..104].copy_from_slice(&104u16.to_le_bytes());
+        for (v, &stub) in fault_stubs_table().iter().enumerate() {
+            // 64-bit interrupt gate: selector 0x08, IST 1, present, DPL 0, type 0xE.
+            t.idt[2 * v] = (stub & 0xffff)
+                | (0x08 << 16)
+                | (1 << 32)
+                | (0x8e << 40)
+                | ((stub >> 16) & 0xffff) << 48;
+            t.idt[2 * v + 1] = stub >> 32;
+        }
+        (t.tss.as_ptr() as u64, t.idt.as_ptr() as u64)
+    });
+    let Some((tss, idt)) = ok else { return };
+    // 64-bit available TSS descriptor (type 9), limit 103, split base.
+    let lo = 103 | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | ((tss >> 24) & 0xff) << 56;
+    let hi = tss >> 32;
+    let idtr: [u64; 2] = [(idt << 16) | (64 * 8 - 1), idt >> 48];
+    // SAFETY: boot_gdt's slots 3 and 4 are reserved for this TSS and unused until `ltr`; the
+    // TSS and IDT are statics that live forever and are not written again; the IDTR image is
+    // read by `lidt` only. The gates point at entry.S's stubs, which never return.
+    unsafe {
+        core::ptr::addr_of_mut!(boot_gdt[3]).write_volatile(lo);
+        core::ptr::addr_of_mut!(boot_gdt[4]).write_volatile(hi);
+        asm!("ltr {0:x}", in(reg) 0x18u16, options(nostack, preserves_flags));
+        asm!("lidt [{0}]", in(reg) idtr.as_ptr(), options(readonly, nostack, preserves_flags));
+    }
+}
+
+fn fault_stubs_table() -> [u64; 32] {
+    // SAFETY: a read-only table of 32 code addresses emitted by entry.S.
+    unsafe { core::ptr::addr_of!(fault_stubs).read() }
+}
+
+/// Called by `fault_common` in entry.S on the IST stack.
+#[unsafe(no_mangle)]
+extern "C" fn rust_fault(vector: u64, error: u64, rip: u64, cr2: u64) -> ! {
+    runtime::fault(vector, error, rip, cr2)
+}
