@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// Longest request or reply line.
 pub const MAX_LINE: u64 = 64 * 1024;
-/// How long a tool waits for the sim to answer (a start may wait for the qube's agent).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a tool waits for the sim to answer (a start waits up to `qrexec_timeout`, a
+/// shutdown up to its `--timeout`, both capped by the sim).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3700);
 
 /// The run directory (`QUBES_HOSTED_DIR` of every domain) inside a state directory.
 pub fn run_dir(state: &Path) -> PathBuf {
@@ -50,6 +51,13 @@ pub enum Request {
         cmdline: String,
         /// Start the qube if it is halted.
         autostart: bool,
+    },
+    /// Ask a qube to power off (`control/shutdown`), kill it after `timeout` seconds.
+    ShutdownVm {
+        /// The qube.
+        vm: String,
+        /// Seconds to wait.
+        timeout: u64,
     },
     /// Stop every qube and exit.
     Shutdown,

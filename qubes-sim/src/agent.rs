@@ -52,6 +52,8 @@ enum Msg {
         peer: DomId,
         port: u32,
     },
+    /// dom0 wrote `control/shutdown`.
+    Shutdown(String),
 }
 
 /// `qubes-sim vm-agent`: runs until dom0 closes the control channel or our parent dies.
@@ -74,8 +76,15 @@ pub fn run() -> Result<i32> {
     let mut in_len = 0;
     let mut out = vec![0u8; 8192];
     let (mut out_off, mut out_len) = (0, 0);
+    spawn_shutdown_watch(&h, tx.clone())?;
+    let mut shutdown = false;
     let result = loop {
+        if shutdown {
+            break Ok(0);
+        }
         if std::os::unix::process::parent_id() != parent {
+            // dom0 died: a qube does not outlive its hypervisor, nor do its services.
+            kill_own_group();
             break Ok(0);
         }
         let mut progress = false;
@@ -118,6 +127,10 @@ pub fn run() -> Result<i32> {
                         let _ = writeln!(conn, "ERROR {e}");
                     }
                 },
+                Msg::Shutdown(how) => {
+                    eprintln!("{name}: qrexec-agent: {how} requested");
+                    shutdown = true;
+                }
                 Msg::Terminated { peer, port } => {
                     if let Err(e) = agent.connection_terminated(peer, port) {
                         eprintln!("{name}: qrexec-agent: connection {peer}:{port}: {e}");
@@ -155,6 +168,39 @@ pub fn run() -> Result<i32> {
     let _ = std::fs::remove_file(&sock);
     ctrl.shutdown(&mut h);
     result
+}
+
+/// Kills our process group (we lead it): the services we started go with us.
+fn kill_own_group() {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", std::process::id())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Watches `control/shutdown` on a store connection of its own (a watch fires once at once,
+/// with the node absent or empty; only a value asks for the shutdown).
+fn spawn_shutdown_watch(h: &Hosted, tx: Sender<Msg>) -> Result<()> {
+    use platform_api::{Store, Tx};
+    let mut store = platform_hosted::store::connect(&h.run, h.me).context("xenstore")?;
+    store
+        .watch("control/shutdown", "shutdown")
+        .context("watch control/shutdown")?;
+    std::thread::spawn(move || loop {
+        match store.wait_watch(Some(Duration::from_secs(1))) {
+            Ok(Some(_)) => {
+                let v = store.read(Tx::NONE, "control/shutdown").unwrap_or_default();
+                let how = String::from_utf8_lossy(&v).trim().to_string();
+                if !how.is_empty() && tx.send(Msg::Shutdown(how)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    });
+    Ok(())
 }
 
 /// Request lines read at once; more connections wait in the listen backlog.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use platform_api::{DomId, Events, StoreError, XsErrno};
+use platform_api::{DomId, Events, Store, StoreError, Tx, XsErrno};
 use platform_hosted::events::{HostedEvents, HostedPort};
 use platform_hosted::grants::{GrantMem, HostedGrants};
 use platform_hosted::store::{self, HostedStore};
@@ -50,7 +50,11 @@ impl Hosted {
     /// Whether domain `d` still exists. A crashed process cannot clear its live byte, so
     /// long waits ask the "hypervisor" (the sim's per-domain marker file) instead, as a Xen
     /// peer would see the domain die.
+    /// A lost store connection means dom0 itself is gone, and every peer with it.
     pub fn domain_alive(&mut self, d: DomId) -> bool {
+        if let Err(StoreError::Disconnected) = self.store.read(Tx::NONE, "domid") {
+            return false;
+        }
         d == DomId::DOM0 || alive_marker(&self.run, d).exists()
     }
 }

@@ -85,6 +85,7 @@ pub fn run(prog: &str, args: &[String]) -> Result<i32> {
         "qvm-tags" => qvm_tags(&state, args),
         "qvm-start" => power(&state, args, |vm| Request::Start { vm }),
         "qvm-kill" => power(&state, args, |vm| Request::Kill { vm }),
+        "qvm-shutdown" => qvm_shutdown(&state, args),
         "qvm-run" => crate::dom0call::qvm_run(&state, args),
         _ => usage(format!("unknown command {prog:?}")),
     }
@@ -440,4 +441,24 @@ fn power(state: &Path, args: &[String], req: impl Fn(String) -> Request) -> Resu
         admin::call(state, &req(vm.clone()))?;
     }
     Ok(0)
+}
+
+fn qvm_shutdown(state: &Path, args: &[String]) -> Result<i32> {
+    let mut a = Args::new(args);
+    let (mut timeout, mut vms) = (60u64, Vec::new());
+    while let Some(arg) = a.next() {
+        let (opt, inline) = split_opt(&arg);
+        match opt {
+            "--wait" | "--force" => {}
+            "--timeout" => {
+                let v = a.value(opt, inline)?;
+                timeout = v
+                    .parse()
+                    .map_err(|_| Usage(format!("invalid timeout: {v:?}")))?;
+            }
+            o if o.starts_with('-') => return usage(format!("unrecognized arguments: {o}")),
+            _ => vms.push(arg),
+        }
+    }
+    power(state, &vms, |vm| Request::ShutdownVm { vm, timeout })
 }

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use platform_api::{DomId, Store, Tx};
+use platform_api::{Access, DomId, Perm, Store, Tx};
 use platform_hosted::store::{self as hstore, Daemon as Xenstored};
 use qubes::qrexec::RequestId;
 
@@ -80,6 +80,8 @@ pub enum Cmd {
 struct Vm {
     domid: DomId,
     power: Power,
+    /// dom0 asked it to power off: its exit is a halt, not a crash.
+    halting: bool,
     child: Option<Child>,
     cmd: Option<Sender<Cmd>>,
     stop: Arc<AtomicBool>,
@@ -248,12 +250,20 @@ impl Sim {
             xs.add_domain(domid)?;
             xs.with_server(|s| s.introduce_domain(domid));
         }
-        self.with_store(|s| {
-            s.write(
-                Tx::NONE,
-                &format!("/local/domain/{domid}/name"),
-                name.as_bytes(),
-            )
+        self.with_store(|s| -> Result<(), platform_api::StoreError> {
+            let home = format!("/local/domain/{domid}");
+            s.write(Tx::NONE, &format!("{home}/name"), name.as_bytes())?;
+            // The qube owns its control directory, as the toolstack sets it up.
+            let own = [Perm {
+                domid,
+                access: Access::None,
+            }];
+            for key in ["control", "control/shutdown"] {
+                let path = format!("{home}/{key}");
+                s.write(Tx::NONE, &path, b"")?;
+                s.set_perms(Tx::NONE, &path, &own)?;
+            }
+            Ok(())
         })
         .ok_or_else(|| anyhow!("cannot reach xenstored"))??;
         let vm_dir = self.state.join("vms").join(name);
@@ -304,6 +314,7 @@ impl Sim {
         Ok(Vm {
             domid,
             power: Power::Starting,
+            halting: false,
             child: Some(child),
             cmd: Some(tx),
             stop,
@@ -350,10 +361,14 @@ impl Sim {
                 continue;
             };
             if let Ok(Some(st)) = child.try_wait() {
-                eprintln!(
-                    "qubes-sim: qube '{name}' (domid {}) crashed: {st}",
-                    vm.domid
-                );
+                if vm.halting {
+                    eprintln!("qubes-sim: qube '{name}' (domid {}) halted", vm.domid);
+                } else {
+                    eprintln!(
+                        "qubes-sim: qube '{name}' (domid {}) crashed: {st}",
+                        vm.domid
+                    );
+                }
                 // Its services die with it, as a domain's do.
                 kill_group(child.id());
                 vm.power = Power::Crashed;
@@ -363,15 +378,80 @@ impl Sim {
                 dead.push(vm.domid);
             }
         }
+        let halted: Vec<Vm> = {
+            let mut vms = self.vms();
+            let names: Vec<String> = vms
+                .iter()
+                .filter(|(_, v)| v.halting && v.power == Power::Crashed)
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.iter().filter_map(|n| vms.remove(n)).collect()
+        };
         for d in dead {
             self.released(d);
+        }
+        // Joined without the lock; a halted qube leaves no entry (Halted).
+        for vm in halted {
+            reap(vm);
         }
         self.changed.notify_all();
     }
 
-    /// Stops every qube and xenstored and removes the run directory.
+    /// Asks `name` to power off (`control/shutdown`) and waits up to `timeout` for its
+    /// process to exit; kills it after that.
+    pub fn shutdown_vm(&self, name: &str, timeout: Duration) -> Result<()> {
+        let domid = {
+            let mut vms = self.vms();
+            let vm = vms
+                .get_mut(name)
+                .ok_or_else(|| anyhow!("qube '{name}' is not running"))?;
+            vm.halting = true;
+            vm.domid
+        };
+        let path = format!("/local/domain/{domid}/control/shutdown");
+        let _ = self.with_store(|s| s.write(Tx::NONE, &path, b"poweroff"));
+        let deadline = Instant::now() + timeout;
+        let mut vms = self.vms();
+        while vms.get(name).is_some_and(|v| v.domid == domid) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(vms);
+                self.kill_vm(name);
+                bail!(
+                    "qube '{name}' did not shut down within {}s; killed",
+                    timeout.as_secs()
+                );
+            }
+            vms = self
+                .changed
+                .wait_timeout(vms, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Powers every qube off (killing what does not stop within a second), stops xenstored
+    /// and removes the run directory.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        let names: Vec<(String, DomId)> = self
+            .vms()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.domid))
+            .collect();
+        for (n, d) in &names {
+            if let Some(v) = self.vms().get_mut(n) {
+                v.halting = true;
+            }
+            let path = format!("/local/domain/{d}/control/shutdown");
+            let _ = self.with_store(|s| s.write(Tx::NONE, &path, b"poweroff"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.vms().is_empty() && Instant::now() < deadline {
+            self.supervise();
+            std::thread::sleep(SUPERVISE_EVERY);
+        }
         let names: Vec<String> = self.vms().keys().cloned().collect();
         for n in names {
             self.kill_vm(&n);
@@ -423,6 +503,11 @@ impl Sim {
                     port: Some(port),
                     ..Reply::default()
                 })
+            }
+            Request::ShutdownVm { vm, timeout } => {
+                Registry::load(&self.state)?.get(&vm)?;
+                self.shutdown_vm(&vm, Duration::from_secs(timeout.clamp(1, 3600)))?;
+                Ok(Reply::default())
             }
             Request::Shutdown => {
                 self.stop.store(true, Ordering::Relaxed);

@@ -623,3 +623,79 @@ fn qrexec_client_runs_a_raw_command_line() {
         .run("qrexec-client", &["-d", "vault", "no-user-part"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn shutdown_asks_through_xenstore_and_halts() {
+    let sim = Sim::new("shutdown", "");
+    sim.state.ok("qvm-start", &["work"]);
+    assert_eq!(sim.state_of("work"), "Running");
+    let t = Instant::now();
+    sim.state.ok("qvm-shutdown", &["--wait", "work"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(sim.state_of("work"), "Halted");
+    let log = sim.log();
+    assert!(log.contains("poweroff requested"), "{log}");
+    assert!(log.contains("qube 'work' (domid 1) halted"), "{log}");
+    assert!(!log.contains("crashed"), "{log}");
+    let (code, _, err) = sim.state.run("qvm-shutdown", &["work"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "qvm-shutdown: error: qube 'work' is not running\n")
+    );
+    // It starts again.
+    sim.state.ok("qvm-start", &["work"]);
+    assert_eq!(sim.state_of("work"), "Running");
+}
+
+#[test]
+fn killed_sim_takes_its_qubes_along_and_restarts_clean() {
+    let mut sim = Sim::new(
+        "sigkill",
+        "test.Sleep * work vault allow\ntest.Echo * work vault allow\n",
+    );
+    sim.service(
+        "vault",
+        "test.Sleep",
+        "#!/bin/sh\necho started\nexec sleep 60\n",
+    );
+    sim.state.ok("qvm-start", &["work"]);
+    let mut c = sim.in_vm("work", "qrexec-client-vm");
+    let mut call = c
+        .args(["vault", "test.Sleep"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = read_line_within(call.stdout.take().unwrap(), DEADLINE);
+    assert_eq!(line.as_deref(), Some("started\n"));
+    let mut daemon = sim.daemon.take().unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let run = sim.run_dir();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The caller in work is ours, not the sim's: only the qubes' own processes count.
+        let left: Vec<u32> = processes_in(&run)
+            .into_iter()
+            .filter(|&p| p != call.id())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < end, "orphans of a killed sim: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        wait_within(&mut call, Duration::from_secs(10)).is_some(),
+        "caller hung"
+    );
+    assert!(run.exists(), "a killed sim cannot clean up");
+    sim.boot();
+    let r = sim.call("work", "vault", "test.Echo+again", b"");
+    assert_eq!(r.code, 3, "{r:?}");
+}
