@@ -79,6 +79,25 @@ pub fn system(reg: &Registry, running: &BTreeMap<String, bool>) -> System {
     sys
 }
 
+/// What an answer line picks: `allow` takes the default target (or the only choice),
+/// `allow:<name>` a listed choice by name; anything else refuses.
+pub fn choose(
+    answer: &str,
+    targets: &[CallTarget],
+    default: Option<&CallTarget>,
+) -> Option<CallTarget> {
+    let answer = answer.trim();
+    match answer.strip_prefix("allow:") {
+        Some(name) => targets.iter().find(|t| t.to_string() == name).cloned(),
+        None if answer == "allow" => match (default, targets) {
+            (Some(d), _) => Some(d.clone()),
+            (None, [only]) => Some(only.clone()),
+            _ => None,
+        },
+        None => None,
+    }
+}
+
 /// The prompt hook's answer for an `ask` with these choices: the chosen target, or `None`.
 pub fn ask(
     state: &Path,
@@ -91,16 +110,7 @@ pub fn ask(
         .and_then(|s| s.lines().next().map(str::to_string))
         .or_else(|| std::env::var(ENV_ASK).ok())
         .unwrap_or_else(|| "deny".into());
-    let answer = answer.trim();
-    let choice = match answer.strip_prefix("allow:") {
-        Some(name) => targets.iter().find(|t| t.to_string() == name).cloned(),
-        None if answer == "allow" => match (default, targets) {
-            (Some(d), _) => Some(d.clone()),
-            (None, [only]) => Some(only.clone()),
-            _ => None,
-        },
-        None => None,
-    };
+    let choice = choose(&answer, targets, default);
     eprintln!(
         "qubes-sim: ask: {question}: choices {:?} -> {}",
         targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -109,4 +119,36 @@ pub fn ask(
             .map_or("deny".to_string(), ToString::to_string)
     );
     choice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(n: &str) -> CallTarget {
+        CallTarget::Qube(n.into())
+    }
+
+    #[test]
+    fn ask_answers_pick_only_offered_targets() {
+        let two = [q("a"), q("b")];
+        assert_eq!(choose("allow", &two, Some(&q("b"))), Some(q("b")));
+        assert_eq!(
+            choose("allow", &two, None),
+            None,
+            "ambiguous without a default"
+        );
+        assert_eq!(choose("allow", &[q("a")], None), Some(q("a")));
+        assert_eq!(choose(" allow:a\n", &two, Some(&q("b"))), Some(q("a")));
+        assert_eq!(choose("allow:c", &two, Some(&q("b"))), None, "not offered");
+        assert_eq!(choose("deny", &two, Some(&q("b"))), None);
+        assert_eq!(choose("", &two, Some(&q("b"))), None);
+        assert_eq!(choose("yes", &two, Some(&q("b"))), None);
+    }
+
+    #[test]
+    fn missing_policy_directory_fails_closed() {
+        let dir = std::env::temp_dir().join(format!("qsim-nopolicy-{}", std::process::id()));
+        assert!(load(&dir).is_err());
+    }
 }
