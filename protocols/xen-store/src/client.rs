@@ -1,5 +1,5 @@
 //! The client machine: request ids, replies matched by `req_id`, watch events demultiplexed
-//! into a bounded queue, sticky fatal errors. Bytes in through `handle_input`, out through `poll_transmit`.
+//! into a bounded queue, sticky fatal errors; bytes in by `handle_input`, out by `poll_transmit`.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;

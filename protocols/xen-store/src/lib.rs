@@ -9,7 +9,8 @@
 //! requests from any domain (server side). Declared lengths are checked against
 //! `XENSTORE_PAYLOAD_MAX` before any allocation; a broken peer gets a typed error, never a panic.
 //! Unsafe: none. Limits: [`client::Limits`] (outstanding requests, queued events) and
-//! [`server::Limits`] (nodes, watches, transactions, value size, output per connection).
+//! [`server::Limits`] (connections, nodes per domain, value size, permissions, watches,
+//! transactions and the nodes each may touch, queued output per connection).
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
-//! One node operation against the main tree or a transaction's snapshot, recording what it
-//! touched (for conflict detection) and what changed (for watches).
+//! One node operation against a [`View`] (the main tree or a transaction's overlay), with
+//! xenstored's permission, parent-creation and quota rules; changes are kept for watches.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;

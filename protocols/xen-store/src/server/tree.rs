@@ -1,5 +1,5 @@
 //! The node tree: absolute path -> value, permissions and generation, with per-owner counts
-//! so quotas are one lookup. Cloned whole as a transaction's snapshot.
+//! so quotas are one lookup; children are found by key range, not stored lists.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
