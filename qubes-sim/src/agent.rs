@@ -32,6 +32,8 @@ use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
 pub const ENV_VM_DIR: &str = "QUBES_SIM_VM_DIR";
 /// The qube's name.
 pub const ENV_VM_NAME: &str = "QUBES_SIM_VM_NAME";
+/// The directories of the qube's templates, nearest first (where more services are found).
+pub const ENV_TEMPLATE_DIRS: &str = "QUBES_SIM_TEMPLATE_DIRS";
 /// Overrides the agent socket path for `qrexec-client-vm`.
 pub const ENV_AGENT_SOCK: &str = "QUBES_SIM_AGENT_SOCK";
 /// Longest local request line.
@@ -313,7 +315,11 @@ fn resolve(
 ) -> Result<(Command, String), i32> {
     match command {
         Ok(QCommand::Service(call)) => {
-            service_command(vm_dir, call).map(|c| (c, call.source.clone()))
+            let mut dirs = vec![vm_dir.to_path_buf()];
+            if let Some(t) = std::env::var_os(ENV_TEMPLATE_DIRS) {
+                dirs.extend(std::env::split_paths(&t));
+            }
+            service_command(&dirs, call).map(|c| (c, call.source.clone()))
         }
         Ok(QCommand::Shell { command, .. }) => {
             let mut c = Command::new("/bin/sh");
@@ -348,20 +354,24 @@ fn serve_call(
     run_service(h, v, peer, chan, just_exec, cmd, vm_dir)
 }
 
-/// The executable for a service call in `dir/qubes-rpc`: `service+arg` first, then
-/// `service` with the argument as `$1`; `Err(127)` when neither exists.
-pub fn service_command(dir: &Path, call: &ServiceCall) -> Result<Command, i32> {
-    let rpc = dir.join("qubes-rpc");
+/// The executable for a service call in the first of `dirs` (the qube's own directory, then
+/// its templates') whose `qubes-rpc` has `service+arg`, or else `service` with the argument
+/// as `$1`; `Err(127)` when none has it.
+pub fn service_command(dirs: &[PathBuf], call: &ServiceCall) -> Result<Command, i32> {
     let arg = call.argument();
-    let specific = rpc.join(format!("{}+{arg}", call.service));
-    let general = rpc.join(&call.service);
-    let path = if !arg.is_empty() && specific.is_file() {
-        specific
-    } else if general.is_file() {
-        general
-    } else {
-        return Err(EXIT_NOT_FOUND);
-    };
+    let found = dirs.iter().find_map(|dir| {
+        let rpc = dir.join("qubes-rpc");
+        let specific = rpc.join(format!("{}+{arg}", call.service));
+        let general = rpc.join(&call.service);
+        if !arg.is_empty() && specific.is_file() {
+            Some(specific)
+        } else if general.is_file() {
+            Some(general)
+        } else {
+            None
+        }
+    });
+    let path = found.ok_or(EXIT_NOT_FOUND)?;
     let mut c = Command::new(path);
     if !arg.is_empty() {
         c.arg(arg).env("QREXEC_SERVICE_ARGUMENT", arg);

@@ -20,7 +20,7 @@ use platform_hosted::store::{self as hstore, Daemon as Xenstored};
 use qubes::qrexec::RequestId;
 
 use crate::admin::{self, Reply, Request};
-use crate::agent::{ENV_VM_DIR, ENV_VM_NAME};
+use crate::agent::{ENV_TEMPLATE_DIRS, ENV_VM_DIR, ENV_VM_NAME};
 use crate::chan::alive_marker;
 use crate::registry::{Class, Registry};
 
@@ -208,7 +208,12 @@ impl Sim {
             if self.stopping() {
                 bail!("the sim is shutting down");
             }
-            let vm = self.spawn_vm(name, domid, &d.prefs.default_user, &d.prefs.kernel)?;
+            let templates: Vec<PathBuf> = reg
+                .template_chain(name)
+                .iter()
+                .map(|t| self.state.join("vms").join(t))
+                .collect();
+            let vm = self.spawn_vm(name, domid, &d.prefs, &templates)?;
             vms.insert(name.to_string(), vm);
         }
         let deadline = Instant::now() + timeout;
@@ -241,9 +246,10 @@ impl Sim {
         self: &Arc<Self>,
         name: &str,
         domid: DomId,
-        user: &str,
-        kernel: &str,
+        prefs: &crate::registry::Prefs,
+        templates: &[PathBuf],
     ) -> Result<Vm> {
+        let (user, kernel) = (prefs.default_user.as_str(), prefs.kernel.as_str());
         {
             let xs = self.xs.lock().unwrap_or_else(|p| p.into_inner());
             let xs = xs.as_ref().ok_or_else(|| anyhow!("xenstored is gone"))?;
@@ -289,6 +295,7 @@ impl Sim {
             .env(platform_hosted::events::ENV_DOMID, domid.get().to_string())
             .env(ENV_VM_DIR, &vm_dir)
             .env(ENV_VM_NAME, name)
+            .env(ENV_TEMPLATE_DIRS, std::env::join_paths(templates)?)
             .env("PATH", path)
             .env_remove(crate::cli::ENV_STATE)
             .stdin(Stdio::null())
@@ -339,6 +346,42 @@ impl Sim {
         self.released(domid);
         self.changed.notify_all();
         true
+    }
+
+    /// Creates a disposable from `template` and starts it; its name and domid.
+    pub fn start_dispvm(self: &Arc<Self>, template: &str) -> Result<(String, DomId)> {
+        let name = Registry::update(&self.state, |reg| reg.create_dispvm(template))?;
+        match self.start_vm(&name) {
+            Ok(d) => Ok((name, d)),
+            Err(e) => {
+                self.remove_dispvm(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills and removes a disposable (registry entry and directory); other qubes are left
+    /// alone.
+    pub fn remove_dispvm(&self, name: &str) {
+        let disposable = Registry::load(&self.state)
+            .ok()
+            .and_then(|r| r.get(name).ok().map(|d| d.prefs.auto_cleanup))
+            .unwrap_or(false);
+        if !disposable {
+            return;
+        }
+        self.kill_vm(name);
+        let gone = Registry::update(&self.state, |reg| {
+            Ok(reg
+                .domains
+                .get(name)
+                .is_some_and(|d| d.prefs.auto_cleanup)
+                .then(|| reg.domains.remove(name)))
+        });
+        if matches!(gone, Ok(Some(_))) {
+            let _ = std::fs::remove_dir_all(self.state.join("vms").join(name));
+            eprintln!("qubes-sim: disposable '{name}' removed");
+        }
     }
 
     /// Tells the store and the peers' vchans that `domid` is gone.

@@ -114,6 +114,11 @@ fn serve(
                 Event::TriggerRefused { reason, .. } => {
                     eprintln!("qubes-sim: qrexec: call from '{name}' refused: {reason:?}");
                 }
+                Event::ConnectionTerminated { released: true, .. } if disposable(sim, name) => {
+                    // A disposable serves one call; it goes when that call's channel closes.
+                    let (sim, name) = (sim.clone(), name.to_string());
+                    std::thread::spawn(move || sim.remove_dispvm(&name));
+                }
                 Event::ConnectionTerminated { .. } => {}
             }
         }
@@ -173,6 +178,13 @@ fn serve(
         }
     }
     Ok(())
+}
+
+fn disposable(sim: &Sim, name: &str) -> bool {
+    Registry::load(&sim.state)
+        .ok()
+        .and_then(|r| r.get(name).ok().map(|d| d.prefs.auto_cleanup))
+        .unwrap_or(false)
 }
 
 /// One call a qube asked for.
@@ -241,7 +253,7 @@ fn dom0_service(sim: &Arc<Sim>, call: &Call, user: String) -> Result<()> {
         argument: Some(call.argument.clone()),
         source: call.source.clone(),
     };
-    let dir = sim.state.join("dom0");
+    let dir = [sim.state.join("dom0")];
     let run = || -> Result<()> {
         let mut h = Hosted::new(&sim.run, DomId::DOM0)?;
         let stop = || sim.stopping();
@@ -300,23 +312,29 @@ fn decide_and_connect(sim: &Arc<Sim>, call: &Call) -> Result<Routed> {
         }
         Decision::Deny { reason, .. } => bail!("{reason}"),
     };
-    let name = match target {
-        CallTarget::Qube(n) => n,
+    let (name, peer) = match target {
         CallTarget::Dom0 => return Ok(Routed::Dom0(user.unwrap_or_else(|| "root".into()))),
-        CallTarget::NewDisposable(t) => {
-            bail!("disposables (@dispvm:{t}) are not provided by the sim yet")
+        CallTarget::Qube(n) => {
+            let running = sim.states().get(&n) == Some(&crate::daemon::Power::Running);
+            if !running && !autostart {
+                bail!("target '{n}' is not running and autostart=no");
+            }
+            let peer = sim.start_vm(&n)?;
+            (n, peer)
         }
+        CallTarget::NewDisposable(t) => sim.start_dispvm(&t)?,
     };
-    let running = sim.states().get(&name) == Some(&crate::daemon::Power::Running);
-    if !running && !autostart {
-        bail!("target '{name}' is not running and autostart=no");
-    }
-    let peer = sim.start_vm(&name)?;
     let user = user.unwrap_or_else(|| "DEFAULT".into());
     let cmdline = format!(
         "{user}:QUBESRPC {}+{} {}",
         call.service, call.argument, call.source
     );
-    let port = sim.exec(&name, call.source_id, &cmdline)?;
-    Ok(Routed::Qube(peer, port))
+    match sim.exec(&name, call.source_id, &cmdline) {
+        Ok(port) => Ok(Routed::Qube(peer, port)),
+        Err(e) => {
+            // A disposable made for this call must not outlive its failure.
+            sim.remove_dispvm(&name);
+            Err(e)
+        }
+    }
 }

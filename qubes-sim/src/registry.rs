@@ -73,8 +73,9 @@ pub const LABELS: [&str; 8] = [
     "red", "orange", "yellow", "green", "gray", "blue", "purple", "black",
 ];
 
-/// The properties `qvm-prefs` shows and sets.
+/// The properties `qvm-prefs` shows and sets (missing ones load as their defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Prefs {
     /// Kernel name in the kernels pool (empty: the VM's own).
     pub kernel: String,
@@ -104,6 +105,8 @@ pub struct Prefs {
     pub qrexec_timeout: u32,
     /// Whether dom0 starts it at boot.
     pub autostart: bool,
+    /// A disposable removed when its call ends.
+    pub auto_cleanup: bool,
 }
 
 impl Default for Prefs {
@@ -123,12 +126,14 @@ impl Default for Prefs {
             default_user: "user".into(),
             qrexec_timeout: 60,
             autostart: false,
+            auto_cleanup: false,
         }
     }
 }
 
 /// The names `qvm-prefs` knows, in listing order.
-pub const PREF_NAMES: [&str; 18] = [
+pub const PREF_NAMES: [&str; 19] = [
+    "auto_cleanup",
     "autostart",
     "class",
     "default_dispvm",
@@ -290,6 +295,7 @@ impl Domain {
             "default_user" => p.default_user.clone(),
             "qrexec_timeout" => p.qrexec_timeout.to_string(),
             "autostart" => p.autostart.to_string(),
+            "auto_cleanup" => p.auto_cleanup.to_string(),
             _ => bail!("no such property: {prop:?}"),
         })
     }
@@ -406,13 +412,55 @@ impl Registry {
         if self.domains.len() >= MAX_QUBES {
             bail!("too many qubes (at most {MAX_QUBES})");
         }
-        let domid = self.next_domid;
-        if domid >= 0x7ff0 {
-            bail!("no free domain ids left");
-        }
-        self.next_domid += 1;
+        // The lowest free id: disposables come and go, ids must not run out.
+        let used: std::collections::BTreeSet<u32> =
+            self.domains.values().map(|d| d.domid).collect();
+        let domid = (1..0x7ff0)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| anyhow!("no free domain ids left"))?;
+        self.next_domid = self.next_domid.max(domid + 1);
         let d = Domain::new(name, domid, class, label);
         Ok(self.domains.entry(name.into()).or_insert(d))
+    }
+
+    /// Creates a disposable `dispN` from the disposable template `template` (its prefs, its
+    /// label; removed after its call).
+    pub fn create_dispvm(&mut self, template: &str) -> Result<String> {
+        let t = self.get(template)?.clone();
+        if !t.prefs.template_for_dispvms {
+            bail!("'{template}' is not a template for disposables");
+        }
+        let name = (1..10_000)
+            .map(|n| format!("disp{n}"))
+            .find(|n| !self.domains.contains_key(n))
+            .ok_or_else(|| anyhow!("no free disposable name"))?;
+        let d = self.create(&name, Class::DispVM, &t.label)?;
+        d.prefs = Prefs {
+            template: template.into(),
+            template_for_dispvms: false,
+            autostart: false,
+            auto_cleanup: true,
+            ..t.prefs
+        };
+        d.tags = t.tags;
+        Ok(name)
+    }
+
+    /// The qube's templates, nearest first (a disposable: its template, then that one's).
+    pub fn template_chain(&self, name: &str) -> Vec<String> {
+        let mut chain = Vec::new();
+        let mut cur = self.domains.get(name);
+        while let Some(t) = cur
+            .map(|d| d.prefs.template.as_str())
+            .filter(|t| !t.is_empty())
+        {
+            if chain.iter().any(|c| c == t) || chain.len() >= 8 || t == name {
+                break;
+            }
+            chain.push(t.to_string());
+            cur = self.domains.get(t);
+        }
+        chain
     }
 
     /// Sets a property (`qvm-prefs VM PROP VALUE`), validating it like qubesd does.
@@ -458,6 +506,7 @@ impl Registry {
             "provides_network" => p.provides_network = flag()?,
             "template_for_dispvms" => p.template_for_dispvms = flag()?,
             "autostart" => p.autostart = flag()?,
+            "auto_cleanup" => p.auto_cleanup = flag()?,
             "netvm" => p.netvm = value.into(),
             "template" => p.template = value.into(),
             "default_dispvm" => p.default_dispvm = value.into(),
@@ -540,6 +589,42 @@ mod tests {
         assert_eq!(e.to_string(), "VM name 'work' already exists");
         assert!(r.create("x", Class::AppVM, "pink").is_err());
         assert!(r.create("dom0", Class::AppVM, "red").is_err());
+    }
+
+    #[test]
+    fn disposables_reuse_ids_and_follow_their_template() {
+        let mut r = Registry::default();
+        r.create("fedora", Class::TemplateVM, "black").unwrap();
+        r.create("dvm", Class::AppVM, "red").unwrap();
+        r.set_pref("dvm", "template", "fedora").unwrap();
+        assert!(
+            r.create_dispvm("dvm").is_err(),
+            "not a disposable template yet"
+        );
+        r.set_pref("dvm", "template_for_dispvms", "True").unwrap();
+        r.set_pref("dvm", "memory", "777").unwrap();
+        let d1 = r.create_dispvm("dvm").unwrap();
+        let d2 = r.create_dispvm("dvm").unwrap();
+        assert_eq!((d1.as_str(), d2.as_str()), ("disp1", "disp2"));
+        let disp = r.get("disp1").unwrap();
+        assert_eq!(
+            (disp.class, disp.domid, disp.prefs.memory),
+            (Class::DispVM, 3, 777)
+        );
+        assert!(disp.prefs.auto_cleanup && !disp.prefs.template_for_dispvms);
+        assert_eq!(r.template_chain("disp1"), ["dvm", "fedora"]);
+        r.domains.remove("disp1");
+        assert_eq!(r.create("x", Class::AppVM, "red").unwrap().domid, 3);
+    }
+
+    #[test]
+    fn old_registry_files_load_with_default_prefs() {
+        let json = r#"{"next_domid":2,"domains":{"dom0":{"name":"dom0","domid":0,
+            "class":"AdminVM","label":"black","tags":[],"prefs":{"memory":1},
+            "features":{},"volumes":{}}}}"#;
+        let r: Registry = serde_json::from_str(json).unwrap();
+        let p = &r.get("dom0").unwrap().prefs;
+        assert_eq!((p.memory, p.vcpus, p.auto_cleanup), (1, 2, false));
     }
 
     #[test]

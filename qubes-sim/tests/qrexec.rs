@@ -699,3 +699,41 @@ fn killed_sim_takes_its_qubes_along_and_restarts_clean() {
     let r = sim.call("work", "vault", "test.Echo+again", b"");
     assert_eq!(r.code, 3, "{r:?}");
 }
+
+#[test]
+fn dispvm_call_creates_serves_and_removes_a_disposable() {
+    let sim = Sim::new(
+        "dispvm",
+        "test.Echo  *  work  @dispvm:dvm  allow\ntest.Echo * work @dispvm allow target=@dispvm:dvm\n",
+    );
+    sim.state.ok("qvm-create", &["-l", "red", "dvm"]);
+    sim.state
+        .ok("qvm-prefs", &["dvm", "template_for_dispvms", "True"]);
+    sim.state
+        .ok("qvm-prefs", &["work", "default_dispvm", "dvm"]);
+    // The service comes from the disposable's template.
+    sim.service("dvm", "test.Echo", ECHO);
+    for target in ["@dispvm:dvm", "@dispvm"] {
+        let r = sim.call("work", target, "test.Echo+d", b"one-shot");
+        assert_eq!(
+            (r.code, String::from_utf8_lossy(&r.stdout).as_ref()),
+            (3, "arg=d from=work env=d\none-shot"),
+            "{target}: {r:?}\n{}",
+            sim.log()
+        );
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ls = sim.state.ok("qvm-ls", &[]);
+        if !ls.contains("disp") {
+            break;
+        }
+        assert!(Instant::now() < end, "disposables left: {ls}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = sim.log();
+    assert_eq!(log.matches("removed").count(), 2, "{log}");
+    assert!(!sim.path().join("vms/disp1").exists());
+    // dvm itself was never started: a disposable is a qube of its own.
+    assert_eq!(sim.state_of("dvm"), "Halted");
+}
