@@ -86,6 +86,7 @@ pub fn run(prog: &str, args: &[String]) -> Result<i32> {
         "qvm-start" => power(&state, args, |vm| Request::Start { vm }),
         "qvm-kill" => power(&state, args, |vm| Request::Kill { vm }),
         "qvm-shutdown" => qvm_shutdown(&state, args),
+        "qvm-remove" => qvm_remove(&state, args),
         "qvm-run" => crate::dom0call::qvm_run(&state, args),
         _ => usage(format!("unknown command {prog:?}")),
     }
@@ -461,4 +462,65 @@ fn qvm_shutdown(state: &Path, args: &[String]) -> Result<i32> {
         }
     }
     power(state, &vms, |vm| Request::ShutdownVm { vm, timeout })
+}
+
+fn qvm_remove(state: &Path, args: &[String]) -> Result<i32> {
+    let force = args.iter().any(|a| a == "-f" || a == "--force");
+    let vms: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if let Some(a) = args
+        .iter()
+        .find(|a| a.starts_with('-') && *a != "-f" && *a != "--force")
+    {
+        return usage(format!("unrecognized arguments: {a}"));
+    }
+    if vms.is_empty() {
+        return usage("the following arguments are required: VMNAME");
+    }
+    if !force {
+        eprint!(
+            "This will completely remove the selected VM(s): {}\nAre you sure? [y/N] ",
+            vms.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            return Ok(1);
+        }
+    }
+    let running = states(state)?;
+    Registry::update(state, |reg| {
+        for vm in &vms {
+            let d = reg.get(vm)?;
+            if d.domid == 0 {
+                bail!("cannot remove dom0");
+            }
+            if running.contains_key(vm.as_str()) {
+                bail!("qube '{vm}' is running; shut it down first");
+            }
+            let users: Vec<&str> = reg
+                .domains
+                .values()
+                .filter(|o| {
+                    !vms.contains(&&o.name)
+                        && [&o.prefs.template, &o.prefs.netvm, &o.prefs.default_dispvm]
+                            .contains(&&**vm)
+                })
+                .map(|o| o.name.as_str())
+                .collect();
+            if !users.is_empty() {
+                bail!("qube '{vm}' is in use by: {}", users.join(", "));
+            }
+        }
+        for vm in &vms {
+            reg.domains.remove(vm.as_str());
+        }
+        Ok(())
+    })?;
+    for vm in vms {
+        let _ = std::fs::remove_dir_all(state.join("vms").join(vm));
+    }
+    Ok(0)
 }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use qubes_sim::cli::{self, Usage};
 
 const HELP: &str = "usage: qubes-sim COMMAND [ARGS...]
-dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-start qvm-kill
+dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-remove
+  qvm-start qvm-shutdown qvm-kill
   qvm-run, qrexec-client -d VM USER:COMMAND
 sim: daemon (run the sim in the foreground), shutdown
 in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process)

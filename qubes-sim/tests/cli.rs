@@ -136,6 +136,32 @@ fn volumes_list_and_grow_only() {
 }
 
 #[test]
+fn remove_refuses_qubes_in_use_and_frees_the_name() {
+    let s = State::new("rm");
+    s.ok("qvm-create", &["-C", "TemplateVM", "-l", "black", "tpl"]);
+    s.ok("qvm-create", &["-l", "red", "-t", "tpl", "app"]);
+    let (code, _, err) = s.run("qvm-remove", &["-f", "tpl"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "qvm-remove: error: qube 'tpl' is in use by: app\n")
+    );
+    let (code, _, _) = s.run("qvm-remove", &["app"]);
+    assert_eq!(code, 1, "no confirmation on stdin: nothing removed");
+    s.ok("qvm-prefs", &["app", "memory"]);
+    s.ok("qvm-remove", &["--force", "app", "tpl"]);
+    let (code, _, _) = s.run("qvm-prefs", &["app", "memory"]);
+    assert_eq!(code, 1);
+    let (code, _, _) = s.run("qvm-remove", &["-f", "dom0"]);
+    assert_eq!(code, 1);
+    s.ok("qvm-create", &["-l", "red", "app"]);
+    assert_eq!(
+        s.ok("qvm-prefs", &["app", "qid"]),
+        "1\n",
+        "the lowest free id again"
+    );
+}
+
+#[test]
 fn registry_is_json_with_domids() {
     let s = State::new("json");
     s.ok("qvm-create", &["-l", "red", "a"]);
