@@ -40,6 +40,17 @@ pub enum Power {
     Crashed,
 }
 
+impl Power {
+    /// The state as `qvm-ls` shows it (a starting qube is `Transient` in Qubes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Power::Starting => "Transient",
+            Power::Running => "Running",
+            Power::Crashed => "Crashed",
+        }
+    }
+}
+
 /// What a qube's qrexec daemon thread is asked to do.
 #[derive(Debug)]
 pub enum Cmd {
@@ -509,7 +520,7 @@ impl Sim {
                 let states = self
                     .states()
                     .into_iter()
-                    .map(|(n, p)| (n, format!("{p:?}")))
+                    .map(|(n, p)| (n, p.as_str().to_string()))
                     .collect();
                 Ok(Reply {
                     states,
