@@ -624,7 +624,15 @@ fn reap(mut vm: Vm) {
 pub fn main(state: &Path, args: &[String]) -> Result<i32> {
     let lifeline = args.iter().any(|a| a == "--stdin-lifeline");
     let sim = Sim::start(state)?;
-    let listener = UnixListener::bind(admin::socket_path(state)).context("admin socket")?;
+    // Whatever happens after the run directory exists, it is cleaned up.
+    let r = serve(&sim, lifeline);
+    sim.shutdown();
+    eprintln!("qubes-sim: stopped");
+    r.map(|()| 0)
+}
+
+fn serve(sim: &Arc<Sim>, lifeline: bool) -> Result<()> {
+    let listener = UnixListener::bind(admin::socket_path(&sim.state)).context("admin socket")?;
     listener.set_nonblocking(true)?;
     if lifeline {
         let sim = sim.clone();
@@ -633,7 +641,16 @@ pub fn main(state: &Path, args: &[String]) -> Result<i32> {
             sim.stop.store(true, Ordering::Relaxed);
         });
     }
-    let autostart: Vec<String> = Registry::load(state)?
+    let supervisor = {
+        let sim = sim.clone();
+        std::thread::spawn(move || {
+            while !sim.stopping() {
+                sim.supervise();
+                std::thread::sleep(SUPERVISE_EVERY);
+            }
+        })
+    };
+    let autostart: Vec<String> = Registry::load(&sim.state)?
         .domains
         .values()
         .filter(|d| d.prefs.autostart && d.domid != 0)
@@ -648,18 +665,12 @@ pub fn main(state: &Path, args: &[String]) -> Result<i32> {
     let _ = std::io::stdout().flush();
     while !sim.stopping() {
         match listener.accept() {
-            Ok((conn, _)) => serve_admin(&sim, conn),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                sim.supervise();
-                std::thread::sleep(SUPERVISE_EVERY);
-            }
+            Ok((conn, _)) => serve_admin(sim, conn),
             Err(_) => std::thread::sleep(SUPERVISE_EVERY),
         }
     }
-    drop(listener);
-    sim.shutdown();
-    eprintln!("qubes-sim: stopped");
-    Ok(0)
+    let _ = supervisor.join();
+    Ok(())
 }
 
 fn serve_admin(sim: &Arc<Sim>, mut conn: UnixStream) {

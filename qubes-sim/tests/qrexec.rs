@@ -737,3 +737,17 @@ fn dispvm_call_creates_serves_and_removes_a_disposable() {
     // dvm itself was never started: a disposable is a qube of its own.
     assert_eq!(sim.state_of("dvm"), "Halted");
 }
+
+#[test]
+fn a_second_sim_on_the_same_state_is_refused() {
+    let sim = Sim::new("second", "");
+    let (code, out, err) = sim.state.run("daemon", &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("a sim is already running in"), "{err}");
+    assert!(
+        sim.run_dir().join("sim.sock").exists(),
+        "the refused sim removed the live run dir"
+    );
+    let (code, _, _) = sim.state.run("qvm-start", &["work"]);
+    assert_eq!(code, 0);
+}
