@@ -29,6 +29,11 @@ pub fn main(mut xen: Xen) -> ! {
     );
 
     let clock = xen.clock();
+    let r = clock.record();
+    println!(
+        "xen-smoke: time record version={} system_time={} tsc_timestamp={} mul={} shift={}",
+        r.version, r.system_time, r.tsc_timestamp, r.tsc_to_system_mul, r.tsc_shift
+    );
     let t0 = clock.now();
     let mut events = xen.events();
     let waited = events.wait(Some(Duration::from_millis(50)));

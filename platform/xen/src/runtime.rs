@@ -344,7 +344,7 @@ fn on_xen(facts: BootFacts, pages: Result<XenPages, hypercall::XenErrno>) -> ! {
     let clock = XenClock::new(shared);
     let store = pages.store.and_then(|(page, port)| {
         let port = EvtchnPort::new(port).ok()?;
-        StoreRing::attach(page, port, XenEvents::new(shared, clock)).ok()
+        crate::store_ring::attach(page, port, XenEvents::new(shared, clock)).ok()
     });
     let mfn_list = facts.start_info.as_ref().map(|si| si.mfn_list);
     let grants = match crate::shared::grant_frames(pv) {
