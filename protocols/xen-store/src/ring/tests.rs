@@ -329,3 +329,35 @@ mod props {
         }
     }
 }
+
+#[test]
+fn layout_and_constants_match_headers() {
+    let vf = test_vectors::load("xs_wire.json");
+    let v = vf.get("xenstore_domain_interface with a wrapped READ request");
+    assert_eq!(v.field("req").offset, REQ.data);
+    assert_eq!(v.field("rsp").offset, RSP.data);
+    assert_eq!(v.field("req").size as u32, RING_SIZE);
+    assert_eq!(v.field("req_cons").offset, REQ.cons);
+    assert_eq!(v.field("req_prod").offset, REQ.prod);
+    assert_eq!(v.field("rsp_cons").offset, RSP.cons);
+    assert_eq!(v.field("rsp_prod").offset, RSP.prod);
+    assert_eq!(v.field("server_features").offset, SERVER_FEATURES);
+    assert_eq!(v.field("connection").offset, CONNECTION);
+    assert_eq!(v.field("error").offset, ERROR);
+    assert_eq!(v.field("evtchn_port").offset, EVTCHN_PORT);
+    let c = |n: &str| vf.constant(n) as u32;
+    assert_eq!(
+        c("sizeof(struct xenstore_domain_interface)") as usize,
+        INTERFACE_SIZE
+    );
+    assert_eq!(c("XENSTORE_RING_SIZE"), RING_SIZE);
+    assert_eq!(
+        c("XENSTORE_SERVER_FEATURE_RECONNECTION"),
+        FEATURE_RECONNECTION
+    );
+    assert_eq!(c("XENSTORE_SERVER_FEATURE_ERROR"), FEATURE_ERROR);
+    assert_eq!(c("XENSTORE_SERVER_FEATURE_WATCHDEPTH"), FEATURE_WATCHDEPTH);
+    assert_eq!(c("XENSTORE_SERVER_FEATURE_DOMID_ANY"), FEATURE_DOMID_ANY);
+    assert_eq!(c("XENSTORE_CONNECTED"), CONNECTED);
+    assert_eq!(c("XENSTORE_RECONNECT"), RECONNECT);
+}
