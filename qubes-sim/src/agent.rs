@@ -1,12 +1,12 @@
 //! The Linux qube's qrexec agent: control vchan server on port 512 for dom0, services run from
 //! `<vm dir>/qubes-rpc/`, and a local socket through which `qrexec-client-vm` starts calls.
 //!
-//! Local socket protocol (one line each way): `CALL <target> <service[+arg]>` is answered by
-//! `CONNECT <domid> <port>`, `REFUSED` or `ERROR <why>`. After CONNECT the client serves the
-//! data vchan itself and keeps the socket open until the call is over.
+//! Local socket ([`crate::local`]): `CALL <target> <service[+arg]>` is answered by `CONNECTED`
+//! (after SERVICE_CONNECT; the agent then serves the data vchan and relays the call's I/O),
+//! `REFUSED` or `ERROR <why>`.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,10 @@ use qubes::qrexec::{
 use vchan::Interest;
 
 use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT, TICK};
-use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
+use crate::local::{self, TAG_EXIT, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
+use crate::pump::{self, ChildSink, Input, Outcome, Sink, INPUT_DEPTH};
+use qubes::qrexec::data::Event as DataEvent;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The qube's directory (services, agent socket).
 pub const ENV_VM_DIR: &str = "QUBES_SIM_VM_DIR";
@@ -36,8 +39,6 @@ pub const ENV_VM_NAME: &str = "QUBES_SIM_VM_NAME";
 pub const ENV_TEMPLATE_DIRS: &str = "QUBES_SIM_TEMPLATE_DIRS";
 /// Overrides the agent socket path for `qrexec-client-vm`.
 pub const ENV_AGENT_SOCK: &str = "QUBES_SIM_AGENT_SOCK";
-/// Longest local request line.
-const MAX_REQUEST: u64 = 4096;
 
 /// The agent socket of a qube directory.
 pub fn agent_socket(vm_dir: &Path) -> PathBuf {
@@ -223,7 +224,7 @@ fn spawn_listener(listener: UnixListener, tx: Sender<Msg>) {
             std::thread::spawn(move || {
                 let _guard = Release(readers);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let Ok(line) = crate::admin::read_line((&conn).take(MAX_REQUEST)) else {
+                let Ok(line) = local::read_line(&mut conn) else {
                     return;
                 };
                 let mut parts = line.split_whitespace();
@@ -284,15 +285,13 @@ fn handle_event(
             port,
             request_id,
         } => {
-            let Some(mut conn) = pending.remove(&request_id) else {
+            let Some(conn) = pending.remove(&request_id) else {
                 return;
             };
-            let tx = tx.clone();
+            let (run, me, tx, name) = (h.run.clone(), h.me, tx.clone(), name.to_string());
             std::thread::spawn(move || {
-                if writeln!(conn, "CONNECT {} {port}", peer.get()).is_ok() {
-                    // The client holds the socket for the length of the call.
-                    let mut sink = [0u8; 64];
-                    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                if let Err(e) = relay_call(&run, me, peer, port, conn) {
+                    eprintln!("{name}: qrexec-agent: call to {peer} on port {port}: {e:#}");
                 }
                 let _ = tx.send(Msg::Terminated { peer, port });
             });
@@ -305,6 +304,98 @@ fn handle_event(
         Event::Overflow { peer, port } => {
             eprintln!("{name}: qrexec-agent: too many calls, dropped one from {peer} port {port}");
         }
+    }
+}
+
+/// Data vchan ring sizes (both ways), as the C agent asks.
+pub const DATA_RING: usize = 65536;
+
+/// Our call was allowed: serve the data vchan for `peer` and relay it to the local client,
+/// whose death ends the call (and closes the vchan, so the service is stopped too).
+fn relay_call(run: &Path, me: DomId, peer: DomId, port: u32, mut conn: UnixStream) -> Result<()> {
+    let mut h = Hosted::new(run, me)?;
+    let mut v = match Vchan::serve(&mut h, peer, port, DATA_RING, DATA_RING) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(conn, "ERROR {e:#}");
+            return Err(e);
+        }
+    };
+    writeln!(conn, "CONNECTED")?;
+    let gone = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
+    let mut reader = conn.try_clone()?;
+    let gone_r = gone.clone();
+    std::thread::spawn(move || {
+        let mut eof = false;
+        loop {
+            match local::read_frame(&mut reader) {
+                Ok(Some((TAG_STDIN, d))) if !eof => {
+                    let input = if d.is_empty() {
+                        eof = true;
+                        Input::Eof(Stream::Stdin)
+                    } else {
+                        Input::Data(Stream::Stdin, d)
+                    };
+                    // The pump is gone: the call is over.
+                    if tx.send(input).is_err() {
+                        return;
+                    }
+                }
+                // The client holds the socket until the exit status: an end is its death.
+                _ => {
+                    gone_r.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    });
+    let mut chan = DataChannel::caller(AGENT_VERSION);
+    let mut sink = SocketSink {
+        w: conn,
+        gone: gone.clone(),
+        exit: None,
+    };
+    let stop = || gone.load(Ordering::SeqCst);
+    let res = pump::pump(&mut h, &mut v, peer, &mut chan, &rx, &mut sink, &stop);
+    v.shutdown(&mut h);
+    match (res, sink.exit) {
+        (Err(e), None) => {
+            let _ = local::write_frame(&mut sink.w, TAG_EXIT, &EXIT_PROBLEM.to_le_bytes());
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The caller's output and exit status to the local client.
+struct SocketSink {
+    w: UnixStream,
+    gone: Arc<AtomicBool>,
+    exit: Option<i32>,
+}
+
+impl Sink for SocketSink {
+    fn offer(&mut self, ev: &DataEvent) -> bool {
+        let r = match ev {
+            DataEvent::Data { stream, data } => {
+                let tag = if *stream == Stream::Stderr {
+                    TAG_STDERR
+                } else {
+                    TAG_STDOUT
+                };
+                local::write_frame(&mut self.w, tag, data)
+            }
+            DataEvent::Exit(c) => {
+                self.exit = Some(*c);
+                local::write_frame(&mut self.w, TAG_EXIT, &c.to_le_bytes())
+            }
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            self.gone.store(true, Ordering::SeqCst);
+        }
+        true
     }
 }
 

@@ -1,24 +1,18 @@
-//! `qrexec-client-vm TARGET SERVICE[+ARG]` inside a qube: asks the local agent to call, then
-//! serves the data vchan itself with our stdin/stdout; exits with the service's status.
+//! `qrexec-client-vm TARGET SERVICE[+ARG]` inside a qube: asks the local agent to call and
+//! relays our stdin/stdout/stderr through it (see [`crate::local`]); exits with the status.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::mpsc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use platform_api::DomId;
-use qubes::qrexec::{DataChannel, Stream, AGENT_VERSION, EXIT_PROBLEM, EXIT_REFUSED};
+use qubes::qrexec::{EXIT_PROBLEM, EXIT_REFUSED};
 
 use crate::agent::{agent_socket, ENV_AGENT_SOCK, ENV_VM_DIR};
-use crate::chan::{Hosted, Vchan};
-use crate::pump::{self, Input, Outcome, StdSink, INPUT_DEPTH};
+use crate::local::{self, TAG_EXIT, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
 
-/// How long we wait for the policy decision.
+/// How long we wait for the policy decision (an `ask` waits for its answer).
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Data vchan ring sizes (both ways), as the C agent asks.
-pub const DATA_RING: usize = 65536;
 
 fn socket() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_AGENT_SOCK) {
@@ -40,61 +34,59 @@ pub fn run(args: &[String]) -> Result<i32> {
     let path = socket()?;
     let mut conn = UnixStream::connect(&path)
         .with_context(|| format!("cannot connect to the qrexec agent at {}", path.display()))?;
-    // Bounded: an `ask` waits for its answer, and the agent answers every call.
     conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     writeln!(conn, "CALL {target} {service}")?;
-    let line = crate::admin::read_line(&conn)?;
-    let mut parts = line.split_whitespace();
-    let (peer, port) = match (parts.next(), parts.next(), parts.next()) {
-        (Some("CONNECT"), Some(d), Some(p)) => (
-            DomId::parse(d).map_err(|_| anyhow!("agent sent a bad domid"))?,
-            p.parse::<u32>()
-                .map_err(|_| anyhow!("agent sent a bad port"))?,
-        ),
-        (Some("REFUSED"), ..) => {
+    let line = local::read_line(&mut conn)?;
+    match line
+        .split_once(' ')
+        .map_or((line.as_str(), ""), |(a, b)| (a, b))
+    {
+        ("CONNECTED", _) => {}
+        ("REFUSED", _) => {
             eprintln!("Request refused");
             return Ok(EXIT_REFUSED);
         }
-        (Some("ERROR"), ..) => bail!("{}", line.trim_end().trim_start_matches("ERROR ")),
-        _ => bail!("unexpected answer from the agent: {:?}", line.trim_end()),
-    };
-    let code = call(peer, port)?;
-    drop(conn);
-    Ok(code)
-}
-
-/// Serves the data vchan for `peer` on `port` as the caller, with our stdin/stdout/stderr.
-pub fn call(peer: DomId, port: u32) -> Result<i32> {
-    let mut h = Hosted::from_env()?;
-    caller_pump(&mut h, peer, port, true, false)
-}
-
-/// The caller side of a call: serve the vchan, stream our stdin (or none), print output (or
-/// drop it), return the remote status.
-pub fn caller_pump(
-    h: &mut Hosted,
-    peer: DomId,
-    port: u32,
-    with_stdin: bool,
-    discard: bool,
-) -> Result<i32> {
-    let mut v = Vchan::serve(h, peer, port, DATA_RING, DATA_RING)?;
-    let mut chan = DataChannel::caller(AGENT_VERSION);
-    let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
-    if with_stdin {
-        pump::spawn_reader(std::io::stdin(), Stream::Stdin, tx);
-    } else {
-        let _ = tx.send(Input::Eof(Stream::Stdin));
+        ("ERROR", why) => bail!("{why}"),
+        _ => bail!("unexpected answer from the agent: {line:?}"),
     }
-    let mut sink = StdSink { discard };
-    let res = pump::pump(h, &mut v, peer, &mut chan, &rx, &mut sink, &|| false);
-    v.shutdown(h);
-    match res {
-        Ok(Outcome::Exit(c)) => Ok(c),
-        Ok(Outcome::CallerGone) => Ok(EXIT_PROBLEM),
-        Err(e) => {
-            eprintln!("qrexec: {e:#}");
-            Ok(EXIT_PROBLEM)
+    // The call may last as long as the service runs.
+    conn.set_read_timeout(None)?;
+    let mut writer = conn.try_clone()?;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; local::MAX_FRAME];
+        loop {
+            let n = match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if local::write_frame(&mut writer, TAG_STDIN, &buf[..n]).is_err() || n == 0 {
+                return;
+            }
+        }
+    });
+    loop {
+        let Some((tag, data)) = local::read_frame(&mut conn)? else {
+            eprintln!("qrexec: the agent closed the call early");
+            return Ok(EXIT_PROBLEM);
+        };
+        match tag {
+            TAG_STDOUT => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&data).and_then(|()| out.flush());
+            }
+            TAG_STDERR => {
+                let _ = std::io::stderr().write_all(&data);
+            }
+            TAG_EXIT => {
+                let code: [u8; 4] = data
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow!("bad exit frame from the agent"))?;
+                return Ok(i32::from_le_bytes(code));
+            }
+            other => bail!("unknown frame {other} from the agent"),
         }
     }
 }

@@ -8,8 +8,10 @@ use platform_api::DomId;
 
 use crate::admin::{self, Request};
 use crate::chan::Hosted;
+use crate::chan::Vchan;
 use crate::cli::Usage;
-use crate::client_vm::caller_pump;
+use crate::pump::{self, Input, Outcome, StdSink, INPUT_DEPTH};
+use qubes::qrexec::{DataChannel, Stream, AGENT_VERSION, EXIT_PROBLEM};
 
 /// `qvm-run [-p|--pass-io] [-u USER] [--service] [--no-autostart] [-q] VMNAME COMMAND...`;
 /// returns the remote exit status.
@@ -100,4 +102,37 @@ fn exec_and_pump(
     let peer = DomId::new(domid).map_err(|e| anyhow!("bad domid: {e}"))?;
     let mut h = Hosted::new(&admin::run_dir(state), DomId::DOM0)?;
     caller_pump(&mut h, peer, port, pass_io, !pass_io)
+}
+
+/// Data vchan ring sizes (both ways), as the C agent asks.
+pub const DATA_RING: usize = 65536;
+
+/// The caller side of a call: serve the vchan, stream our stdin (or none), print output (or
+/// drop it), return the remote status.
+pub fn caller_pump(
+    h: &mut Hosted,
+    peer: DomId,
+    port: u32,
+    with_stdin: bool,
+    discard: bool,
+) -> Result<i32> {
+    let mut v = Vchan::serve(h, peer, port, DATA_RING, DATA_RING)?;
+    let mut chan = DataChannel::caller(AGENT_VERSION);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(INPUT_DEPTH);
+    if with_stdin {
+        pump::spawn_reader(std::io::stdin(), Stream::Stdin, tx);
+    } else {
+        let _ = tx.send(Input::Eof(Stream::Stdin));
+    }
+    let mut sink = StdSink { discard };
+    let res = pump::pump(h, &mut v, peer, &mut chan, &rx, &mut sink, &|| false);
+    v.shutdown(h);
+    match res {
+        Ok(Outcome::Exit(c)) => Ok(c),
+        Ok(Outcome::CallerGone) => Ok(EXIT_PROBLEM),
+        Err(e) => {
+            eprintln!("qrexec: {e:#}");
+            Ok(EXIT_PROBLEM)
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client_vm;
 pub mod daemon;
 pub mod dom0call;
+pub mod local;
 pub mod policy;
 pub mod pump;
 pub mod qrexecd;

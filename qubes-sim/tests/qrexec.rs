@@ -751,3 +751,39 @@ fn a_second_sim_on_the_same_state_is_refused() {
     let (code, _, _) = sim.state.run("qvm-start", &["work"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn killed_caller_stops_the_service() {
+    let sim = Sim::new(
+        "callerdies",
+        "test.Sleep * work vault allow\ntest.Echo * work vault allow\n",
+    );
+    sim.service(
+        "vault",
+        "test.Sleep",
+        "#!/bin/sh\necho $$ > service.pid\necho started\nexec sleep 60\n",
+    );
+    sim.state.ok("qvm-start", &["work"]);
+    let mut c = sim.in_vm("work", "qrexec-client-vm");
+    let mut call = c
+        .args(["vault", "test.Sleep"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = read_line_within(call.stdout.take().unwrap(), DEADLINE);
+    assert_eq!(line.as_deref(), Some("started\n"));
+    let pid = std::fs::read_to_string(sim.path().join("vms/vault/service.pid")).unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    assert!(proc_dir.exists());
+    call.kill().unwrap();
+    call.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists() {
+        assert!(Instant::now() < end, "the service outlived its caller");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = sim.call("work", "vault", "test.Echo", b"");
+    assert_eq!(r.code, 3, "{r:?}");
+}
