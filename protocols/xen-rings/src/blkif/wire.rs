@@ -70,7 +70,7 @@ impl fmt::Display for WireError {
 
 impl core::error::Error for WireError {}
 
-/// `struct blkif_request_segment` (8 bytes; also an indirect page's element).
+/// `struct blkif_request_segment` (8 bytes; also an indirect page's element), blkif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
     /// Grant of the data page.
@@ -124,7 +124,8 @@ impl Segment {
     }
 }
 
-/// `struct blkif_request` for READ, WRITE, WRITE_BARRIER and FLUSH_DISKCACHE (112 bytes).
+/// `struct blkif_request` for READ, WRITE, WRITE_BARRIER and FLUSH_DISKCACHE (112 bytes),
+/// blkif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirectRequest {
     /// `BLKIF_OP_*` (any value but DISCARD and INDIRECT).
@@ -148,7 +149,7 @@ impl DirectRequest {
     }
 }
 
-/// `struct blkif_request_discard` (32 bytes).
+/// `struct blkif_request_discard` (32 bytes), blkif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiscardRequest {
     /// `BLKIF_DISCARD_*`.
@@ -163,7 +164,7 @@ pub struct DiscardRequest {
     pub nr_sectors: u64,
 }
 
-/// `struct blkif_request_indirect` (64 bytes); `handle` follows `sector_number` here.
+/// `struct blkif_request_indirect` (64 bytes), blkif.h \[X\]; `handle` follows `sector_number`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndirectRequest {
     /// The real operation (READ or WRITE).
@@ -314,7 +315,7 @@ impl Request {
     }
 }
 
-/// `struct blkif_response` (16 bytes).
+/// `struct blkif_response` (16 bytes), blkif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Response {
     /// The request's id.

@@ -1,9 +1,5 @@
-//! netif.h (PV network) rings: wire entries, the backend that serves a client's netfront and
-//! the frontend of our own uplink; both are sans-IO over two shared ring pages.
-//!
-//! Neither machine maps grants or sends events: page contents move through the caller's
-//! [`GuestCopy`] (backend; `GNTTABOP_copy` on Xen) or [`FrontPages`] (frontend; its own pool
-//! of granted pages), and `take_notify()` says when to signal the event channel.
+//! netif.h (PV network) rings: wire entries, [`Netback`] (serves a client's netfront) and
+//! [`Netfront`] (our uplink); grants move through [`GuestCopy`]/[`FrontPages`], events via `take_notify`.
 
 use core::fmt;
 

@@ -62,7 +62,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// `struct netif_tx_request` (12 bytes), netif.h [X].
+/// `struct netif_tx_request` (12 bytes), netif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxRequest {
     /// Grant of the page holding this slot's data.
@@ -104,7 +104,7 @@ impl TxRequest {
     }
 }
 
-/// `struct netif_tx_response` (4 bytes).
+/// `struct netif_tx_response` (4 bytes), netif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TxResponse {
     /// The request's id.
@@ -134,7 +134,7 @@ impl TxResponse {
     }
 }
 
-/// `struct netif_rx_request` (8 bytes): an empty page the backend may fill.
+/// `struct netif_rx_request` (8 bytes): an empty page the backend may fill, netif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxRequest {
     /// Echoed in the response.
@@ -164,7 +164,7 @@ impl RxRequest {
     }
 }
 
-/// `struct netif_rx_response` (8 bytes).
+/// `struct netif_rx_response` (8 bytes), netif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RxResponse {
     /// The request's id.
@@ -236,7 +236,7 @@ pub enum Extra {
     },
 }
 
-/// `struct netif_extra_info` (8 bytes; it occupies a whole ring slot).
+/// `struct netif_extra_info` (8 bytes; it occupies a whole ring slot), netif.h \[X\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtraInfo {
     /// `XEN_NETIF_EXTRA_FLAG_*`.
