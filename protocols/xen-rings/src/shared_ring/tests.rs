@@ -402,6 +402,22 @@ mod prop {
             }
         }
 
+        /// ring.h's `(new - event) < (new - old)` is "the event index lies in (old, new]",
+        /// modulo 2^32, for any old, any batch size up to the ring and any event index.
+        #[test]
+        fn notify_iff_event_in_published_range(
+            old in any::<u32>(),
+            n in 0u32..=256,
+            near in 0u32..300,
+            far in any::<u32>(),
+            pick_near in any::<bool>(),
+        ) {
+            let new = old.wrapping_add(n);
+            let event = if pick_near { old.wrapping_add(near) } else { far };
+            let inside = (1..=n).any(|k| old.wrapping_add(k) == event);
+            prop_assert_eq!(need_notify(new, old, event), inside);
+        }
+
         /// Slot arithmetic: every index maps into the entry area, and consecutive indices at
         /// the u32 wrap land in consecutive slots modulo nr_ents.
         #[test]
