@@ -2,16 +2,16 @@
 //! or kill qubes and to open qrexec calls. One JSON request line, one JSON reply line.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Longest request or reply line.
-pub const MAX_LINE: u64 = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 /// How long a tool waits for the sim to answer (a start waits up to `qrexec_timeout`, a
 /// shutdown up to its `--timeout`, both capped by the sim).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3700);
@@ -86,20 +86,9 @@ impl Reply {
     }
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes.
-pub fn read_line(r: impl Read) -> Result<String> {
-    let mut line = String::new();
-    BufReader::new(r.take(MAX_LINE))
-        .read_line(&mut line)
-        .context("read from admin socket")?;
-    if !line.ends_with('\n') {
-        bail!("admin message truncated or too long");
-    }
-    Ok(line)
-}
-
-/// Sends `req` to the sim of `state`; `Ok(None)` when no sim runs there.
-pub fn try_call(state: &Path, req: &Request) -> Result<Option<Reply>> {
+/// Sends `req` to the sim of `state`; `Ok(None)` when no sim runs there. The connection is
+/// returned too: after an Exec it carries the call (see [`crate::local`]).
+pub fn open(state: &Path, req: &Request) -> Result<Option<(Reply, UnixStream)>> {
     let Ok(mut s) = UnixStream::connect(socket_path(state)) else {
         return Ok(None);
     };
@@ -108,16 +97,28 @@ pub fn try_call(state: &Path, req: &Request) -> Result<Option<Reply>> {
     line.push('\n');
     s.write_all(line.as_bytes())
         .context("write to admin socket")?;
-    let reply: Reply = serde_json::from_str(&read_line(&s)?).context("bad reply from the sim")?;
-    Ok(Some(reply))
+    // Unbuffered: what follows an Exec reply belongs to the call.
+    let line = crate::local::read_line_max(&mut s, MAX_LINE)?;
+    let reply: Reply = serde_json::from_str(&line).context("bad reply from the sim")?;
+    Ok(Some((reply, s)))
+}
+
+/// Sends `req` to the sim of `state`; `Ok(None)` when no sim runs there.
+pub fn try_call(state: &Path, req: &Request) -> Result<Option<Reply>> {
+    Ok(open(state, req)?.map(|(r, _)| r))
 }
 
 /// Sends `req` to the sim and fails when none runs or it refuses.
 pub fn call(state: &Path, req: &Request) -> Result<Reply> {
-    let reply = try_call(state, req)?
+    call_open(state, req).map(|(r, _)| r)
+}
+
+/// [`call`], keeping the connection.
+pub fn call_open(state: &Path, req: &Request) -> Result<(Reply, UnixStream)> {
+    let (reply, s) = open(state, req)?
         .ok_or_else(|| anyhow!("the sim is not running (start it with `qubes-sim daemon`)"))?;
     match &reply.error {
         Some(e) => Err(anyhow!("{e}")),
-        None => Ok(reply),
+        None => Ok((reply, s)),
     }
 }

@@ -26,10 +26,8 @@ use qubes::qrexec::{
 use vchan::Interest;
 
 use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT, TICK};
-use crate::local::{self, TAG_EXIT, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
-use crate::pump::{self, ChildSink, Input, Outcome, Sink, INPUT_DEPTH};
-use qubes::qrexec::data::Event as DataEvent;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::local;
+use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
 
 /// The qube's directory (services, agent socket).
 pub const ENV_VM_DIR: &str = "QUBES_SIM_VM_DIR";
@@ -310,8 +308,7 @@ fn handle_event(
 /// Data vchan ring sizes (both ways), as the C agent asks.
 pub const DATA_RING: usize = 65536;
 
-/// Our call was allowed: serve the data vchan for `peer` and relay it to the local client,
-/// whose death ends the call (and closes the vchan, so the service is stopped too).
+/// Our call was allowed: serve the data vchan for `peer` and relay it to the local client.
 fn relay_call(run: &Path, me: DomId, peer: DomId, port: u32, mut conn: UnixStream) -> Result<()> {
     let mut h = Hosted::new(run, me)?;
     let mut v = match Vchan::serve(&mut h, peer, port, DATA_RING, DATA_RING) {
@@ -322,81 +319,9 @@ fn relay_call(run: &Path, me: DomId, peer: DomId, port: u32, mut conn: UnixStrea
         }
     };
     writeln!(conn, "CONNECTED")?;
-    let gone = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
-    let mut reader = conn.try_clone()?;
-    let gone_r = gone.clone();
-    std::thread::spawn(move || {
-        let mut eof = false;
-        loop {
-            match local::read_frame(&mut reader) {
-                Ok(Some((TAG_STDIN, d))) if !eof => {
-                    let input = if d.is_empty() {
-                        eof = true;
-                        Input::Eof(Stream::Stdin)
-                    } else {
-                        Input::Data(Stream::Stdin, d)
-                    };
-                    // The pump is gone: the call is over.
-                    if tx.send(input).is_err() {
-                        return;
-                    }
-                }
-                // The client holds the socket until the exit status: an end is its death.
-                _ => {
-                    gone_r.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
-        }
-    });
-    let mut chan = DataChannel::caller(AGENT_VERSION);
-    let mut sink = SocketSink {
-        w: conn,
-        gone: gone.clone(),
-        exit: None,
-    };
-    let stop = || gone.load(Ordering::SeqCst);
-    let res = pump::pump(&mut h, &mut v, peer, &mut chan, &rx, &mut sink, &stop);
+    let r = local::relay(&mut h, &mut v, peer, conn);
     v.shutdown(&mut h);
-    match (res, sink.exit) {
-        (Err(e), None) => {
-            let _ = local::write_frame(&mut sink.w, TAG_EXIT, &EXIT_PROBLEM.to_le_bytes());
-            Err(e)
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The caller's output and exit status to the local client.
-struct SocketSink {
-    w: UnixStream,
-    gone: Arc<AtomicBool>,
-    exit: Option<i32>,
-}
-
-impl Sink for SocketSink {
-    fn offer(&mut self, ev: &DataEvent) -> bool {
-        let r = match ev {
-            DataEvent::Data { stream, data } => {
-                let tag = if *stream == Stream::Stderr {
-                    TAG_STDERR
-                } else {
-                    TAG_STDOUT
-                };
-                local::write_frame(&mut self.w, tag, data)
-            }
-            DataEvent::Exit(c) => {
-                self.exit = Some(*c);
-                local::write_frame(&mut self.w, TAG_EXIT, &c.to_le_bytes())
-            }
-            _ => Ok(()),
-        };
-        if r.is_err() {
-            self.gone.store(true, Ordering::SeqCst);
-        }
-        true
-    }
+    r
 }
 
 /// What a command line runs: an executable with its argument, or a shell command.

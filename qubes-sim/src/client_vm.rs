@@ -6,10 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use qubes::qrexec::{EXIT_PROBLEM, EXIT_REFUSED};
+use qubes::qrexec::EXIT_REFUSED;
 
 use crate::agent::{agent_socket, ENV_AGENT_SOCK, ENV_VM_DIR};
-use crate::local::{self, TAG_EXIT, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
+use crate::local;
 
 /// How long we wait for the policy decision (an `ask` waits for its answer).
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -49,44 +49,5 @@ pub fn run(args: &[String]) -> Result<i32> {
         ("ERROR", why) => bail!("{why}"),
         _ => bail!("unexpected answer from the agent: {line:?}"),
     }
-    // The call may last as long as the service runs.
-    conn.set_read_timeout(None)?;
-    let mut writer = conn.try_clone()?;
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = vec![0u8; local::MAX_FRAME];
-        loop {
-            let n = match std::io::Read::read(&mut stdin, &mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => 0,
-            };
-            if local::write_frame(&mut writer, TAG_STDIN, &buf[..n]).is_err() || n == 0 {
-                return;
-            }
-        }
-    });
-    loop {
-        let Some((tag, data)) = local::read_frame(&mut conn)? else {
-            eprintln!("qrexec: the agent closed the call early");
-            return Ok(EXIT_PROBLEM);
-        };
-        match tag {
-            TAG_STDOUT => {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&data).and_then(|()| out.flush());
-            }
-            TAG_STDERR => {
-                let _ = std::io::stderr().write_all(&data);
-            }
-            TAG_EXIT => {
-                let code: [u8; 4] = data
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| anyhow!("bad exit frame from the agent"))?;
-                return Ok(i32::from_le_bytes(code));
-            }
-            other => bail!("unknown frame {other} from the agent"),
-        }
-    }
+    local::run_client(conn, true, false)
 }

@@ -20,12 +20,13 @@ use platform_hosted::store::{self as hstore, Daemon as Xenstored};
 use qubes::qrexec::RequestId;
 
 use crate::admin::{self, Reply, Request};
+use crate::agent::DATA_RING;
 use crate::agent::{ENV_TEMPLATE_DIRS, ENV_VM_DIR, ENV_VM_NAME};
-use crate::chan::alive_marker;
+use crate::chan::{alive_marker, Hosted, Vchan};
 use crate::registry::{Class, Registry};
 
-/// Most admin requests served at once.
-const MAX_ADMIN: usize = 32;
+/// Most admin requests served at once (a `qvm-run` holds one for the length of its call).
+const MAX_ADMIN: usize = 64;
 /// How often the supervisor looks at the qube processes.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
 
@@ -538,26 +539,7 @@ impl Sim {
                 }
                 Ok(Reply::default())
             }
-            Request::Exec {
-                vm,
-                cmdline,
-                autostart,
-            } => {
-                let running = self.states().get(&vm) == Some(&Power::Running);
-                if !running && !autostart {
-                    bail!("qube '{vm}' is not running");
-                }
-                let domid = self.start_vm(&vm)?;
-                if domid == DomId::DOM0 {
-                    bail!("dom0 runs no qrexec agent in the sim");
-                }
-                let port = self.exec(&vm, DomId::DOM0, &cmdline)?;
-                Ok(Reply {
-                    domid: Some(u32::from(domid.get())),
-                    port: Some(port),
-                    ..Reply::default()
-                })
-            }
+            Request::Exec { .. } => bail!("an exec needs its connection"),
             Request::ShutdownVm { vm, timeout } => {
                 Registry::load(&self.state)?.get(&vm)?;
                 self.shutdown_vm(&vm, Duration::from_secs(timeout.clamp(1, 3600)))?;
@@ -569,6 +551,36 @@ impl Sim {
             }
         })();
         r.unwrap_or_else(|e| Reply::err(format!("{e:#}")))
+    }
+
+    /// An Exec request: starts the qube if allowed, sends EXEC_CMDLINE with dom0 as the peer
+    /// and serves the data vchan; the reply and the served vchan.
+    fn open_call(self: &Arc<Self>, req: Request) -> Result<(Reply, Hosted, Vchan)> {
+        let Request::Exec {
+            vm,
+            cmdline,
+            autostart,
+        } = req
+        else {
+            bail!("not an exec request");
+        };
+        let running = self.states().get(&vm) == Some(&Power::Running);
+        if !running && !autostart {
+            bail!("qube '{vm}' is not running");
+        }
+        let domid = self.start_vm(&vm)?;
+        if domid == DomId::DOM0 {
+            bail!("dom0 runs no qrexec agent in the sim");
+        }
+        let mut h = Hosted::new(&self.run, DomId::DOM0)?;
+        let port = self.exec(&vm, DomId::DOM0, &cmdline)?;
+        let v = Vchan::serve(&mut h, domid, port, DATA_RING, DATA_RING)?;
+        let reply = Reply {
+            domid: Some(u32::from(domid.get())),
+            port: Some(port),
+            ..Reply::default()
+        };
+        Ok((reply, h, v))
     }
 
     /// EXEC_CMDLINE through `vm`'s daemon with the data channel to `peer`; the port.
@@ -683,14 +695,33 @@ fn serve_admin(sim: &Arc<Sim>, mut conn: UnixStream) {
     std::thread::spawn(move || {
         let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        let reply = match admin::read_line(&conn)
-            .and_then(|l| serde_json::from_str::<Request>(&l).map_err(Into::into))
-        {
+        let req = crate::local::read_line_max(&mut conn, admin::MAX_LINE)
+            .and_then(|l| serde_json::from_str::<Request>(&l).map_err(Into::into));
+        let mut call = None;
+        let reply = match req {
+            Ok(req @ Request::Exec { .. }) => match sim.open_call(req) {
+                Ok((reply, h, v)) => {
+                    call = Some((h, v, reply.domid));
+                    reply
+                }
+                Err(e) => Reply::err(format!("{e:#}")),
+            },
             Ok(req) => sim.handle_admin(req),
             Err(e) => Reply::err(format!("bad request: {e:#}")),
         };
         if let Ok(line) = serde_json::to_string(&reply) {
             let _ = writeln!(conn, "{line}");
+        }
+        // dom0's qrexec-client: the sim serves the data vchan and relays it to the tool, so
+        // a killed tool ends the call like a killed client in a qube does.
+        if let Some((mut h, mut v, Some(domid))) = call {
+            let _ = conn.set_read_timeout(None);
+            if let Ok(peer) = DomId::new(domid) {
+                if let Err(e) = crate::local::relay(&mut h, &mut v, peer, conn) {
+                    eprintln!("qubes-sim: qvm-run call to domain {domid}: {e:#}");
+                }
+            }
+            v.shutdown(&mut h);
         }
         sim.admin_busy.fetch_sub(1, Ordering::SeqCst);
     });

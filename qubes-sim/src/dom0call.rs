@@ -1,17 +1,12 @@
-//! dom0 → qube calls (`qvm-run`): the sim's daemon sends EXEC_CMDLINE with dom0 as the peer,
-//! and this process is the data-vchan server and the caller end of the data channel.
+//! dom0 → qube calls (`qvm-run`, `qrexec-client`): the sim sends EXEC_CMDLINE with dom0 as
+//! the peer, serves the data vchan, and relays the call's I/O to this process.
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
-use platform_api::DomId;
+use anyhow::Result;
 
 use crate::admin::{self, Request};
-use crate::chan::Hosted;
-use crate::chan::Vchan;
 use crate::cli::Usage;
-use crate::pump::{self, Input, Outcome, StdSink, INPUT_DEPTH};
-use qubes::qrexec::{DataChannel, Stream, AGENT_VERSION, EXIT_PROBLEM};
 
 /// `qvm-run [-p|--pass-io] [-u USER] [--service] [--no-autostart] [-q] VMNAME COMMAND...`;
 /// returns the remote exit status.
@@ -88,51 +83,11 @@ fn exec_and_pump(
     autostart: bool,
     pass_io: bool,
 ) -> Result<i32> {
-    let reply = admin::call(
-        state,
-        &Request::Exec {
-            vm,
-            cmdline,
-            autostart,
-        },
-    )?;
-    let (Some(domid), Some(port)) = (reply.domid, reply.port) else {
-        return Err(anyhow!("the sim did not name a data port"));
+    let req = Request::Exec {
+        vm,
+        cmdline,
+        autostart,
     };
-    let peer = DomId::new(domid).map_err(|e| anyhow!("bad domid: {e}"))?;
-    let mut h = Hosted::new(&admin::run_dir(state), DomId::DOM0)?;
-    caller_pump(&mut h, peer, port, pass_io, !pass_io)
-}
-
-/// Data vchan ring sizes (both ways), as the C agent asks.
-pub const DATA_RING: usize = 65536;
-
-/// The caller side of a call: serve the vchan, stream our stdin (or none), print output (or
-/// drop it), return the remote status.
-pub fn caller_pump(
-    h: &mut Hosted,
-    peer: DomId,
-    port: u32,
-    with_stdin: bool,
-    discard: bool,
-) -> Result<i32> {
-    let mut v = Vchan::serve(h, peer, port, DATA_RING, DATA_RING)?;
-    let mut chan = DataChannel::caller(AGENT_VERSION);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(INPUT_DEPTH);
-    if with_stdin {
-        pump::spawn_reader(std::io::stdin(), Stream::Stdin, tx);
-    } else {
-        let _ = tx.send(Input::Eof(Stream::Stdin));
-    }
-    let mut sink = StdSink { discard };
-    let res = pump::pump(h, &mut v, peer, &mut chan, &rx, &mut sink, &|| false);
-    v.shutdown(h);
-    match res {
-        Ok(Outcome::Exit(c)) => Ok(c),
-        Ok(Outcome::CallerGone) => Ok(EXIT_PROBLEM),
-        Err(e) => {
-            eprintln!("qrexec: {e:#}");
-            Ok(EXIT_PROBLEM)
-        }
-    }
+    let (_, conn) = admin::call_open(state, &req)?;
+    crate::local::run_client(conn, pass_io, !pass_io)
 }

@@ -7,8 +7,17 @@
 //! agent; either side then ends the call.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
+use platform_api::DomId;
+use qubes::qrexec::data::Event as DataEvent;
+use qubes::qrexec::{DataChannel, Stream, AGENT_VERSION, EXIT_PROBLEM};
+
+use crate::chan::{Hosted, Vchan};
+use crate::pump::{self, Input, Sink, INPUT_DEPTH};
 
 /// Caller stdin.
 pub const TAG_STDIN: u8 = 0;
@@ -53,15 +62,149 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>> {
     Ok(Some((tag, data)))
 }
 
+/// Server side, once the caller end's vchan `v` (to `peer`) is served: runs the call with the
+/// client on `conn` as its stdin/stdout/stderr. The client holds the socket until it has the
+/// exit status, so its death ends the call (and our close of the vchan stops the service).
+pub fn relay(h: &mut Hosted, v: &mut Vchan, peer: DomId, conn: UnixStream) -> Result<()> {
+    let gone = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
+    let mut reader = conn.try_clone()?;
+    let gone_r = gone.clone();
+    std::thread::spawn(move || {
+        let mut eof = false;
+        loop {
+            match read_frame(&mut reader) {
+                Ok(Some((TAG_STDIN, d))) if !eof => {
+                    let input = if d.is_empty() {
+                        eof = true;
+                        Input::Eof(Stream::Stdin)
+                    } else {
+                        Input::Data(Stream::Stdin, d)
+                    };
+                    // The pump is gone: the call is over.
+                    if tx.send(input).is_err() {
+                        return;
+                    }
+                }
+                // The client holds the socket until the exit status: an end is its death.
+                _ => {
+                    gone_r.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    });
+    let mut chan = DataChannel::caller(AGENT_VERSION);
+    let mut sink = SocketSink {
+        w: conn,
+        gone: gone.clone(),
+        exit: None,
+    };
+    let stop = || gone.load(Ordering::SeqCst);
+    let res = pump::pump(h, v, peer, &mut chan, &rx, &mut sink, &stop);
+    match (res, sink.exit) {
+        (Err(e), None) => {
+            let _ = write_frame(&mut sink.w, TAG_EXIT, &EXIT_PROBLEM.to_le_bytes());
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The caller's output and exit status to the local client.
+struct SocketSink {
+    w: UnixStream,
+    gone: Arc<AtomicBool>,
+    exit: Option<i32>,
+}
+
+impl Sink for SocketSink {
+    fn offer(&mut self, ev: &DataEvent) -> bool {
+        let r = match ev {
+            DataEvent::Data { stream, data } => {
+                let tag = if *stream == Stream::Stderr {
+                    TAG_STDERR
+                } else {
+                    TAG_STDOUT
+                };
+                write_frame(&mut self.w, tag, data)
+            }
+            DataEvent::Exit(c) => {
+                self.exit = Some(*c);
+                write_frame(&mut self.w, TAG_EXIT, &c.to_le_bytes())
+            }
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            self.gone.store(true, Ordering::SeqCst);
+        }
+        true
+    }
+}
+
+/// Client side, once `CONNECTED`: our stdin as frames (or EOF at once), the service's output to
+/// ours (or dropped); returns its exit status.
+pub fn run_client(mut conn: UnixStream, with_stdin: bool, discard: bool) -> Result<i32> {
+    conn.set_read_timeout(None)?;
+    let mut writer = conn.try_clone()?;
+    if with_stdin {
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; MAX_FRAME];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => 0,
+                };
+                if write_frame(&mut writer, TAG_STDIN, &buf[..n]).is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+    } else {
+        write_frame(&mut writer, TAG_STDIN, &[])?;
+    }
+    loop {
+        let Some((tag, data)) = read_frame(&mut conn)? else {
+            eprintln!("qrexec: the call ended without an exit status");
+            return Ok(EXIT_PROBLEM);
+        };
+        match tag {
+            TAG_STDOUT if !discard => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&data).and_then(|()| out.flush());
+            }
+            TAG_STDERR if !discard => {
+                let _ = std::io::stderr().write_all(&data);
+            }
+            TAG_STDOUT | TAG_STDERR => {}
+            TAG_EXIT => {
+                let code: [u8; 4] = data
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow!("bad exit frame"))?;
+                return Ok(i32::from_le_bytes(code));
+            }
+            other => bail!("unknown frame {other}"),
+        }
+    }
+}
+
 /// Reads one `\n`-terminated line byte by byte, so that nothing after it is consumed.
 pub fn read_line(r: &mut impl Read) -> Result<String> {
+    read_line_max(r, MAX_LINE)
+}
+
+/// [`read_line`] with another bound.
+pub fn read_line_max(r: &mut impl Read, max: usize) -> Result<String> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {
         match r.read(&mut b) {
             Ok(0) => bail!("connection closed"),
             Ok(_) if b[0] == b'\n' => break,
-            Ok(_) if line.len() >= MAX_LINE => bail!("line longer than {MAX_LINE} bytes"),
+            Ok(_) if line.len() >= max => bail!("line longer than {max} bytes"),
             Ok(_) => line.push(b[0]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),

@@ -219,29 +219,6 @@ pub fn spawn_reader(
     })
 }
 
-/// A caller's sink: service stdout and stderr to our own.
-#[derive(Debug, Default)]
-pub struct StdSink {
-    /// Drop output instead of writing it (`qvm-run` without `--pass-io`).
-    pub discard: bool,
-}
-
-impl Sink for StdSink {
-    fn offer(&mut self, ev: &Event) -> bool {
-        if let (Event::Data { stream, data }, false) = (ev, self.discard) {
-            // A closed stdout is like a reader that went away: drop the rest.
-            let _ = match stream {
-                Stream::Stderr => std::io::stderr().write_all(data),
-                _ => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(data).and_then(|()| out.flush())
-                }
-            };
-        }
-        true
-    }
-}
-
 /// A service's sink: caller stdin to a writer thread through a bounded queue.
 #[derive(Debug)]
 pub struct ChildSink {

@@ -787,3 +787,32 @@ fn killed_caller_stops_the_service() {
     let r = sim.call("work", "vault", "test.Echo", b"");
     assert_eq!(r.code, 3, "{r:?}");
 }
+
+#[test]
+fn killed_qvm_run_stops_the_command_in_the_qube() {
+    let sim = Sim::new("qvmrundies", "");
+    let mut c = sim.state.cmd("qvm-run");
+    let mut run = c
+        .args([
+            "-p",
+            "vault",
+            "echo $$ > shell.pid; echo started; exec sleep 60",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = read_line_within(run.stdout.take().unwrap(), DEADLINE);
+    assert_eq!(line.as_deref(), Some("started\n"));
+    let pid = std::fs::read_to_string(sim.path().join("vms/vault/shell.pid")).unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    assert!(proc_dir.exists());
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists() {
+        assert!(Instant::now() < end, "the command outlived qvm-run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
