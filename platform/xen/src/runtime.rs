@@ -183,6 +183,7 @@ fn heap_from(memmap: &Memmap) -> Option<(u64, u64)> {
 pub fn start(facts: BootFacts) -> ! {
     match (facts.mode, boot::xen_cpuid_base()) {
         (Mode::Pvh, None) => {
+            NO_XEN.store(true, Ordering::SeqCst);
             boot::install_fault_handlers();
             no_xen(facts)
         }
@@ -219,7 +220,6 @@ pub fn start(facts: BootFacts) -> ! {
 /// QEMU's PVH loader without Xen: report what boot found on the serial port and exit through
 /// isa-debug-exit. The only path that runs without Xen; the CI boot test checks its output.
 fn no_xen(facts: BootFacts) -> ! {
-    NO_XEN.store(true, Ordering::SeqCst);
     let _ = CONSOLE.try_with(|s| *s = Sink::Serial);
     let heap = heap_from(&facts.memmap);
     mm::guard_stack_pvh();
