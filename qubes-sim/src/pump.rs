@@ -37,6 +37,8 @@ pub const INPUT_DEPTH: usize = 4;
 pub const CHUNK: usize = 65536;
 /// Longest sleep of an idle pump.
 const PUMP_TICK: Duration = Duration::from_millis(5);
+/// Bytes waiting for the vchan above which no more local input is taken.
+const TX_CAP: usize = 4 * CHUNK;
 /// How often an idle pump asks whether the peer domain still exists.
 const ALIVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -61,8 +63,9 @@ pub fn pump(
 ) -> Result<Outcome> {
     let mut inbuf = vec![0u8; 2 * CHUNK];
     let mut in_len = 0usize;
-    let mut tx = vec![0u8; 2 * CHUNK];
-    let (mut tx_off, mut tx_len) = (0usize, 0usize);
+    let mut scratch = vec![0u8; 2 * CHUNK];
+    let mut txq: Vec<u8> = Vec::with_capacity(TX_CAP + 2 * CHUNK);
+    let mut tx_off = 0usize;
     let mut held: Option<Event> = None;
     let mut pending: Option<(Input, usize)> = None;
     let mut input_done = false;
@@ -94,6 +97,7 @@ pub fn pump(
             inbuf.copy_within(n..in_len, 0);
             in_len -= n;
             progress |= n > 0;
+            drain(chan, &mut scratch, &mut txq, &mut tx_off);
         }
         while held.is_none() {
             let Some(ev) = chan.poll_event() else { break };
@@ -107,7 +111,7 @@ pub fn pump(
             }
         }
         if chan.version().is_some() {
-            loop {
+            while txq.len() - tx_off < TX_CAP {
                 if pending.is_none() && !input_done {
                     match input.try_recv() {
                         Ok(i) => pending = Some((i, 0)),
@@ -143,6 +147,7 @@ pub fn pump(
                         Err(e) => return Err(e.into()),
                     },
                 };
+                drain(chan, &mut scratch, &mut txq, &mut tx_off);
                 if !sent {
                     break;
                 }
@@ -150,14 +155,9 @@ pub fn pump(
                 progress = true;
             }
         }
-        loop {
-            if tx_off == tx_len {
-                match chan.poll_transmit(&mut tx) {
-                    Some(n) => (tx_off, tx_len) = (0, n),
-                    None => break,
-                }
-            }
-            match v.write(&tx[tx_off..tx_len]) {
+        drain(chan, &mut scratch, &mut txq, &mut tx_off);
+        while tx_off < txq.len() {
+            match v.write(&txq[tx_off..]) {
                 Ok(0) => break,
                 Ok(n) => {
                     tx_off += n;
@@ -165,13 +165,13 @@ pub fn pump(
                 }
                 Err(vchan::Error::PeerClosed) => {
                     peer_closed = true;
-                    (tx_off, tx_len) = (0, 0);
+                    (txq, tx_off) = (Vec::new(), 0);
                     break;
                 }
                 Err(e) => bail!("data vchan: {e}"),
             }
         }
-        if chan.is_finished() && tx_off == tx_len && held.is_none() {
+        if chan.is_finished() && tx_off == txq.len() && held.is_none() {
             return Ok(Outcome::Exit(exit.unwrap_or(0)));
         }
         if peer_closed && !progress {
@@ -190,10 +190,28 @@ pub fn pump(
             }
             let interest = Interest {
                 read: true,
-                write: tx_off < tx_len,
+                write: tx_off < txq.len(),
             };
             v.wait(h, interest, PUMP_TICK)?;
         }
+    }
+}
+
+/// Moves everything the machine has queued into `txq`, compacting it first. The machine's
+/// own queue is kept empty this way: a full one makes `DataChannel::handle_input` stop
+/// reading (it keeps room for a reply), and two peers that both stop reading while their
+/// rings are full deadlock. `txq` stays bounded because input is only fed while it holds
+/// less than [`TX_CAP`].
+fn drain(chan: &mut DataChannel, scratch: &mut [u8], txq: &mut Vec<u8>, tx_off: &mut usize) {
+    if *tx_off == txq.len() {
+        txq.clear();
+        *tx_off = 0;
+    } else if *tx_off >= CHUNK {
+        txq.drain(..*tx_off);
+        *tx_off = 0;
+    }
+    while let Some(n) = chan.poll_transmit(scratch) {
+        txq.extend_from_slice(scratch.get(..n).unwrap_or(&[]));
     }
 }
 

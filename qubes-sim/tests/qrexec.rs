@@ -319,6 +319,41 @@ fn missing_service_exits_127() {
     assert_eq!(r.code, 3);
 }
 
+fn pattern(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    data
+}
+
+/// Both directions full at once: stdin keeps coming while stdout backs up. Two ends that
+/// each stop reading while their own output is stuck would deadlock here.
+#[test]
+fn sixteen_mebibytes_both_ways_at_once_do_not_deadlock() {
+    let sim = Sim::new("16mib", "test.Cat  *  work  vault  allow\n");
+    sim.service("vault", "test.Cat", "#!/bin/sh\nexec cat\n");
+    let data = pattern(16 << 20);
+    let r = sim.call("work", "vault", "test.Cat", &data);
+    assert_eq!((r.code, r.stdout.len()), (0, data.len()), "{}", r.stderr);
+    assert!(r.stdout == data, "data corrupted (qube to qube)");
+    let d = run_within(
+        {
+            let mut c = sim.state.cmd("qvm-run");
+            c.args(["-p", "vault", "cat"]);
+            c
+        },
+        &data,
+        DEADLINE,
+    );
+    assert_eq!((d.code, d.stdout.len()), (0, data.len()), "{}", d.stderr);
+    assert!(d.stdout == data, "data corrupted (dom0 to qube)");
+}
+
 #[test]
 fn one_mebibyte_round_trip_is_intact() {
     let sim = Sim::new("mib", "test.Cat  *  work  vault  allow\n");
