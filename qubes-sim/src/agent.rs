@@ -25,7 +25,7 @@ use qubes::qrexec::{
 };
 use vchan::Interest;
 
-use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT, TICK};
+use crate::chan::{Hosted, TxQueue, Vchan, CONNECT_TIMEOUT, CONTROL_QUEUE, TICK};
 use crate::local;
 use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
 
@@ -75,8 +75,7 @@ pub fn run() -> Result<i32> {
     let mut pending: HashMap<RequestId, UnixStream> = HashMap::new();
     let mut inbuf = vec![0u8; 8192];
     let mut in_len = 0;
-    let mut out = vec![0u8; 8192];
-    let (mut out_off, mut out_len) = (0, 0);
+    let mut out = TxQueue::new(CONTROL_QUEUE);
     spawn_shutdown_watch(&h, tx.clone())?;
     let mut shutdown = false;
     let result = loop {
@@ -105,6 +104,7 @@ pub fn run() -> Result<i32> {
                     inbuf.copy_within(n..in_len, 0);
                     in_len -= n;
                     progress |= n > 0;
+                    out.fill(|b| agent.poll_transmit(b));
                 }
                 Err(e) => break Err(anyhow!("dom0 broke the control protocol: {e}")),
             }
@@ -139,27 +139,17 @@ pub fn run() -> Result<i32> {
                 }
             }
         }
-        loop {
-            if out_off == out_len {
-                match agent.poll_transmit(&mut out) {
-                    Some(n) => (out_off, out_len) = (0, n),
-                    None => break,
-                }
-            }
-            match ctrl.write(&out[out_off..out_len]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    out_off += n;
-                    progress = true;
-                }
-                Err(e) => return Err(anyhow!("control vchan: {e}")),
-            }
+        out.fill(|b| agent.poll_transmit(b));
+        match out.flush(&mut ctrl) {
+            Ok(w) => progress |= w,
+            Err(vchan::Error::PeerClosed) => break Ok(0),
+            Err(e) => break Err(anyhow!("control vchan: {e}")),
         }
         ctrl.tidy(&mut h);
         if !progress {
             let interest = Interest {
                 read: true,
-                write: out_off < out_len,
+                write: out.pending() > 0,
             };
             if let Err(e) = ctrl.wait(&mut h, interest, TICK) {
                 break Err(e);

@@ -78,6 +78,8 @@ pub enum Vchan {
 
 /// How long a connect retries while the server has not advertised its vchan.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control-channel bytes a loop takes out of its machine ahead of the vchan.
+pub const CONTROL_QUEUE: usize = 64 * 1024;
 /// One wait slice: every blocking loop looks at its stop conditions this often.
 pub const TICK: Duration = Duration::from_millis(20);
 
@@ -201,5 +203,89 @@ impl Drop for Vchan {
             Vchan::Server(s, _) => s.close(),
             Vchan::Client(c) => c.close(),
         };
+    }
+}
+
+/// Bytes on their way to a vchan, taken out of a sans-IO machine eagerly, up to a bound. A
+/// machine whose own queue is full stops reading its input (it keeps room for a reply), so
+/// two peers that both let their queues fill while their rings are full would deadlock.
+#[derive(Debug)]
+pub struct TxQueue {
+    buf: Vec<u8>,
+    off: usize,
+    cap: usize,
+    scratch: Vec<u8>,
+}
+
+impl TxQueue {
+    /// A queue that takes from the machine while it holds less than `cap` bytes.
+    pub fn new(cap: usize) -> TxQueue {
+        TxQueue {
+            buf: Vec::new(),
+            off: 0,
+            cap,
+            scratch: vec![0u8; 8192],
+        }
+    }
+
+    /// Bytes not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.off
+    }
+
+    /// Takes what `poll` (a machine's `poll_transmit`) has, while under the bound.
+    pub fn fill(&mut self, mut poll: impl FnMut(&mut [u8]) -> Option<usize>) {
+        if self.off == self.buf.len() {
+            self.buf.clear();
+            self.off = 0;
+        } else if self.off >= self.cap {
+            self.buf.drain(..self.off);
+            self.off = 0;
+        }
+        while self.pending() < self.cap {
+            match poll(&mut self.scratch) {
+                Some(n) => self
+                    .buf
+                    .extend_from_slice(self.scratch.get(..n).unwrap_or(&[])),
+                None => break,
+            }
+        }
+    }
+
+    /// Writes what the vchan takes now; whether anything was written.
+    pub fn flush(&mut self, v: &mut Vchan) -> Result<bool, vchan::Error> {
+        let mut wrote = false;
+        while let Some(rest) = self.buf.get(self.off..).filter(|r| !r.is_empty()) {
+            match v.write(rest)? {
+                0 => break,
+                n => {
+                    self.off += n;
+                    wrote = true;
+                }
+            }
+        }
+        Ok(wrote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TxQueue;
+
+    #[test]
+    fn tx_queue_takes_eagerly_but_stops_at_its_bound() {
+        let mut q = TxQueue::new(10_000);
+        let mut left = 50_000usize;
+        q.fill(|b| {
+            let n = left.min(b.len());
+            left -= n;
+            (n > 0).then_some(n)
+        });
+        assert!(
+            q.pending() >= 10_000 && q.pending() < 10_000 + 8192,
+            "{}",
+            q.pending()
+        );
+        assert!(left > 0, "the bound was ignored");
     }
 }

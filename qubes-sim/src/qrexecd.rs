@@ -17,7 +17,7 @@ use qubes::qrexec::{Daemon, DataChannel, RequestId, CONTROL_PORT, DAEMON_VERSION
 use vchan::Interest;
 
 use crate::agent::{run_service, service_command};
-use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT, TICK};
+use crate::chan::{Hosted, TxQueue, Vchan, CONNECT_TIMEOUT, CONTROL_QUEUE, TICK};
 use crate::daemon::{Cmd, Sim};
 use crate::registry::Registry;
 
@@ -59,8 +59,7 @@ fn serve(
     let routing = Arc::new(AtomicUsize::new(0));
     let mut inbuf = vec![0u8; 8192];
     let mut in_len = 0;
-    let mut out = vec![0u8; 8192];
-    let (mut out_off, mut out_len) = (0, 0);
+    let mut out = TxQueue::new(CONTROL_QUEUE);
     while !quit() {
         let mut progress = false;
         if in_len < inbuf.len() {
@@ -80,6 +79,7 @@ fn serve(
             inbuf.copy_within(n..in_len, 0);
             in_len -= n;
             progress |= n > 0;
+            out.fill(|b| d.poll_transmit(b));
         }
         while let Some(ev) = d.poll_event() {
             progress = true;
@@ -153,26 +153,14 @@ fn serve(
                 }
             }
         }
-        loop {
-            if out_off == out_len {
-                match d.poll_transmit(&mut out) {
-                    Some(n) => (out_off, out_len) = (0, n),
-                    None => break,
-                }
-            }
-            match v.write(&out[out_off..out_len]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    out_off += n;
-                    progress = true;
-                }
-                Err(e) => bail!("control vchan: {e}"),
-            }
-        }
+        out.fill(|b| d.poll_transmit(b));
+        progress |= out
+            .flush(&mut v)
+            .map_err(|e| anyhow!("control vchan: {e}"))?;
         if !progress {
             let interest = Interest {
                 read: true,
-                write: out_off < out_len,
+                write: out.pending() > 0,
             };
             v.wait(&mut h, interest, TICK)?;
         }
