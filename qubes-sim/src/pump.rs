@@ -9,9 +9,9 @@ use anyhow::{bail, Result};
 use platform_api::DomId;
 use qubes::qrexec::data::Event;
 use qubes::qrexec::{DataChannel, Error as QError, Stream};
-use vchan::Interest;
+use vchan::{Interest, PeerState};
 
-use crate::chan::{Hosted, Vchan};
+use crate::chan::{Hosted, Vchan, CONNECT_TIMEOUT};
 
 /// What the local side hands the channel, in order.
 #[derive(Debug)]
@@ -72,6 +72,7 @@ pub fn pump(
     let mut peer_closed = false;
     let mut exit = None;
     let mut last_check = Instant::now();
+    let started = last_check;
     loop {
         let mut progress = false;
         v.tidy(h);
@@ -184,6 +185,12 @@ pub fn pump(
             }
             if last_check.elapsed() >= ALIVE_EVERY {
                 last_check = Instant::now();
+                // A service side that was dropped (its agent was full) never attaches.
+                if started.elapsed() >= CONNECT_TIMEOUT
+                    && matches!(v.peer_state(), Ok(PeerState::Waiting))
+                {
+                    bail!("the other end never connected");
+                }
                 if !h.domain_alive(peer) {
                     bail!("domain {peer} died during the call");
                 }

@@ -851,3 +851,48 @@ fn killed_qvm_run_stops_the_command_in_the_qube() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn concurrent_calls_beyond_the_channel_limit_all_end() {
+    let sim = Sim::new(
+        "concurrent",
+        "test.Slow * work vault allow\ntest.Echo * work vault allow\n",
+    );
+    sim.service("vault", "test.Slow", "#!/bin/sh\nsleep 1\necho done\n");
+    sim.state.ok("qvm-start", &["work", "vault"]);
+    let t = Instant::now();
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let mut c = sim.in_vm("work", "qrexec-client-vm");
+            c.args(["vault", "test.Slow"]);
+            std::thread::spawn(move || run_within(c, b"", DEADLINE))
+        })
+        .collect();
+    let done: Vec<Done> = calls.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = done
+        .iter()
+        .filter(|d| d.code == 0 && d.stdout == b"done\n")
+        .count();
+    // The agents take 8 channels each; the rest are turned away at once, not left hanging.
+    assert!(ok >= 8, "{ok} of 12 succeeded: {done:?}");
+    for d in done.iter().filter(|d| d.code != 0) {
+        assert!(d.stderr.contains("qrexec channels"), "{d:?}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Every slot came back.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = sim.in_vm("work", "qrexec-client-vm");
+            c.args(["vault", "test.Echo"]);
+            std::thread::spawn(move || run_within(c, b"", DEADLINE))
+        })
+        .collect();
+    for h in calls {
+        let d = h.join().unwrap();
+        assert_eq!(d.code, 3, "{d:?}");
+    }
+}
