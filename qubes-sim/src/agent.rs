@@ -1,9 +1,5 @@
 //! The Linux qube's qrexec agent: control vchan server on port 512 for dom0, services run from
-//! `<vm dir>/qubes-rpc/`, and a local socket through which `qrexec-client-vm` starts calls.
-//!
-//! Local socket ([`crate::local`]): `CALL <target> <service[+arg]>` is answered by `CONNECTED`
-//! (after SERVICE_CONNECT; the agent then serves the data vchan and relays the call's I/O),
-//! `REFUSED` or `ERROR <why>`.
+//! `qubes-rpc/`, calls from `qrexec-client-vm` taken on the [`crate::local`] socket and relayed.
 
 use std::collections::HashMap;
 use std::io::Write;

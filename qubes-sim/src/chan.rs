@@ -1,6 +1,5 @@
-//! vchan over the hosted backend for one thread: a domain's grant, event and store handles,
-//! either vchan end behind one type, and the bounded-wait connect that retries until a server
-//! has advertised itself.
+//! vchan over the hosted backend for one thread: a domain's handles, either end behind one type
+//! with a bounded-wait connect, and the bounded queue between a machine and its vchan.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

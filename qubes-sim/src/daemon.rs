@@ -1,10 +1,8 @@
-//! The sim itself (`qubes-sim daemon`): the run directory, the hosted xenstored, one process per
-//! running qube with its dom0 qrexec daemon thread, a supervisor that notices crashes, and the
-//! admin socket. Everything it starts is stopped and removed when it exits.
+//! The sim's state: run directory, hosted xenstored, one process and qrexec daemon thread per
+//! running qube, crash supervision; everything it starts is stopped and removed on shutdown.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,16 +17,15 @@ use platform_api::{Access, DomId, Perm, Store, Tx};
 use platform_hosted::store::{self as hstore, Daemon as Xenstored};
 use qubes::qrexec::RequestId;
 
-use crate::admin::{self, Reply, Request};
-use crate::agent::DATA_RING;
+use crate::admin;
 use crate::agent::{ENV_TEMPLATE_DIRS, ENV_VM_DIR, ENV_VM_NAME};
-use crate::chan::{alive_marker, Hosted, Vchan};
+use crate::chan::alive_marker;
 use crate::registry::{Class, Registry};
 
 /// Most admin requests served at once (a `qvm-run` holds one for the length of its call).
-const MAX_ADMIN: usize = 64;
+pub(crate) const MAX_ADMIN: usize = 64;
 /// How often the supervisor looks at the qube processes.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
+pub(crate) const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
 
 /// A qube's power state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +108,8 @@ pub struct Sim {
     xs: Mutex<Option<Xenstored>>,
     vms: Mutex<BTreeMap<String, Vm>>,
     changed: Condvar,
-    stop: AtomicBool,
-    admin_busy: AtomicUsize,
+    pub(crate) stop: AtomicBool,
+    pub(crate) admin_busy: AtomicUsize,
 }
 
 impl Sim {
@@ -409,7 +406,7 @@ impl Sim {
     }
 
     /// One supervisor pass: a qube process that exited is a crash.
-    fn supervise(&self) {
+    pub(crate) fn supervise(&self) {
         let mut dead = Vec::new();
         for (name, vm) in self.vms().iter_mut() {
             let Some(child) = vm.child.as_mut() else {
@@ -515,74 +512,6 @@ impl Sim {
         let _ = std::fs::remove_dir_all(&self.run);
     }
 
-    fn handle_admin(self: &Arc<Self>, req: Request) -> Reply {
-        let r: Result<Reply> = (|| match req {
-            Request::Status => {
-                let states = self
-                    .states()
-                    .into_iter()
-                    .map(|(n, p)| (n, p.as_str().to_string()))
-                    .collect();
-                Ok(Reply {
-                    states,
-                    ..Reply::default()
-                })
-            }
-            Request::Start { vm } => Ok(Reply {
-                domid: Some(u32::from(self.start_vm(&vm)?.get())),
-                ..Reply::default()
-            }),
-            Request::Kill { vm } => {
-                Registry::load(&self.state)?.get(&vm)?;
-                if !self.kill_vm(&vm) {
-                    bail!("qube '{vm}' is not running");
-                }
-                Ok(Reply::default())
-            }
-            Request::Exec { .. } => bail!("an exec needs its connection"),
-            Request::ShutdownVm { vm, timeout } => {
-                Registry::load(&self.state)?.get(&vm)?;
-                self.shutdown_vm(&vm, Duration::from_secs(timeout.clamp(1, 3600)))?;
-                Ok(Reply::default())
-            }
-            Request::Shutdown => {
-                self.stop.store(true, Ordering::Relaxed);
-                Ok(Reply::default())
-            }
-        })();
-        r.unwrap_or_else(|e| Reply::err(format!("{e:#}")))
-    }
-
-    /// An Exec request: starts the qube if allowed, sends EXEC_CMDLINE with dom0 as the peer
-    /// and serves the data vchan; the reply and the served vchan.
-    fn open_call(self: &Arc<Self>, req: Request) -> Result<(Reply, Hosted, Vchan)> {
-        let Request::Exec {
-            vm,
-            cmdline,
-            autostart,
-        } = req
-        else {
-            bail!("not an exec request");
-        };
-        let running = self.states().get(&vm) == Some(&Power::Running);
-        if !running && !autostart {
-            bail!("qube '{vm}' is not running");
-        }
-        let domid = self.start_vm(&vm)?;
-        if domid == DomId::DOM0 {
-            bail!("dom0 runs no qrexec agent in the sim");
-        }
-        let mut h = Hosted::new(&self.run, DomId::DOM0)?;
-        let port = self.exec(&vm, DomId::DOM0, &cmdline)?;
-        let v = Vchan::serve(&mut h, domid, port, DATA_RING, DATA_RING)?;
-        let reply = Reply {
-            domid: Some(u32::from(domid.get())),
-            port: Some(port),
-            ..Reply::default()
-        };
-        Ok((reply, h, v))
-    }
-
     /// EXEC_CMDLINE through `vm`'s daemon with the data channel to `peer`; the port.
     pub fn exec(&self, vm: &str, peer: DomId, cmdline: &str) -> Result<u32> {
         let (tx, rx) = mpsc::channel();
@@ -629,100 +558,4 @@ fn reap(mut vm: Vm) {
     if let Some(t) = vm.thread.take() {
         let _ = t.join();
     }
-}
-
-/// `qubes-sim daemon`: runs the sim until `qubes-sim shutdown` (or stdin closes, with
-/// `--stdin-lifeline`). Prints `ready <run dir>` once the admin socket listens.
-pub fn main(state: &Path, args: &[String]) -> Result<i32> {
-    let lifeline = args.iter().any(|a| a == "--stdin-lifeline");
-    let sim = Sim::start(state)?;
-    // Whatever happens after the run directory exists, it is cleaned up.
-    let r = serve(&sim, lifeline);
-    sim.shutdown();
-    eprintln!("qubes-sim: stopped");
-    r.map(|()| 0)
-}
-
-fn serve(sim: &Arc<Sim>, lifeline: bool) -> Result<()> {
-    let listener = UnixListener::bind(admin::socket_path(&sim.state)).context("admin socket")?;
-    listener.set_nonblocking(true)?;
-    if lifeline {
-        let sim = sim.clone();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-            sim.stop.store(true, Ordering::Relaxed);
-        });
-    }
-    let supervisor = {
-        let sim = sim.clone();
-        std::thread::spawn(move || {
-            while !sim.stopping() {
-                sim.supervise();
-                std::thread::sleep(SUPERVISE_EVERY);
-            }
-        })
-    };
-    let autostart: Vec<String> = Registry::load(&sim.state)?
-        .domains
-        .values()
-        .filter(|d| d.prefs.autostart && d.domid != 0)
-        .map(|d| d.name.clone())
-        .collect();
-    for vm in autostart {
-        if let Err(e) = sim.start_vm(&vm) {
-            eprintln!("qubes-sim: autostart of '{vm}': {e:#}");
-        }
-    }
-    println!("ready {}", sim.run.display());
-    let _ = std::io::stdout().flush();
-    while !sim.stopping() {
-        match listener.accept() {
-            Ok((conn, _)) => serve_admin(sim, conn),
-            Err(_) => std::thread::sleep(SUPERVISE_EVERY),
-        }
-    }
-    let _ = supervisor.join();
-    Ok(())
-}
-
-fn serve_admin(sim: &Arc<Sim>, mut conn: UnixStream) {
-    if sim.admin_busy.fetch_add(1, Ordering::SeqCst) >= MAX_ADMIN {
-        sim.admin_busy.fetch_sub(1, Ordering::SeqCst);
-        let _ = writeln!(conn, "{}", serde_json::json!({"error": "sim busy"}));
-        return;
-    }
-    let sim = sim.clone();
-    std::thread::spawn(move || {
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        let req = crate::local::read_line_max(&mut conn, admin::MAX_LINE)
-            .and_then(|l| serde_json::from_str::<Request>(&l).map_err(Into::into));
-        let mut call = None;
-        let reply = match req {
-            Ok(req @ Request::Exec { .. }) => match sim.open_call(req) {
-                Ok((reply, h, v)) => {
-                    call = Some((h, v, reply.domid));
-                    reply
-                }
-                Err(e) => Reply::err(format!("{e:#}")),
-            },
-            Ok(req) => sim.handle_admin(req),
-            Err(e) => Reply::err(format!("bad request: {e:#}")),
-        };
-        if let Ok(line) = serde_json::to_string(&reply) {
-            let _ = writeln!(conn, "{line}");
-        }
-        // dom0's qrexec-client: the sim serves the data vchan and relays it to the tool, so
-        // a killed tool ends the call like a killed client in a qube does.
-        if let Some((mut h, mut v, Some(domid))) = call {
-            let _ = conn.set_read_timeout(None);
-            if let Ok(peer) = DomId::new(domid) {
-                if let Err(e) = crate::local::relay(&mut h, &mut v, peer, conn) {
-                    eprintln!("qubes-sim: qvm-run call to domain {domid}: {e:#}");
-                }
-            }
-            v.shutdown(&mut h);
-        }
-        sim.admin_busy.fetch_sub(1, Ordering::SeqCst);
-    });
 }

@@ -1,9 +1,13 @@
-//! qubes-sim: dom0 in a process. The hosted xenstored, one qrexec daemon per running qube with
-//! the policy evaluator, the qvm-* tools over a JSON registry, and the VM-side qrexec agent.
+//! qubes-sim: dom0 in a process (hosted xenstored, a qrexec daemon per qube with policy, qvm-*
+//! tools over a JSON registry) and the Linux qube's qrexec agent, over the real wire protocols.
 //!
-//! Qubes run as Linux processes on the hosted backend (`QUBES_HOSTED_DOMID`,
-//! `QUBES_HOSTED_DIR`) and reach dom0 only through xs_wire, vchan and qrexec messages; the
-//! admin socket is dom0-internal (tools to daemon), as qubesd's is.
+//! Layer: a std application above `qubes`, `vchan` and `platform-hosted`; a qube is a process
+//! (`QUBES_HOSTED_DOMID`, `QUBES_HOSTED_DIR`). Trust: every byte from a qube (xenstore, control
+//! and data vchans) is hostile and goes through the sans-IO machines; the admin socket and the
+//! qube-local agent socket belong to dom0 and to the qube itself. Unsafe: none. Limits: 8
+//! channels per agent, 16 routed calls per qube, 64 admin connections, 256 data ports per qube,
+//! every queue between threads bounded (by size or by its producers' limits), a deadline on
+//! every wait except a running call's, which ends when either side or its domain goes.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,3 +22,4 @@ pub mod policy;
 pub mod pump;
 pub mod qrexecd;
 pub mod registry;
+pub mod server;

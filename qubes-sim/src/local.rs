@@ -1,10 +1,9 @@
-//! The qube-local socket between `qrexec-client-vm` and the agent: one request line, one
-//! answer line (unbuffered), then `[tag u8][len u32 le][bytes]` frames carrying the call's I/O.
+//! Relayed calls over a local socket (`qrexec-client-vm` ↔ agent, `qvm-run` ↔ sim): request
+//! and answer lines, then `[tag u8][len u32 le][bytes]` frames; a close before `EXIT` ends the call.
 //!
-//! The request is `CALL <target> <service[+arg]>`; the answer `CONNECTED`, `REFUSED` or
-//! `ERROR <why>`. Client → agent: `STDIN` chunks, an empty one for EOF. Agent → client: `STDOUT`/`STDERR`
-//! chunks and one `EXIT` frame (i32 le). A socket closed before `EXIT` is a dead client or
-//! agent; either side then ends the call.
+//! The agent's request is `CALL <target> <service[+arg]>`, answered `CONNECTED`, `REFUSED` or
+//! `ERROR <why>` (the sim's is an admin JSON line). Client → server: `STDIN` chunks, an empty one
+//! for EOF; server → client: `STDOUT`/`STDERR` chunks and one `EXIT` (i32 le).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     }
     let result = match prog.as_str() {
         p if p.starts_with("qvm-") => cli::run(p, &args),
-        "daemon" => qubes_sim::daemon::main(&cli::state_dir(), &args),
+        "daemon" => qubes_sim::server::main(&cli::state_dir(), &args),
         "shutdown" => {
             qubes_sim::admin::call(&cli::state_dir(), &qubes_sim::admin::Request::Shutdown)
                 .map(|_| 0)

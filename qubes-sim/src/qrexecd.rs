@@ -1,6 +1,5 @@
-//! dom0's qrexec daemon for one qube (a thread of the sim): control vchan client on port 512
-//! speaking `qubes::qrexec::daemon`, and the routing of the qube's calls through policy to the
-//! target's daemon (EXEC_CMDLINE there, SERVICE_CONNECT here), or SERVICE_REFUSED.
+//! dom0's qrexec daemon for one qube (a sim thread, control vchan client on port 512) and the
+//! routing of its calls: policy, then EXEC_CMDLINE to the target and SERVICE_CONNECT, or refusal.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
