@@ -541,8 +541,22 @@ impl Lock {
                 .create_new(true)
                 .open(&path)
             {
-                Ok(_) => return Ok(Lock { path }),
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(Lock { path });
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && Instant::now() < deadline => {
+                    // A holder that was killed never removes its lock.
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    let dead = holder
+                        .trim()
+                        .parse::<u32>()
+                        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                    if dead {
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
@@ -560,6 +574,20 @@ impl Drop for Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_holders_lock_is_broken() {
+        let dir = std::env::temp_dir().join(format!("qsim-lock-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // No process has pid 0x7fffffff (above pid_max).
+        fs::write(dir.join(".lock"), "2147483647").unwrap();
+        let t = Instant::now();
+        let lock = Lock::take(&dir).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        drop(lock);
+        assert!(!dir.join(".lock").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn names_follow_qubes_rules() {
