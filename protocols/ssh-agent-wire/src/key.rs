@@ -180,6 +180,14 @@ impl PrivateKey {
         })
     }
 
+    /// An ed25519 key from a 32-byte seed (e.g. drawn from the platform's entropy by the vault).
+    pub fn from_ed25519_seed(seed: &[u8; 32]) -> Result<Self, WireError> {
+        let kp = KeypairData::Ed25519(ssh_key::private::Ed25519Keypair::from_seed(seed));
+        let mut bytes = Zeroizing::new(Vec::new());
+        kp.encode(&mut *bytes).map_err(|_| WireError::BadKey)?;
+        Self::parse(&mut Reader::new(&bytes))
+    }
+
     /// Appends the key as it was received.
     pub fn emit(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.bytes);

@@ -130,6 +130,7 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
 
     #[test]
     fn split_and_joined_frames() {
