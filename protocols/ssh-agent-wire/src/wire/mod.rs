@@ -176,4 +176,4 @@ impl fmt::Display for WireError {
 impl core::error::Error for WireError {}
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
