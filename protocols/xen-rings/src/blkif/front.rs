@@ -2,7 +2,6 @@
 //! request outstanding under its id (known, answered once, same operation).
 
 // The crate root links `alloc` only for tests; the id table needs it.
-extern crate alloc;
 
 use alloc::vec;
 use alloc::vec::Vec;

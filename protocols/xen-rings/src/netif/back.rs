@@ -1,9 +1,6 @@
 //! Netback: serves one client's netfront over its TX and RX rings (the firewall's downstream).
 //! Every slot is copied once, checked against Linux netback's rules, then acted on.
 
-// The crate root links `alloc` only for tests; the machines' bounded tables need it.
-extern crate alloc;
-
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 

@@ -1,9 +1,6 @@
 //! Netfront: our end of a vif whose backend runs in another domain (the firewall's uplink).
 //! Responses are checked against what we have outstanding before any page is read.
 
-// The crate root links `alloc` only for tests; the machines' bounded tables need it.
-extern crate alloc;
-
 use alloc::vec;
 use alloc::vec::Vec;
 
