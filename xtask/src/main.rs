@@ -15,10 +15,15 @@ mod interop;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test            install test dependencies, then fmt, clippy, unit/property/vector tests,
-                  libxenvchan interop tests and a replay of the fuzz corpora
-  fuzz TARGET [SECONDS]   run one cargo-fuzz target (no sanitizer) for SECONDS (default 60)
+  test            install test dependencies, then fmt, clippy, unit/vector/property tests,
+                  libxenvchan interop, the QEMU boot test of every image, fuzz corpus replay
+  interop         Debian's real libxenvchan against our vchan over the hosted shims, both roles
+  bench vchan     vchan throughput table: ours/ours, ours/libxenvchan, libxenvchan/libxenvchan
+  build           build every unikernel image into target/unikernels/<name>/vmlinuz
+  boot-test       boot every image under QEMU's PVH loader (no Xen) and check its serial output
+  xen-test        boot the images on real Xen 4.17 (Debian dom0) under QEMU TCG; slow, not in CI
   fuzz list       list the fuzz targets
+  fuzz TARGET [SECONDS]   run one cargo-fuzz target (no sanitizer) for SECONDS (default 60)
 ";
 
 fn main() -> Result<()> {
