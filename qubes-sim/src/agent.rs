@@ -25,6 +25,13 @@ use crate::chan::{Hosted, TxQueue, Vchan, CONNECT_TIMEOUT, CONTROL_QUEUE, TICK};
 use crate::local;
 use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
 
+/// A Linux qube runs more at once than a unikernel: twice the default channels.
+pub const LIMITS: Limits = Limits {
+    max_channels: 16,
+    max_events: 32,
+    out_bytes: 16 * 1024,
+};
+
 /// The qube's directory (services, agent socket).
 pub const ENV_VM_DIR: &str = "QUBES_SIM_VM_DIR";
 /// The qube's name.
@@ -48,6 +55,8 @@ enum Msg {
     Terminated {
         peer: DomId,
         port: u32,
+        /// Told once the slot is free.
+        ack: Option<Sender<()>>,
     },
     /// dom0 wrote `control/shutdown`.
     Shutdown(String),
@@ -62,7 +71,7 @@ pub fn run() -> Result<i32> {
     let parent = std::os::unix::process::parent_id();
     let mut h = Hosted::from_env()?;
     let mut ctrl = Vchan::serve(&mut h, DomId::DOM0, CONTROL_PORT, 4096, 4096)?;
-    let mut agent = Agent::new(Limits::DEFAULT);
+    let mut agent = Agent::new(LIMITS);
     let (tx, rx) = mpsc::channel::<Msg>();
     let sock = agent_socket(&vm_dir);
     let _ = std::fs::remove_file(&sock);
@@ -128,9 +137,12 @@ pub fn run() -> Result<i32> {
                     eprintln!("{name}: qrexec-agent: {how} requested");
                     shutdown = true;
                 }
-                Msg::Terminated { peer, port } => {
+                Msg::Terminated { peer, port, ack } => {
                     if let Err(e) = agent.connection_terminated(peer, port) {
                         eprintln!("{name}: qrexec-agent: connection {peer}:{port}: {e}");
+                    }
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
                     }
                 }
             }
@@ -261,7 +273,11 @@ fn handle_event(
                 if let Err(e) = serve_call(&run, me, peer, port, just_exec, command, &vm_dir) {
                     eprintln!("{name}: qrexec-agent: call from {peer} on port {port}: {e:#}");
                 }
-                let _ = tx.send(Msg::Terminated { peer, port });
+                let _ = tx.send(Msg::Terminated {
+                    peer,
+                    port,
+                    ack: None,
+                });
             });
         }
         Event::ServiceConnect {
@@ -274,10 +290,9 @@ fn handle_event(
             };
             let (run, me, tx, name) = (h.run.clone(), h.me, tx.clone(), name.to_string());
             std::thread::spawn(move || {
-                if let Err(e) = relay_call(&run, me, peer, port, conn) {
+                if let Err(e) = relay_call(&run, me, peer, port, conn, &tx) {
                     eprintln!("{name}: qrexec-agent: call to {peer} on port {port}: {e:#}");
                 }
-                let _ = tx.send(Msg::Terminated { peer, port });
             });
         }
         Event::Refused { request_id } => {
@@ -295,19 +310,44 @@ fn handle_event(
 pub const DATA_RING: usize = 65536;
 
 /// Our call was allowed: serve the data vchan for `peer` and relay it to the local client.
-fn relay_call(run: &Path, me: DomId, peer: DomId, port: u32, mut conn: UnixStream) -> Result<()> {
+fn relay_call(
+    run: &Path,
+    me: DomId,
+    peer: DomId,
+    port: u32,
+    mut conn: UnixStream,
+    tx: &Sender<Msg>,
+) -> Result<()> {
     let mut h = Hosted::new(run, me)?;
     let mut v = match Vchan::serve(&mut h, peer, port, DATA_RING, DATA_RING) {
         Ok(v) => v,
         Err(e) => {
             let _ = writeln!(conn, "ERROR {e:#}");
+            let _ = tx.send(Msg::Terminated {
+                peer,
+                port,
+                ack: None,
+            });
             return Err(e);
         }
     };
     writeln!(conn, "CONNECTED")?;
-    let r = local::relay(&mut h, &mut v, peer, conn);
+    let r = local::relay(&mut h, &mut v, peer, &conn);
     v.shutdown(&mut h);
-    r
+    // The slot is free before the client learns the status: a script's next call finds it.
+    let (ack_tx, ack_rx) = mpsc::channel();
+    if tx
+        .send(Msg::Terminated {
+            peer,
+            port,
+            ack: Some(ack_tx),
+        })
+        .is_ok()
+    {
+        let _ = ack_rx.recv_timeout(Duration::from_secs(5));
+    }
+    local::finish(&conn, &r);
+    r.map(|_| ())
 }
 
 /// What a command line runs: an executable with its argument, or a shell command.

@@ -58,6 +58,16 @@ impl Hosted {
     }
 }
 
+/// Serializes allocating and binding event channels in `dom`'s port directory. Binding claims
+/// a port's entry by renaming it away for a moment (`platform-hosted` events), and an
+/// allocation in that moment takes the "free" number too; one of the two vchans then fails
+/// ("event channel port N is not bound"). Every vchan setup of the sim goes through here.
+fn evtchn_lock(run: &Path, dom: DomId) -> Result<crate::registry::Lock> {
+    let dir = run.join("evtchn");
+    std::fs::create_dir_all(&dir).context("event channel directory")?;
+    crate::registry::Lock::at(dir.join(format!("d{}.lock", dom.get())))
+}
+
 /// `<run>/dom/<domid>`: exists while the sim runs that domain.
 pub fn alive_marker(run: &Path, d: DomId) -> PathBuf {
     run.join("dom").join(d.get().to_string())
@@ -91,6 +101,7 @@ impl Vchan {
         read_min: usize,
         write_min: usize,
     ) -> Result<Vchan> {
+        let _lock = evtchn_lock(&h.run, h.me)?;
         let (s, dir) = server_init(
             &mut h.grants,
             &mut h.events,
@@ -115,7 +126,18 @@ impl Vchan {
     ) -> Result<Vchan> {
         let deadline = Instant::now() + timeout;
         loop {
-            match client_init(&mut h.grants, &mut h.events, &mut h.store, server, port) {
+            // Binding claims in the server's directory and allocates in ours; lower domid first.
+            let (a, b) = (server.min(h.me), server.max(h.me));
+            let first = evtchn_lock(&h.run, a)?;
+            let second = if a == b {
+                None
+            } else {
+                Some(evtchn_lock(&h.run, b)?)
+            };
+            let locks = (first, second);
+            let r = client_init(&mut h.grants, &mut h.events, &mut h.store, server, port);
+            drop(locks);
+            match r {
                 Ok(c) => return Ok(Vchan::Client(c)),
                 Err(SetupError::Store(StoreError::Xs(XsErrno::Enoent))) => {}
                 Err(e) => bail!("vchan client of domain {server} port {port}: {e}"),
@@ -168,7 +190,7 @@ impl Vchan {
         if let Vchan::Server(s, dir) = self {
             if dir.is_some() && !matches!(s.peer_state(), Ok(PeerState::Waiting)) {
                 if let Some(d) = dir.take() {
-                    let _ = d.remove(&mut h.store);
+                    remove_dir(&mut h.store, &d);
                 }
             }
         }
@@ -178,7 +200,7 @@ impl Vchan {
     pub fn shutdown(mut self, h: &mut Hosted) {
         if let Vchan::Server(_, dir) = &mut self {
             if let Some(d) = dir.take() {
-                let _ = d.remove(&mut h.store);
+                remove_dir(&mut h.store, &d);
             }
         }
     }
@@ -193,6 +215,40 @@ impl Vchan {
             Err(e) => bail!("vchan: {e}"),
         }
         Ok(())
+    }
+}
+
+/// Removes a server's `data/vchan/<client>/<port>` and, if that left it empty, its
+/// `data/vchan/<client>`, in one transaction. `XsDir::remove` checks and removes the parent in
+/// separate steps, so another server for the same client that advertised in between lost its
+/// keys and its client waited in vain (seen with eight concurrent calls).
+fn remove_dir(store: &mut HostedStore, dir: &XsDir) {
+    let path = dir.path();
+    let parent = path.rsplit_once('/').map(|(p, _)| p);
+    for _ in 0..vchan::setup::MAX_TX_RETRIES {
+        let Ok(tx) = store.transaction_start() else {
+            return;
+        };
+        let mut body = || -> Result<(), StoreError> {
+            match store.rm(tx, path) {
+                Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(parent) = parent {
+                if store.directory(tx, parent).is_ok_and(|c| c.is_empty()) {
+                    store.rm(tx, parent)?;
+                }
+            }
+            Ok(())
+        };
+        if body().is_err() {
+            let _ = store.transaction_end(tx, false);
+            return;
+        }
+        match store.transaction_end(tx, true) {
+            Err(StoreError::Xs(XsErrno::Eagain)) => continue,
+            _ => return,
+        }
     }
 }
 

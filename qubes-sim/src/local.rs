@@ -62,9 +62,11 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>> {
 }
 
 /// Server side, once the caller end's vchan `v` (to `peer`) is served: runs the call with the
-/// client on `conn` as its stdin/stdout/stderr. The client holds the socket until it has the
-/// exit status, so its death ends the call (and our close of the vchan stops the service).
-pub fn relay(h: &mut Hosted, v: &mut Vchan, peer: DomId, conn: UnixStream) -> Result<()> {
+/// client on `conn` as its stdin/stdout/stderr and returns the exit status, which the caller
+/// sends with [`finish`] once its own cleanup is done (so that a client that has its status
+/// finds the channel slot free again). The client holds the socket until then, so its death
+/// ends the call (and our close of the vchan stops the service).
+pub fn relay(h: &mut Hosted, v: &mut Vchan, peer: DomId, conn: &UnixStream) -> Result<i32> {
     let gone = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_DEPTH);
     let mut reader = conn.try_clone()?;
@@ -95,19 +97,23 @@ pub fn relay(h: &mut Hosted, v: &mut Vchan, peer: DomId, conn: UnixStream) -> Re
     });
     let mut chan = DataChannel::caller(AGENT_VERSION);
     let mut sink = SocketSink {
-        w: conn,
+        w: conn.try_clone()?,
         gone: gone.clone(),
         exit: None,
     };
     let stop = || gone.load(Ordering::SeqCst);
     let res = pump::pump(h, v, peer, &mut chan, &rx, &mut sink, &stop);
     match (res, sink.exit) {
-        (Err(e), None) => {
-            let _ = write_frame(&mut sink.w, TAG_EXIT, &EXIT_PROBLEM.to_le_bytes());
-            Err(e)
-        }
-        _ => Ok(()),
+        (_, Some(code)) => Ok(code),
+        (Err(e), None) => Err(e),
+        (Ok(_), None) => Err(anyhow!("the call ended without an exit status")),
     }
+}
+
+/// Sends the exit status that ends a relayed call (125 for a failed one).
+pub fn finish(mut conn: &UnixStream, result: &Result<i32>) {
+    let code = result.as_ref().copied().unwrap_or(EXIT_PROBLEM);
+    let _ = write_frame(&mut conn, TAG_EXIT, &code.to_le_bytes());
 }
 
 /// The caller's output and exit status to the local client.
@@ -130,7 +136,7 @@ impl Sink for SocketSink {
             }
             DataEvent::Exit(c) => {
                 self.exit = Some(*c);
-                write_frame(&mut self.w, TAG_EXIT, &c.to_le_bytes())
+                Ok(())
             }
             _ => Ok(()),
         };

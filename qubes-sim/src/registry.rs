@@ -533,7 +533,11 @@ impl Lock {
     /// Takes the lock of `state`, waiting up to ten seconds.
     pub fn take(state: &Path) -> Result<Lock> {
         fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
-        let path = state.join(".lock");
+        Self::at(state.join(".lock"))
+    }
+
+    /// Takes the lock file `path` (created while held), waiting up to ten seconds.
+    pub fn at(path: PathBuf) -> Result<Lock> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match fs::OpenOptions::new()
@@ -557,7 +561,7 @@ impl Lock {
                         let _ = fs::remove_file(&path);
                         continue;
                     }
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
             }

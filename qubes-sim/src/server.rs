@@ -172,12 +172,15 @@ fn serve_admin(sim: &Arc<Sim>, mut conn: UnixStream) {
         // a killed tool ends the call like a killed client in a qube does.
         if let Some((mut h, mut v, Some(domid))) = call {
             let _ = conn.set_read_timeout(None);
-            if let Ok(peer) = DomId::new(domid) {
-                if let Err(e) = crate::local::relay(&mut h, &mut v, peer, conn) {
-                    eprintln!("qubes-sim: qvm-run call to domain {domid}: {e:#}");
-                }
-            }
+            let r = match DomId::new(domid) {
+                Ok(peer) => crate::local::relay(&mut h, &mut v, peer, &conn),
+                Err(e) => Err(anyhow::anyhow!("bad domid: {e}")),
+            };
             v.shutdown(&mut h);
+            if let Err(e) = &r {
+                eprintln!("qubes-sim: qvm-run call to domain {domid}: {e:#}");
+            }
+            crate::local::finish(&conn, &r);
         }
         sim.admin_busy.fetch_sub(1, Ordering::SeqCst);
     });
