@@ -68,6 +68,7 @@ check evtchn-alloc-unbound $? "port ${port:-?}: $(grep -iE "^ *${port:-x}:" /tmp
 grep -q 'xen-smoke: evtchn-interdomain ok' "$LOG"; check evtchn-interdomain $? "$(grep -o 'interdomain ok [0-9<>-]*' "$LOG") loopback send + SCHEDOP_poll"
 grep -q 'xen-smoke: virq-timer ok' "$LOG"; check virq-timer $? "$(grep -o 'fired after [0-9]*us' "$LOG") (set_timer_op, 20 ms)"
 grep -q 'xen-smoke: grant ok' "$LOG"; check grant-share-end $? "$(grep -o 'refs=[0-9,]*' "$LOG") granted to dom0, then revoked"
+grep -q 'xen-smoke: grant-map ok' "$LOG"; check grant-map $? "$(grep -o 'grant-map .*' "$LOG" | head -1)"
 if [ "$MODE" = pvh ]; then
   xl dmesg | grep -q "(d$DOMID) platform-xen: PVH domain"
   check debug-port-0xe9 $? "early output in xl dmesg"

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use platform_api::{Clock, DomId, Duration, Events, Grants, Notify, Port, SharedMem, Store, Tx};
 use platform_xen::abi::ShutdownReason;
-use platform_xen::{println, Mode, Xen};
+use platform_xen::{println, Mode, Xen, XenGrants};
 use xen_store::blocking::BlockingStore;
 
 fn text(v: Vec<u8>) -> String {
@@ -130,22 +130,30 @@ pub fn main(mut xen: Xen) -> ! {
     }
 
     match xen.grants() {
-        Some(mut g) => match g.share(DomId::DOM0, 2, true) {
-            Ok((mem, refs)) => {
-                let wrote = mem.write(4096, b"granted by xen-smoke").is_ok();
-                let list: Vec<String> = refs.iter().map(|r| alloc::format!("{r}")).collect();
-                let _ = store.write(Tx::NONE, "data/smoke-grefs", list.join(" ").as_bytes());
-                let before = g.free_refs();
-                let ended = mem.end_access();
-                let back = g.free_refs() == before + refs.len();
-                if wrote && ended.is_ok() && back {
-                    println!("xen-smoke: grant ok refs={} end-access ok", list.join(","));
-                } else {
-                    println!("xen-smoke: grant FAIL wrote={wrote} end={ended:?} refs-back={back}");
+        Some(mut g) => {
+            match g.share(DomId::DOM0, 2, true) {
+                Ok((mem, refs)) => {
+                    let wrote = mem.write(4096, b"granted by xen-smoke").is_ok();
+                    let list: Vec<String> = refs.iter().map(|r| alloc::format!("{r}")).collect();
+                    let _ = store.write(Tx::NONE, "data/smoke-grefs", list.join(" ").as_bytes());
+                    let before = g.free_refs();
+                    let ended = mem.end_access();
+                    let back = g.free_refs() == before + refs.len();
+                    if wrote && ended.is_ok() && back {
+                        println!("xen-smoke: grant ok refs={} end-access ok", list.join(","));
+                    } else {
+                        println!(
+                            "xen-smoke: grant FAIL wrote={wrote} end={ended:?} refs-back={back}"
+                        );
+                    }
                 }
+                Err(e) => println!("xen-smoke: grant FAIL share: {e}"),
             }
-            Err(e) => println!("xen-smoke: grant FAIL share: {e}"),
-        },
+            match me {
+                Some(me) => grant_map_loopback(&mut g, me),
+                None => println!("xen-smoke: grant-map FAIL no domid"),
+            }
+        }
         None => println!("xen-smoke: grant FAIL no grant table"),
     }
 
@@ -176,5 +184,33 @@ pub fn main(mut xen: Xen) -> ! {
         let _ = store.write(Tx::NONE, "control/shutdown", b"");
         println!("xen-smoke: shutdown ok request={req}");
         xen.shutdown(reason)
+    }
+}
+
+/// Grants two pages to ourselves and maps them: bytes written on one side appear on the other;
+/// ending access while mapped is refused; after unmapping it succeeds.
+fn grant_map_loopback(g: &mut XenGrants, me: DomId) {
+    let (shared, refs) = match g.share(me, 2, true) {
+        Ok(x) => x,
+        Err(e) => return println!("xen-smoke: grant-map FAIL share: {e}"),
+    };
+    let _ = shared.write(4100, b"ping");
+    let mapped = match g.map(me, &refs, true) {
+        Ok(m) => m,
+        Err(e) => return println!("xen-smoke: grant-map FAIL map: {e}"),
+    };
+    let mut buf = [0u8; 4];
+    let seen = mapped.read(4100, &mut buf).is_ok() && &buf == b"ping";
+    let wrote = mapped.write(4104, b"pong");
+    let _ = mapped.read(4104, &mut buf);
+    let kept = &buf == b"pong";
+    let _ = shared.read(4104, &mut buf);
+    let back = &buf == b"pong";
+    drop(mapped);
+    let ended = shared.end_access();
+    if seen && back && ended.is_ok() {
+        println!("xen-smoke: grant-map ok loopback 2 pages both ways, unmapped, access ended");
+    } else {
+        println!("xen-smoke: grant-map FAIL seen={seen} wrote={wrote:?} kept={kept} back={back} end={ended:?}");
     }
 }

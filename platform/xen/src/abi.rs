@@ -214,10 +214,20 @@ pub const EVTCHNOP_ALLOC_UNBOUND: u32 = 6;
 pub const EVTCHNOP_UNMASK: u32 = 9;
 /// `VIRQ_TIMER`.
 pub const VIRQ_TIMER: u32 = 0;
+/// `GNTTABOP_map_grant_ref`.
+pub const GNTTABOP_MAP_GRANT_REF: u32 = 0;
+/// `GNTTABOP_unmap_grant_ref`.
+pub const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
+/// `GNTMAP_host_map`.
+pub const GNTMAP_HOST_MAP: u32 = 2;
+/// `GNTMAP_readonly`.
+pub const GNTMAP_READONLY: u32 = 4;
 /// `GNTTABOP_setup_table`.
 pub const GNTTABOP_SETUP_TABLE: u32 = 2;
 /// `GNTTABOP_query_size`.
 pub const GNTTABOP_QUERY_SIZE: u32 = 6;
+/// `MMUEXT_TLB_FLUSH_LOCAL`.
+pub const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
 /// `UVMF_INVLPG`.
 pub const UVMF_INVLPG: u64 = 2;
 /// `VCPUOP_set_singleshot_timer`.
@@ -808,6 +818,11 @@ mod tests {
             ("XENMEM_add_to_physmap", XENMEM_ADD_TO_PHYSMAP),
             ("XENMAPSPACE_grant_table", XENMAPSPACE_GRANT_TABLE),
             ("GNTTABOP_setup_table", GNTTABOP_SETUP_TABLE),
+            ("GNTTABOP_map_grant_ref", GNTTABOP_MAP_GRANT_REF),
+            ("MMUEXT_TLB_FLUSH_LOCAL", MMUEXT_TLB_FLUSH_LOCAL),
+            ("GNTTABOP_unmap_grant_ref", GNTTABOP_UNMAP_GRANT_REF),
+            ("GNTMAP_host_map", GNTMAP_HOST_MAP),
+            ("GNTMAP_readonly", GNTMAP_READONLY),
             ("VCPUOP_set_singleshot_timer", VCPUOP_SET_SINGLESHOT_TIMER),
         ] {
             assert_eq!(vf.constant(c), i64::from(v), "{c}");

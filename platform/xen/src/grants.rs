@@ -1,5 +1,5 @@
-//! Sharing our pages with a peer through the grant table (`platform_api::Grants`): heap pages,
-//! one v1 entry each; dropping the share ends access, and leaks pages a peer still maps.
+//! `platform_api::Grants` on Xen: sharing heap pages through our grant table (ended on drop,
+//! leaked if the peer still maps them) and mapping a peer's grants (unmapped on drop).
 #![forbid(unsafe_code)]
 
 use alloc::rc::Rc;
@@ -9,23 +9,37 @@ use core::cell::RefCell;
 use platform_api::{DomId, GrantRef, Grants, Ordering, OutOfBounds, PlatformError, SharedMem};
 
 use crate::grant_table::{GrantError, GrantTable};
+use crate::map_window::MapWindow;
 use crate::mm::{self, HeapPages};
-use crate::shared::RawPages;
+use crate::shared::{GrantMapping, RawPages};
 
-/// Our grant table, shared by every [`GrantedPages`] it made.
+/// Most pages one `map` call takes (the vchan rings use at most 16 per direction).
+pub const MAX_MAP_PAGES: usize = 128;
+
+/// Our grant table and mapping window; clones share them.
 #[derive(Debug, Clone)]
 pub struct XenGrants {
     table: Rc<RefCell<GrantTable<RawPages>>>,
-    /// PV: the p2m list (frames in grant entries are MFNs); PVH: `None` (GFNs).
+    /// PV: the p2m list (grant frames are MFNs, mappings replace heap PTEs); PVH: `None`.
     mfn_list: Option<u64>,
+    /// PVH: free slots of the 4-5 GiB window.
+    window: Rc<RefCell<MapWindow>>,
 }
 
 impl XenGrants {
-    /// Over the frames `shared::grant_frames` set up.
-    pub fn new(frames: RawPages, mfn_list: Option<u64>) -> Self {
+    /// Over the frames `shared::grant_frames` set up. `window_free` says the PVH mapping window
+    /// overlaps no RAM of ours (otherwise PVH cannot map grants).
+    pub fn new(frames: RawPages, mfn_list: Option<u64>, window_free: bool) -> Self {
+        let window = crate::boot::MAP_WINDOW;
+        let pages = if mfn_list.is_none() && window_free {
+            (window.end - window.start) / 4096
+        } else {
+            0
+        };
         Self {
             table: Rc::new(RefCell::new(GrantTable::new(frames))),
             mfn_list,
+            window: Rc::new(RefCell::new(MapWindow::new(pages))),
         }
     }
 
@@ -50,56 +64,75 @@ fn to_platform(e: GrantError) -> PlatformError {
     }
 }
 
-/// Pages we granted; access ends when dropped.
 #[derive(Debug)]
-pub struct GrantedPages {
-    pages: Option<HeapPages>,
-    refs: Vec<GrantRef>,
-    table: Rc<RefCell<GrantTable<RawPages>>>,
+enum Inner {
+    Shared {
+        pages: Option<HeapPages>,
+        refs: Vec<GrantRef>,
+        table: Rc<RefCell<GrantTable<RawPages>>>,
+    },
+    Mapped(GrantMapping),
 }
 
-impl GrantedPages {
-    /// The refs, in page order.
+/// Pages we granted, or a peer's pages we mapped; released when dropped.
+#[derive(Debug)]
+pub struct GrantMem {
+    inner: Inner,
+}
+
+impl GrantMem {
+    /// The refs, in page order (empty for a mapping).
     pub fn refs(&self) -> &[GrantRef] {
-        &self.refs
+        match &self.inner {
+            Inner::Shared { refs, .. } => refs,
+            Inner::Mapped(_) => &[],
+        }
     }
 
-    /// Ends access now; `Err` if the peer still uses a page (those pages are then leaked).
+    /// Ends the peer's access now (shared pages); `Err` if the peer still maps a page, which is
+    /// then leaked. A mapping is simply unmapped.
     pub fn end_access(mut self) -> Result<(), PlatformError> {
-        self.revoke()
+        self.release()
     }
 
-    fn revoke(&mut self) -> Result<(), PlatformError> {
+    fn release(&mut self) -> Result<(), PlatformError> {
+        let Inner::Shared { pages, refs, table } = &mut self.inner else {
+            return Ok(());
+        };
         let mut result = Ok(());
-        let mut table = self.table.borrow_mut();
-        for r in self.refs.drain(..) {
+        let mut table = table.borrow_mut();
+        for r in refs.drain(..) {
             if let Err(e) = table.end_access(r) {
                 result = Err(to_platform(e));
             }
         }
         if result.is_err() {
             // A peer may still write these pages: never give them back to the heap.
-            core::mem::forget(self.pages.take());
+            core::mem::forget(pages.take());
         }
         result
     }
 
     fn mem(&self) -> Result<&RawPages, OutOfBounds> {
-        self.pages.as_ref().map(HeapPages::mem).ok_or(OutOfBounds {
-            offset: 0,
-            len: 0,
-            size: 0,
-        })
+        match &self.inner {
+            Inner::Shared { pages: Some(p), .. } => Ok(p.mem()),
+            Inner::Shared { pages: None, .. } => Err(OutOfBounds {
+                offset: 0,
+                len: 0,
+                size: 0,
+            }),
+            Inner::Mapped(m) => Ok(m.mem()),
+        }
     }
 }
 
-impl Drop for GrantedPages {
+impl Drop for GrantMem {
     fn drop(&mut self) {
-        let _ = self.revoke();
+        let _ = self.release();
     }
 }
 
-impl SharedMem for GrantedPages {
+impl SharedMem for GrantMem {
     fn size(&self) -> usize {
         self.mem().map(|m| m.size()).unwrap_or(0)
     }
@@ -136,22 +169,24 @@ impl SharedMem for GrantedPages {
 }
 
 impl Grants for XenGrants {
-    type Mem = GrantedPages;
+    type Mem = GrantMem;
 
     fn share(
         &mut self,
         peer: DomId,
         pages: usize,
         writable: bool,
-    ) -> Result<(GrantedPages, Vec<GrantRef>), PlatformError> {
+    ) -> Result<(GrantMem, Vec<GrantRef>), PlatformError> {
         let mem = HeapPages::alloc(pages).ok_or(PlatformError::Full { what: "heap pages" })?;
         let addr = mem.addr();
         // Owned by `out` from here: a failure part-way ends what was granted, and a page a
         // peer grabbed meanwhile is leaked, not freed.
-        let mut out = GrantedPages {
-            pages: Some(mem),
-            refs: Vec::with_capacity(pages),
-            table: self.table.clone(),
+        let mut out = GrantMem {
+            inner: Inner::Shared {
+                pages: Some(mem),
+                refs: Vec::with_capacity(pages),
+                table: self.table.clone(),
+            },
         };
         for i in 0..pages {
             let frame = self.frame(addr + i * 4096);
@@ -162,20 +197,34 @@ impl Grants for XenGrants {
                 .borrow_mut()
                 .grant(peer, frame, !writable)
                 .map_err(to_platform)?;
-            out.refs.push(r);
+            if let Inner::Shared { refs, .. } = &mut out.inner {
+                refs.push(r);
+            }
         }
-        let refs = out.refs.clone();
+        let refs = out.refs().to_vec();
         Ok((out, refs))
     }
 
     fn map(
         &mut self,
-        _peer: DomId,
-        _refs: &[GrantRef],
-        _writable: bool,
-    ) -> Result<GrantedPages, PlatformError> {
-        Err(PlatformError::Unsupported(
-            "mapping a peer's grants (not yet in platform-xen)",
-        ))
+        peer: DomId,
+        refs: &[GrantRef],
+        writable: bool,
+    ) -> Result<GrantMem, PlatformError> {
+        if refs.is_empty() || refs.len() > MAX_MAP_PAGES {
+            return Err(PlatformError::Full {
+                what: "pages in one grant mapping",
+            });
+        }
+        let raw: Vec<u32> = refs.iter().map(|r| r.0).collect();
+        let mapped = match self.mfn_list {
+            Some(list) => GrantMapping::map_pv(list, peer.get(), &raw, !writable),
+            None => GrantMapping::map_pvh(&self.window, peer.get(), &raw, !writable),
+        };
+        // Xen's status says which ref failed only in aggregate: report the first.
+        let m = mapped.map_err(|_| PlatformError::BadGrant(refs[0]))?;
+        Ok(GrantMem {
+            inner: Inner::Mapped(m),
+        })
     }
 }

@@ -1,12 +1,15 @@
 //! The Xen backend of the platform boundary: a freestanding x86_64 image that boots as a PVH or a
 //! classic PV domain, talks to Xen through hypercalls, and offers consoles, events and grants.
 //!
-//! Layer: platform (implements `platform-api`). Trust: the domain builder's boot structures are
+//! Layer: platform (implements `platform-api`: `Events`, `Grants`, `Clock`, `Console`; the
+//! xenstore ring is `xen-store`'s transport). Trust: the domain builder's boot structures are
 //! parsed with bounds; every shared page is a peer's and is accessed only through `SharedMem`.
 //! Unsafe: only in `boot`, `hypercall`, `mm`, `shared` and `heap`, all compiled for images only
 //! (`--cfg xen_image`, set by `cargo xtask build`) except `heap`; every other module forbids it.
-//! On the host only the ABI layouts and parsers build, so `cargo test -p platform-xen` checks
-//! them against the header vectors. Limits: [`bootinfo::MAX_MEMMAP`], [`bootinfo::MAX_CMDLINE`].
+//! On the host the layouts and the logic (boot-info parsers, ELF notes, grant table, map window,
+//! pending scan, PV clock, heap) build and are tested against the header vectors.
+//! Limits: [`bootinfo::MAX_MEMMAP`], [`bootinfo::MAX_CMDLINE`], 2048 grant refs, 128 polled
+//! ports, PV memory mapped up to 1 GiB, PVH RAM below 4 GiB and grant mappings at 4-5 GiB.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -16,6 +19,7 @@ pub mod bootinfo;
 pub mod console_ring;
 pub mod grant_table;
 pub mod heap;
+pub mod map_window;
 pub mod note;
 pub mod pending;
 pub mod time;

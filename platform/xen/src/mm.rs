@@ -267,3 +267,23 @@ fn mmu_update(req: &crate::abi::MmuUpdate) -> Result<(), hypercall::XenErrno> {
         Ok(())
     }
 }
+
+/// PV: flushes this vCPU's TLB (`MMUEXT_TLB_FLUSH_LOCAL`), after Xen rewrote PTEs for us.
+pub fn pv_flush_tlb() {
+    let op = crate::abi::MmuextOp {
+        cmd: crate::abi::MMUEXT_TLB_FLUSH_LOCAL,
+        arg1: 0,
+        arg2: 0,
+    };
+    // SAFETY: one op read from `op`; a TLB flush changes no mapping.
+    unsafe {
+        hypercall::raw(
+            crate::abi::hc::MMUEXT_OP,
+            &op as *const _ as u64,
+            1,
+            0,
+            u64::from(crate::abi::DOMID_SELF),
+            0,
+        )
+    };
+}

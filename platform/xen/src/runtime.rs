@@ -16,7 +16,7 @@ use crate::shared::{RawPages, SpinCell, XenPages};
 use crate::{boot, hypercall, mm};
 
 pub use crate::events::{XenClock, XenEvents, XenPort};
-pub use crate::grants::{GrantedPages, XenGrants};
+pub use crate::grants::{GrantMem, XenGrants};
 pub use crate::store_ring::StoreRing;
 
 /// How the domain was started.
@@ -348,7 +348,15 @@ fn on_xen(facts: BootFacts, pages: Result<XenPages, hypercall::XenErrno>) -> ! {
     });
     let mfn_list = facts.start_info.as_ref().map(|si| si.mfn_list);
     let grants = match crate::shared::grant_frames(pv) {
-        Ok(frames) => Some(XenGrants::new(frames, mfn_list)),
+        Ok(frames) => {
+            let w = boot::MAP_WINDOW;
+            let window_free = !facts.memmap.entries().iter().any(|e| {
+                e.ty == crate::bootinfo::MEMMAP_RAM
+                    && e.addr < w.end
+                    && e.addr.saturating_add(e.size) > w.start
+            });
+            Some(XenGrants::new(frames, mfn_list, window_free))
+        }
         Err(e) => {
             let _ = writeln!(XenConsole, "platform-xen: no grant table: {e}");
             None

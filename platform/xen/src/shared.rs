@@ -7,8 +7,12 @@ use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, 
 
 use platform_api::{check_range, OutOfBounds, SharedMem};
 
+use alloc::rc::Rc;
+use core::cell::RefCell;
+
 use crate::boot;
 use crate::hypercall::{self, XenErrno};
+use crate::map_window::MapWindow;
 use crate::mm;
 
 /// Pages at a fixed address that another party may write at any time.
@@ -333,4 +337,215 @@ pub fn grant_frames(pv: bool) -> Result<RawPages, XenErrno> {
     }
     // SAFETY: the array is contiguous, page-aligned, ours, and now Xen's grant frames.
     Ok(unsafe { RawPages::new(base, GRANT_FRAMES * 4096) })
+}
+
+/// Why mapping a peer's grants failed: Xen's `GNTST_*` status (or a hypercall error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapError(pub i64);
+
+/// Maps `refs` of `peer` at consecutive pages from `base`; returns the handles. All or nothing:
+/// if any ref fails, the ones that mapped are unmapped again.
+///
+/// # Safety
+/// `[base, base + refs.len() * 4096)` is reserved for this mapping: PVH, window slots no RAM or
+/// other mapping uses; PV, heap pages whose contents Rust no longer uses.
+unsafe fn map_grants(
+    peer: u16,
+    refs: &[u32],
+    base: u64,
+    readonly: bool,
+) -> Result<alloc::vec::Vec<u32>, MapError> {
+    use crate::abi::{GnttabMapGrantRef, GNTMAP_HOST_MAP, GNTMAP_READONLY};
+    let flags = GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 };
+    let mut ops: alloc::vec::Vec<GnttabMapGrantRef> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, &gref)| GnttabMapGrantRef {
+            host_addr: base + i as u64 * 4096,
+            flags,
+            gref,
+            dom: peer,
+            ..Default::default()
+        })
+        .collect();
+    // SAFETY: `ops` is a live array of `len` C-layout map ops that Xen reads and writes (status,
+    // handle); the target pages are reserved by the caller (contract above).
+    let r = unsafe {
+        hypercall::raw(
+            crate::abi::hc::GRANT_TABLE_OP,
+            u64::from(crate::abi::GNTTABOP_MAP_GRANT_REF),
+            ops.as_mut_ptr() as u64,
+            ops.len() as u64,
+            0,
+            0,
+        )
+    };
+    let failed = if r < 0 {
+        Some(r)
+    } else {
+        ops.iter()
+            .find(|o| o.status != 0)
+            .map(|o| i64::from(o.status))
+    };
+    if let Some(e) = failed {
+        for (i, o) in ops
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| r >= 0 && o.status == 0)
+        {
+            // SAFETY: undoes a mapping this call made at a page the caller reserved.
+            let _ = unsafe { unmap_grants(base + i as u64 * 4096, &[o.handle]) };
+        }
+        return Err(MapError(e));
+    }
+    Ok(ops.iter().map(|o| o.handle).collect())
+}
+
+/// Unmaps grants mapped by [`map_grants`] at consecutive pages from `base`.
+///
+/// # Safety
+/// The pages are not accessed while or after they are unmapped (until remapped by the caller).
+unsafe fn unmap_grants(base: u64, handles: &[u32]) -> Result<(), MapError> {
+    use crate::abi::GnttabUnmapGrantRef;
+    let mut ops: alloc::vec::Vec<GnttabUnmapGrantRef> = handles
+        .iter()
+        .enumerate()
+        .map(|(i, &handle)| GnttabUnmapGrantRef {
+            host_addr: base + i as u64 * 4096,
+            dev_bus_addr: 0,
+            handle,
+            status: 0,
+        })
+        .collect();
+    // SAFETY: `ops` is a live C-layout array Xen reads and writes; the caller no longer uses
+    // the pages (contract above).
+    let r = unsafe {
+        hypercall::raw(
+            crate::abi::hc::GRANT_TABLE_OP,
+            u64::from(crate::abi::GNTTABOP_UNMAP_GRANT_REF),
+            ops.as_mut_ptr() as u64,
+            ops.len() as u64,
+            0,
+            0,
+        )
+    };
+    match ops.iter().find(|o| o.status != 0) {
+        _ if r < 0 => Err(MapError(r)),
+        Some(o) => Err(MapError(i64::from(o.status))),
+        None => Ok(()),
+    }
+}
+
+/// Where a mapping lives, and how its pages are given back.
+#[derive(Debug)]
+enum Backing {
+    /// PVH: slots of the window.
+    Window {
+        slot: u64,
+        window: Rc<RefCell<MapWindow>>,
+    },
+    /// PV: heap pages whose PTEs the grants replaced; restored after unmapping.
+    Heap {
+        pages: Option<mm::HeapPages>,
+        mfn_list: u64,
+    },
+}
+
+/// A peer's pages mapped into ours, unmapped on drop. If Xen refuses the unmap, the address
+/// range is leaked (never reused), not handed out again.
+#[derive(Debug)]
+pub struct GrantMapping {
+    mem: RawPages,
+    handles: alloc::vec::Vec<u32>,
+    backing: Backing,
+}
+
+impl GrantMapping {
+    /// PVH: maps `refs` of `peer` into free window slots.
+    pub fn map_pvh(
+        window: &Rc<RefCell<MapWindow>>,
+        peer: u16,
+        refs: &[u32],
+        readonly: bool,
+    ) -> Result<Self, MapError> {
+        let n = refs.len() as u64;
+        let slot = window.borrow_mut().alloc(n).ok_or(MapError(-13))?;
+        let base = boot::MAP_WINDOW.start + slot * 4096;
+        // SAFETY: the slots were free in the window (no RAM, no other mapping) and are now ours.
+        match unsafe { map_grants(peer, refs, base, readonly) } {
+            Ok(handles) => Ok(Self {
+                // SAFETY: the window is identity-mapped by the boot page tables and now backed by
+                // the peer's frames until `drop` unmaps them.
+                mem: unsafe { RawPages::new(base as usize, refs.len() * 4096) },
+                handles,
+                backing: Backing::Window {
+                    slot,
+                    window: window.clone(),
+                },
+            }),
+            Err(e) => {
+                window.borrow_mut().free(slot, n);
+                Err(e)
+            }
+        }
+    }
+
+    /// PV: maps `refs` of `peer` over fresh heap pages (Xen replaces their PTEs).
+    pub fn map_pv(
+        mfn_list: u64,
+        peer: u16,
+        refs: &[u32],
+        readonly: bool,
+    ) -> Result<Self, MapError> {
+        let pages = mm::HeapPages::alloc(refs.len()).ok_or(MapError(-13))?;
+        let base = pages.addr() as u64;
+        // SAFETY: the heap pages are ours and unused; Rust reaches them only through the
+        // RawPages built below.
+        let handles = unsafe { map_grants(peer, refs, base, readonly)? };
+        // Xen changed the PTEs behind our back: drop the stale translations of these pages.
+        mm::pv_flush_tlb();
+        Ok(Self {
+            // SAFETY: mapped to the peer's frames at these addresses until `drop`.
+            mem: unsafe { RawPages::new(base as usize, refs.len() * 4096) },
+            handles,
+            backing: Backing::Heap {
+                pages: Some(pages),
+                mfn_list,
+            },
+        })
+    }
+
+    /// The mapped memory.
+    pub fn mem(&self) -> &RawPages {
+        &self.mem
+    }
+}
+
+impl Drop for GrantMapping {
+    fn drop(&mut self) {
+        let base = self.mem.base() as u64;
+        // SAFETY: the mapping is ours and nothing uses it after this drop.
+        let unmapped = unsafe { unmap_grants(base, &self.handles) }.is_ok();
+        match &mut self.backing {
+            Backing::Window { slot, window } => {
+                if unmapped {
+                    window.borrow_mut().free(*slot, self.handles.len() as u64);
+                }
+            }
+            Backing::Heap { pages, mfn_list } => {
+                let mut restored = unmapped;
+                for i in 0..self.handles.len() as u64 {
+                    let va = base + i * 4096;
+                    let mfn = mm::pv_pfn_to_mfn(*mfn_list, va >> 12);
+                    // SAFETY: the grant mapping at `va` is gone; this maps our own frame back.
+                    restored &=
+                        unmapped && unsafe { mm::pv_map_machine_page(va, mfn << 12) }.is_ok();
+                }
+                if !restored {
+                    // Never give the heap pages whose mapping we could not restore.
+                    core::mem::forget(pages.take());
+                }
+            }
+        }
+    }
 }

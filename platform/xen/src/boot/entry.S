@@ -220,7 +220,8 @@ bcmp:
     jnz 6b
 7:  ret
 
-/* ---- Boot page tables: identity map of 0-4 GiB in 2 MiB pages (PVH only). */
+/* ---- Boot page tables: identity map of 0-5 GiB in 2 MiB pages (PVH only). 4-5 GiB holds no
+   RAM in our small domains: it is the window where a peer's grants get mapped. */
 .section .data.pagetables, "aw"
 .p2align 12
 .globl boot_pml4
@@ -233,11 +234,18 @@ boot_pdpt:
     .quad boot_pd + 0x1003
     .quad boot_pd + 0x2003
     .quad boot_pd + 0x3003
-    .fill 508, 8, 0
+    .quad boot_pd_hi + 0x3
+    .fill 507, 8, 0
 .globl boot_pd
 boot_pd:
     .set pd_index, 0
     .rept 2048
+    .quad (pd_index << 21) | 0x83
+    .set pd_index, pd_index + 1
+    .endr
+boot_pd_hi:
+    .set pd_index, 2048
+    .rept 512
     .quad (pd_index << 21) | 0x83
     .set pd_index, pd_index + 1
     .endr

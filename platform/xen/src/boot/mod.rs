@@ -10,8 +10,10 @@ use crate::runtime::{self, BootFacts, Mode};
 
 global_asm!(include_str!("entry.S"), options(att_syntax));
 
-/// Where the boot identity map ends (PVH): 4 GiB of 2 MiB pages.
+/// Where the boot identity map's RAM part ends (PVH): 4 GiB of 2 MiB pages.
 pub const IDENTITY_MAP_END: u64 = 1 << 32;
+/// The grant-mapping window (PVH), identity-mapped after the RAM part: 4 to 5 GiB.
+pub const MAP_WINDOW: core::ops::Range<u64> = (1 << 32)..(5 << 30);
 
 unsafe extern "C" {
     static __image_end: u8;
