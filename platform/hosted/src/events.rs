@@ -285,6 +285,48 @@ impl AsRawFd for HostedEvents {
     }
 }
 
+impl HostedEvents {
+    /// The rest of `bind_interdomain`, run while we hold the peer entry's bind lock.
+    fn bind_claimed(
+        &mut self,
+        remote: DomId,
+        remote_port: EvtchnPort,
+        theirs: &Path,
+    ) -> Result<HostedPort, PlatformError> {
+        let me = self.inner.me;
+        let peer = match Entry::read(theirs) {
+            Some(e) if e.remote == me && e.remote_port.is_none() => e,
+            _ => return Err(PlatformError::BadPort(remote_port)),
+        };
+        let mine = Entry {
+            remote,
+            remote_port: Some(remote_port),
+            own_sock: self.inner.sock_path.clone(),
+            peer_sock: Some(peer.own_sock.clone()),
+        };
+        let port = self.inner.alloc_port(&mine)?;
+        let bound = Entry {
+            remote: me,
+            remote_port: Some(port),
+            own_sock: peer.own_sock.clone(),
+            peer_sock: Some(self.inner.sock_path.clone()),
+        };
+        let tmp = theirs.with_file_name(unique(".tmp-"));
+        // Atomic replace: the name never disappears from the peer's directory.
+        if let Err(e) = write_file(&tmp, &bound.encode()).and_then(|()| fs::rename(&tmp, theirs)) {
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(self.inner.dir().join(port.get().to_string()));
+            self.inner.ports().remove(&port.get());
+            return Err(os("update peer port entry", &e));
+        }
+        Ok(HostedPort {
+            inner: self.inner.clone(),
+            port,
+            peer: Mutex::new(Some((peer.own_sock, remote_port))),
+        })
+    }
+}
+
 impl Events for HostedEvents {
     type Port = HostedPort;
 
@@ -310,43 +352,14 @@ impl Events for HostedEvents {
     ) -> Result<HostedPort, PlatformError> {
         let me = self.inner.me;
         let theirs = port_dir(&self.inner.run_dir, remote).join(remote_port.get().to_string());
-        // Claim the unbound entry by renaming it: only one binder can win the rename.
-        let claim = theirs.with_file_name(unique(&format!(".claim-{}-", remote_port.get())));
-        fs::rename(&theirs, &claim).map_err(|_| PlatformError::BadPort(remote_port))?;
-        let restore = |e: PlatformError| {
-            let _ = fs::rename(&claim, &theirs);
-            e
-        };
-        let peer = match Entry::read(&claim) {
-            Some(e) if e.remote == me && e.remote_port.is_none() => e,
-            _ => return Err(restore(PlatformError::BadPort(remote_port))),
-        };
-        let mine = Entry {
-            remote,
-            remote_port: Some(remote_port),
-            own_sock: self.inner.sock_path.clone(),
-            peer_sock: Some(peer.own_sock.clone()),
-        };
-        let port = self.inner.alloc_port(&mine).map_err(restore)?;
-        let bound = Entry {
-            remote: me,
-            remote_port: Some(port),
-            own_sock: peer.own_sock.clone(),
-            peer_sock: Some(self.inner.sock_path.clone()),
-        };
-        let tmp = theirs.with_file_name(unique(".tmp-"));
-        let linked = write_file(&tmp, &bound.encode()).and_then(|()| fs::rename(&tmp, &theirs));
-        let _ = fs::remove_file(&claim);
-        if let Err(e) = linked {
-            let _ = fs::remove_file(&tmp);
-            return Err(os("update peer port entry", &e));
-        }
-        let peer_target = Some((peer.own_sock, remote_port));
-        Ok(HostedPort {
-            inner: self.inner.clone(),
-            port,
-            peer: Mutex::new(peer_target),
-        })
+        // Claim the unbound entry with an exclusive lock file beside it: only one binder can
+        // create it. The entry itself keeps its name throughout, so the peer's own port
+        // allocation can never take that number while we bind (it would if we renamed it).
+        let lock = theirs.with_file_name(format!(".bind-{}", remote_port.get()));
+        write_file(&lock, "").map_err(|_| PlatformError::BadPort(remote_port))?;
+        let result = self.bind_claimed(remote, remote_port, &theirs);
+        let _ = fs::remove_file(&lock);
+        result
     }
 
     /// Blocks on the socket, then drains every queued datagram. A datagram for a port we
@@ -471,6 +484,44 @@ mod tests {
     }
 
     const SHORT: Option<Duration> = Some(Duration::from_millis(50));
+
+    /// Regression: binding used to rename the peer's entry away while it worked, so the peer
+    /// could allocate the same port number meanwhile ("port 8 is not bound" in the sim).
+    #[test]
+    fn bind_never_frees_the_port_number_for_a_concurrent_allocation() {
+        let t = TestDir::new();
+        for _ in 0..200 {
+            let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+            let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+            let pa = a.alloc_unbound(dom(2)).unwrap();
+            let want = pa.port();
+            let binder =
+                std::thread::spawn(move || b.bind_interdomain(dom(1), want).map(|p| (b, p)));
+            let others: Vec<_> = (0..4).map(|_| a.alloc_unbound(dom(3)).unwrap()).collect();
+            assert!(
+                others.iter().all(|o| o.port() != want),
+                "port {want} handed out twice"
+            );
+            let (_b, pb) = binder.join().unwrap().expect("bind succeeds");
+            assert_eq!(pb.remote(), Some(dom(1)));
+            pb.notify().unwrap();
+            assert!(a.wait(Some(Duration::from_secs(5))).unwrap().contains(want));
+        }
+    }
+
+    #[test]
+    fn a_second_binder_of_the_same_port_is_refused() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let mut b2 = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let _pb = b.bind_interdomain(dom(1), pa.port()).unwrap();
+        assert_eq!(
+            b2.bind_interdomain(dom(1), pa.port()).err(),
+            Some(PlatformError::BadPort(pa.port()))
+        );
+    }
 
     #[test]
     fn bind_notify_wait_both_ways() {
