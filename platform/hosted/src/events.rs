@@ -350,7 +350,6 @@ impl Events for HostedEvents {
         remote: DomId,
         remote_port: EvtchnPort,
     ) -> Result<HostedPort, PlatformError> {
-        let me = self.inner.me;
         let theirs = port_dir(&self.inner.run_dir, remote).join(remote_port.get().to_string());
         // Claim the unbound entry with an exclusive lock file beside it: only one binder can
         // create it. The entry itself keeps its name throughout, so the peer's own port
