@@ -111,7 +111,7 @@ impl fmt::Debug for KeyBlob {
 #[derive(Clone)]
 pub struct PrivateKey {
     bytes: Zeroizing<Vec<u8>>,
-    keypair: KeypairData,
+    keypair: alloc::boxed::Box<KeypairData>,
     public: KeyBlob,
 }
 
@@ -137,8 +137,14 @@ impl PrivateKey {
                     put_string(&mut synth, p.as_sec1_bytes());
                 }
                 KeyData::Rsa(p) => {
-                    put_mpint(&mut synth, p.n.as_positive_bytes().ok_or(WireError::BadKey)?);
-                    put_mpint(&mut synth, p.e.as_positive_bytes().ok_or(WireError::BadKey)?);
+                    put_mpint(
+                        &mut synth,
+                        p.n.as_positive_bytes().ok_or(WireError::BadKey)?,
+                    );
+                    put_mpint(
+                        &mut synth,
+                        p.e.as_positive_bytes().ok_or(WireError::BadKey)?,
+                    );
                 }
                 _ => return Err(WireError::UnsupportedKeyType),
             }
@@ -175,7 +181,7 @@ impl PrivateKey {
         let bytes = r.take(used).ok_or(WireError::BadKey)?;
         Ok(Self {
             bytes: Zeroizing::new(bytes.to_vec()),
-            keypair,
+            keypair: alloc::boxed::Box::new(keypair),
             public,
         })
     }
@@ -213,7 +219,12 @@ impl PrivateKey {
     pub fn check_consistent(&self) -> Result<(), SignError> {
         let kd = self.public.key_data().map_err(|_| SignError::Crypto)?;
         let flags = SignFlags(SignFlags::RSA_SHA2_256);
-        let blob = sign(&self.keypair, b"ssh-agent-wire consistency probe", flags, true)?;
+        let blob = sign(
+            &self.keypair,
+            b"ssh-agent-wire consistency probe",
+            flags,
+            true,
+        )?;
         let sig = Signature::try_from(blob.as_slice()).map_err(|_| SignError::Crypto)?;
         signature::Verifier::verify(&kd, b"ssh-agent-wire consistency probe", &sig)
             .map_err(|_| SignError::Crypto)

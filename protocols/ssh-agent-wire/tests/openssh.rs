@@ -17,7 +17,12 @@ fn have(tool: &str) -> bool {
 }
 
 fn now() -> Instant {
-    Instant(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64)
+    Instant(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    )
 }
 
 struct Served {
@@ -154,17 +159,32 @@ fn openssh_ssh_add_and_sign_interop() {
     for k in [&ed, &p256, &p384, &rsa] {
         ok(&run(&s.sock, Command::new("ssh-add").arg(k)), "ssh-add");
     }
-    let listed = ok(&run(&s.sock, Command::new("ssh-add").arg("-l")), "ssh-add -l");
-    for (name, ty) in [("ed", "ED25519"), ("p256", "ECDSA"), ("p384", "ECDSA"), ("rsa", "RSA")] {
+    let listed = ok(
+        &run(&s.sock, Command::new("ssh-add").arg("-l")),
+        "ssh-add -l",
+    );
+    for (name, ty) in [
+        ("ed", "ED25519"),
+        ("p256", "ECDSA"),
+        ("p384", "ECDSA"),
+        ("rsa", "RSA"),
+    ] {
         assert!(
             listed.lines().any(|l| l.contains(name) && l.contains(ty)),
             "{name} missing from:\n{listed}"
         );
     }
-    let full = ok(&run(&s.sock, Command::new("ssh-add").arg("-L")), "ssh-add -L");
+    let full = ok(
+        &run(&s.sock, Command::new("ssh-add").arg("-L")),
+        "ssh-add -L",
+    );
     for k in [&ed, &p256, &p384, &rsa] {
         let pubtext = std::fs::read_to_string(k.with_extension("pub")).unwrap();
-        let key_part: String = pubtext.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let key_part: String = pubtext
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(full.contains(&key_part), "{key_part} missing");
     }
     for k in [&ed, &p256, &p384, &rsa] {
@@ -172,13 +192,25 @@ fn openssh_ssh_add_and_sign_interop() {
     }
 
     // Remove one, then all.
-    ok(&run(&s.sock, Command::new("ssh-add").arg("-d").arg(&p256)), "ssh-add -d");
+    ok(
+        &run(&s.sock, Command::new("ssh-add").arg("-d").arg(&p256)),
+        "ssh-add -d",
+    );
     assert_eq!(s.agent.lock().unwrap().keyring().len(), 3);
-    ok(&run(&s.sock, Command::new("ssh-add").arg("-D")), "ssh-add -D");
+    ok(
+        &run(&s.sock, Command::new("ssh-add").arg("-D")),
+        "ssh-add -D",
+    );
     assert_eq!(s.agent.lock().unwrap().keyring().len(), 0);
 
     // Lifetime and confirm constraints, as ssh-add encodes them.
-    ok(&run(&s.sock, Command::new("ssh-add").args(["-c", "-t", "600"]).arg(&ed)), "ssh-add -c -t");
+    ok(
+        &run(
+            &s.sock,
+            Command::new("ssh-add").args(["-c", "-t", "600"]).arg(&ed),
+        ),
+        "ssh-add -c -t",
+    );
     {
         let agent = s.agent.lock().unwrap();
         let id = agent.keyring().get(0).unwrap();
@@ -187,7 +219,10 @@ fn openssh_ssh_add_and_sign_interop() {
     }
     sign_and_verify(&s, &ed, "me@example.org");
     assert_eq!(*s.confirms.lock().unwrap(), 1);
-    ok(&run(&s.sock, Command::new("ssh-add").arg("-D")), "ssh-add -D");
+    ok(
+        &run(&s.sock, Command::new("ssh-add").arg("-D")),
+        "ssh-add -D",
+    );
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
@@ -211,15 +246,24 @@ fn openssh_certificate_and_destination_constraint_interop() {
     // ssh-add adds the key and, found beside it, its certificate.
     let added = run(&s.sock, Command::new("ssh-add").arg(&user));
     ok(&added, "ssh-add with certificate");
-    let full = ok(&run(&s.sock, Command::new("ssh-add").arg("-L")), "ssh-add -L");
+    let full = ok(
+        &run(&s.sock, Command::new("ssh-add").arg("-L")),
+        "ssh-add -L",
+    );
     assert!(full.contains("ssh-ed25519-cert-v01@openssh.com"), "{full}");
-    assert!(full.lines().any(|l| l.starts_with("ssh-ed25519 ")), "{full}");
+    assert!(
+        full.lines().any(|l| l.starts_with("ssh-ed25519 ")),
+        "{full}"
+    );
     assert_eq!(s.agent.lock().unwrap().keyring().len(), 2);
 
     // RSA is refused by the default configuration.
     let rsa = keygen(&s.dir, "rsa", &["-t", "rsa", "-b", "2048"]);
     let out = run(&s.sock, Command::new("ssh-add").arg(&rsa));
-    assert!(!out.status.success(), "RSA add must fail when not configured");
+    assert!(
+        !out.status.success(),
+        "RSA add must fail when not configured"
+    );
 
     // Destination constraint: OpenSSH's encoding of `-h host`.
     let host = keygen(&s.dir, "hostkey", &["-t", "ed25519"]);

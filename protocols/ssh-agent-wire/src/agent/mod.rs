@@ -18,7 +18,9 @@ use zeroize::Zeroizing;
 use crate::key::{KeyBlob, PrivateKey};
 use crate::wire::{DestConstraint, Passphrase};
 
-pub use session::{ConfirmId, ConfirmRequest, Event, Session, MAX_SESSION_BINDS, MAX_SESSION_ID_LEN};
+pub use session::{
+    ConfirmId, ConfirmRequest, Event, Session, MAX_SESSION_BINDS, MAX_SESSION_ID_LEN,
+};
 
 /// Policy and bounds, fixed at construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -193,24 +193,24 @@ impl Session {
         }
         let resp = match req {
             Request::RequestIdentities => self.list(agent),
-            Request::SignRequest { key, data, flags } => match self.begin_sign(agent, key, data, flags) {
-                Some(r) => r,
-                None => return,
-            },
+            Request::SignRequest { key, data, flags } => {
+                match self.begin_sign(agent, key, data, flags) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
             Request::AddIdentity {
                 key,
                 comment,
                 constraints,
             } if self.admin => add(now, agent, key, comment, constraints),
-            Request::RemoveIdentity { key } if self.admin => {
-                match agent.keyring.position(&key) {
-                    Some(i) => {
-                        let _ = agent.keyring.remove(i);
-                        Response::Success
-                    }
-                    None => Response::Failure,
+            Request::RemoveIdentity { key } if self.admin => match agent.keyring.position(&key) {
+                Some(i) => {
+                    let _ = agent.keyring.remove(i);
+                    Response::Success
                 }
-            }
+                None => Response::Failure,
+            },
             Request::RemoveAllIdentities if self.admin => {
                 agent.keyring.clear();
                 Response::Success
@@ -258,7 +258,11 @@ impl Session {
         data: Vec<u8>,
         flags: SignFlags,
     ) -> Option<Response> {
-        let Some(id) = agent.keyring.position(&key).and_then(|i| agent.keyring.get(i)) else {
+        let Some(id) = agent
+            .keyring
+            .position(&key)
+            .and_then(|i| agent.keyring.get(i))
+        else {
             return Some(Response::Failure);
         };
         if !Self::served(agent, id) || !self.sign_permitted(id, &data) {
@@ -291,7 +295,11 @@ impl Session {
         data: &[u8],
         flags: SignFlags,
     ) -> Response {
-        let Some(id) = agent.keyring.position(key).and_then(|i| agent.keyring.get(i)) else {
+        let Some(id) = agent
+            .keyring
+            .position(key)
+            .and_then(|i| agent.keyring.get(i))
+        else {
             return Response::Failure;
         };
         if !Self::served(agent, id) || !self.sign_permitted(id, data) {

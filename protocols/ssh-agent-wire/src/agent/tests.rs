@@ -73,7 +73,10 @@ fn verify_ed25519(seed: &[u8; 32], data: &[u8], resp: &Response) {
     vk.verify(data, &ed25519_dalek::Signature::from_bytes(&raw))
         .expect("signature verifies with ed25519-dalek");
     // And through ssh-key's own verifier.
-    let kd = crate::KeyBlob::new(ed25519_blob(seed)).unwrap().key_data().unwrap();
+    let kd = crate::KeyBlob::new(ed25519_blob(seed))
+        .unwrap()
+        .key_data()
+        .unwrap();
     let sig = ssh_key::Signature::try_from(sig.as_slice()).unwrap();
     signature::Verifier::verify(&kd, data, &sig).unwrap();
 }
@@ -91,16 +94,28 @@ fn list_add_sign_verify_remove() {
     let mut admin = Session::new(true);
     let mut client = Session::new(false);
     assert!(list(&mut h, &mut client).is_empty());
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"k1", &[])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"k1", &[])),
+        [Response::Success]
+    );
     let l = list(&mut h, &mut client);
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].key.as_bytes(), ed25519_blob(&SEED));
     assert_eq!(l[0].comment, "k1");
     let r = h.call(&mut client, &sign_body(&SEED, b"challenge"));
     verify_ed25519(&SEED, b"challenge", &r[0]);
-    assert_eq!(h.call(&mut admin, &cat(&[&[18], &s(&ed25519_blob(&SEED))])), [Response::Success]);
-    assert_eq!(h.call(&mut client, &sign_body(&SEED, b"x")), [Response::Failure]);
-    assert_eq!(h.call(&mut admin, &cat(&[&[18], &s(&ed25519_blob(&SEED))])), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[18], &s(&ed25519_blob(&SEED))])),
+        [Response::Success]
+    );
+    assert_eq!(
+        h.call(&mut client, &sign_body(&SEED, b"x")),
+        [Response::Failure]
+    );
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[18], &s(&ed25519_blob(&SEED))])),
+        [Response::Failure]
+    );
 }
 
 #[test]
@@ -109,20 +124,41 @@ fn ecdsa_p256_and_p384_keys_sign_and_verify() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
     let d256 = [0x11u8; 32];
-    let q256 = p256::SecretKey::from_slice(&d256).unwrap().public_key().to_encoded_point(false);
+    let q256 = p256::SecretKey::from_slice(&d256)
+        .unwrap()
+        .public_key()
+        .to_encoded_point(false);
     let d384 = [0x22u8; 48];
-    let q384 = p384::SecretKey::from_slice(&d384).unwrap().public_key().to_encoded_point(false);
+    let q384 = p384::SecretKey::from_slice(&d384)
+        .unwrap()
+        .public_key()
+        .to_encoded_point(false);
     for (alg, curve, q, d) in [
-        (&b"ecdsa-sha2-nistp256"[..], &b"nistp256"[..], q256.as_bytes(), &d256[..]),
-        (b"ecdsa-sha2-nistp384", b"nistp384", q384.as_bytes(), &d384[..]),
+        (
+            &b"ecdsa-sha2-nistp256"[..],
+            &b"nistp256"[..],
+            q256.as_bytes(),
+            &d256[..],
+        ),
+        (
+            b"ecdsa-sha2-nistp384",
+            b"nistp384",
+            q384.as_bytes(),
+            &d384[..],
+        ),
     ] {
         let mut mp = Vec::new();
         crate::wire::codec::put_mpint(&mut mp, d);
         let body = cat(&[&[17], &s(alg), &s(curve), &s(q), &mp, &s(b"ec")]);
         assert_eq!(h.call(&mut admin, &body), [Response::Success], "{alg:?}");
         let blob = cat(&[&s(alg), &s(curve), &s(q)]);
-        let r = h.call(&mut admin, &cat(&[&[13], &s(&blob), &s(b"msg"), &[0, 0, 0, 0]]));
-        let Response::SignResponse(sig) = &r[0] else { panic!("{r:?}") };
+        let r = h.call(
+            &mut admin,
+            &cat(&[&[13], &s(&blob), &s(b"msg"), &[0, 0, 0, 0]]),
+        );
+        let Response::SignResponse(sig) = &r[0] else {
+            panic!("{r:?}")
+        };
         let kd = crate::KeyBlob::new(blob).unwrap().key_data().unwrap();
         let sig = ssh_key::Signature::try_from(sig.as_slice()).unwrap();
         signature::Verifier::verify(&kd, b"msg", &sig).unwrap();
@@ -134,10 +170,20 @@ fn ecdsa_private_scalar_not_matching_public_point_is_refused() {
     use p256::elliptic_curve::sec1::ToEncodedPoint;
     let mut h = Harness::new();
     let mut admin = Session::new(true);
-    let q = p256::SecretKey::from_slice(&[0x11; 32]).unwrap().public_key().to_encoded_point(false);
+    let q = p256::SecretKey::from_slice(&[0x11; 32])
+        .unwrap()
+        .public_key()
+        .to_encoded_point(false);
     let mut mp = Vec::new();
     crate::wire::codec::put_mpint(&mut mp, &[0x12; 32]);
-    let body = cat(&[&[17], &s(b"ecdsa-sha2-nistp256"), &s(b"nistp256"), &s(q.as_bytes()), &mp, &s(b"x")]);
+    let body = cat(&[
+        &[17],
+        &s(b"ecdsa-sha2-nistp256"),
+        &s(b"nistp256"),
+        &s(q.as_bytes()),
+        &mp,
+        &s(b"x"),
+    ]);
     assert_eq!(h.call(&mut admin, &body), [Response::Failure]);
     assert!(h.agent.keyring().is_empty());
 }
@@ -146,13 +192,25 @@ fn ecdsa_private_scalar_not_matching_public_point_is_refused() {
 fn non_admin_session_may_not_add_remove_or_lock() {
     let mut h = Harness::new();
     let mut client = Session::new(false);
-    assert_eq!(h.call(&mut client, &add_body(&SEED, b"k", &[])), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut client, &add_body(&SEED, b"k", &[])),
+        [Response::Failure]
+    );
     assert!(h.agent.keyring().is_empty());
     let mut admin = Session::new(true);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"k", &[])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"k", &[])),
+        [Response::Success]
+    );
     assert_eq!(h.call(&mut client, &[19]), [Response::Failure]);
-    assert_eq!(h.call(&mut client, &cat(&[&[18], &s(&ed25519_blob(&SEED))])), [Response::Failure]);
-    assert_eq!(h.call(&mut client, &cat(&[&[22], &s(b"pw")])), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut client, &cat(&[&[18], &s(&ed25519_blob(&SEED))])),
+        [Response::Failure]
+    );
+    assert_eq!(
+        h.call(&mut client, &cat(&[&[22], &s(b"pw")])),
+        [Response::Failure]
+    );
     assert!(!h.agent.is_locked());
     assert_eq!(h.agent.keyring().len(), 1);
     assert_eq!(h.call(&mut admin, &[19]), [Response::Success]);
@@ -164,21 +222,55 @@ fn lock_hides_keys_and_refuses_all_but_unlock() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
     let mut client = Session::new(false);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"k", &[])), [Response::Success]);
-    assert_eq!(h.call(&mut admin, &cat(&[&[22], &s(b"")])), [Response::Failure], "empty passphrase");
-    assert_eq!(h.call(&mut admin, &cat(&[&[22], &s(b"pw")])), [Response::Success]);
-    assert_eq!(h.call(&mut admin, &cat(&[&[22], &s(b"pw")])), [Response::Failure], "lock twice");
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"k", &[])),
+        [Response::Success]
+    );
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[22], &s(b"")])),
+        [Response::Failure],
+        "empty passphrase"
+    );
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[22], &s(b"pw")])),
+        [Response::Success]
+    );
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[22], &s(b"pw")])),
+        [Response::Failure],
+        "lock twice"
+    );
     assert!(list(&mut h, &mut client).is_empty());
-    assert_eq!(h.call(&mut client, &sign_body(&SEED, b"x")), [Response::Failure]);
-    assert_eq!(h.call(&mut admin, &add_body(&[3; 32], b"k2", &[])), [Response::Failure]);
-    assert_eq!(h.call(&mut admin, &cat(&[&[23], &s(b"wrong")])), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut client, &sign_body(&SEED, b"x")),
+        [Response::Failure]
+    );
+    assert_eq!(
+        h.call(&mut admin, &add_body(&[3; 32], b"k2", &[])),
+        [Response::Failure]
+    );
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[23], &s(b"wrong")])),
+        [Response::Failure]
+    );
     assert_eq!(h.agent.failed_unlocks(), 1);
-    assert_eq!(h.call(&mut client, &cat(&[&[23], &s(b"pw")])), [Response::Failure], "client unlock");
-    assert_eq!(h.call(&mut admin, &cat(&[&[23], &s(b"pw")])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut client, &cat(&[&[23], &s(b"pw")])),
+        [Response::Failure],
+        "client unlock"
+    );
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[23], &s(b"pw")])),
+        [Response::Success]
+    );
     assert_eq!(list(&mut h, &mut client).len(), 1);
     let r = h.call(&mut client, &sign_body(&SEED, b"x"));
     verify_ed25519(&SEED, b"x", &r[0]);
-    assert_eq!(h.call(&mut admin, &cat(&[&[23], &s(b"pw")])), [Response::Failure], "not locked");
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[23], &s(b"pw")])),
+        [Response::Failure],
+        "not locked"
+    );
 }
 
 #[test]
@@ -186,12 +278,22 @@ fn lifetime_expires_with_the_fake_clock() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
     let mut client = Session::new(false);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"k", &[1, 0, 0, 0, 10])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"k", &[1, 0, 0, 0, 10])),
+        [Response::Success]
+    );
     assert_eq!(h.agent.poll_at(), Some(Instant(1010 * SEC)));
     h.now = Instant(1009 * SEC);
-    verify_ed25519(&SEED, b"a", &h.call(&mut client, &sign_body(&SEED, b"a"))[0]);
+    verify_ed25519(
+        &SEED,
+        b"a",
+        &h.call(&mut client, &sign_body(&SEED, b"a"))[0],
+    );
     h.now = Instant(1010 * SEC);
-    assert_eq!(h.call(&mut client, &sign_body(&SEED, b"a")), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut client, &sign_body(&SEED, b"a")),
+        [Response::Failure]
+    );
     assert!(list(&mut h, &mut client).is_empty());
     assert_eq!(h.agent.poll_at(), None);
 }
@@ -201,16 +303,26 @@ fn confirm_allow_signs_and_deny_fails() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
     let mut client = Session::new(false);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"work", &[2])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"work", &[2])),
+        [Response::Success]
+    );
     // The request and a following list arrive together; the list waits behind the confirmation.
     let stream = cat(&[&frame(&sign_body(&SEED, b"one")), &frame(&[11])]);
     let n = client.handle_input(h.now, &mut h.agent, &stream);
     assert_eq!(n, frame(&sign_body(&SEED, b"one")).len());
     assert!(client.is_waiting());
     assert!(drain(&mut client).is_empty());
-    let Some(Event::ConfirmRequest(req)) = client.poll_event() else { panic!() };
+    let Some(Event::ConfirmRequest(req)) = client.poll_event() else {
+        panic!()
+    };
     assert_eq!(req.comment, "work");
-    assert_eq!(req.fingerprint, crate::KeyBlob::new(ed25519_blob(&SEED)).unwrap().fingerprint());
+    assert_eq!(
+        req.fingerprint,
+        crate::KeyBlob::new(ed25519_blob(&SEED))
+            .unwrap()
+            .fingerprint()
+    );
     assert_eq!(req.host, None);
     client.confirm(h.now, &mut h.agent, ConfirmId(req.id.0 + 1), true); // stale id ignored
     assert!(client.is_waiting());
@@ -218,10 +330,14 @@ fn confirm_allow_signs_and_deny_fails() {
     verify_ed25519(&SEED, b"one", &drain(&mut client)[0]);
     let m = client.handle_input(h.now, &mut h.agent, &stream[n..]);
     assert_eq!(m, stream.len() - n);
-    assert!(matches!(drain(&mut client).as_slice(), [Response::IdentitiesAnswer(v)] if v.len() == 1));
+    assert!(
+        matches!(drain(&mut client).as_slice(), [Response::IdentitiesAnswer(v)] if v.len() == 1)
+    );
 
     assert!(h.call(&mut client, &sign_body(&SEED, b"two")).is_empty());
-    let Some(Event::ConfirmRequest(req)) = client.poll_event() else { panic!() };
+    let Some(Event::ConfirmRequest(req)) = client.poll_event() else {
+        panic!()
+    };
     client.confirm(h.now, &mut h.agent, req.id, false);
     assert_eq!(drain(&mut client), [Response::Failure]);
 }
@@ -231,9 +347,14 @@ fn confirm_after_key_removed_fails() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
     let mut client = Session::new(false);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"w", &[2])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"w", &[2])),
+        [Response::Success]
+    );
     assert!(h.call(&mut client, &sign_body(&SEED, b"x")).is_empty());
-    let Some(Event::ConfirmRequest(req)) = client.poll_event() else { panic!() };
+    let Some(Event::ConfirmRequest(req)) = client.poll_event() else {
+        panic!()
+    };
     assert_eq!(h.call(&mut admin, &[19]), [Response::Success]);
     client.confirm(h.now, &mut h.agent, req.id, true);
     assert_eq!(drain(&mut client), [Response::Failure]);
@@ -276,10 +397,17 @@ fn malformed_and_oversized_messages_get_failure_and_the_session_continues() {
 fn byte_at_a_time_input_gives_the_same_transcript() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
-    let stream = cat(&[&frame(&add_body(&SEED, b"k", &[])), &frame(&[11]), &frame(&[19])]);
+    let stream = cat(&[
+        &frame(&add_body(&SEED, b"k", &[])),
+        &frame(&[11]),
+        &frame(&[19]),
+    ]);
     let mut out = Vec::new();
     for b in &stream {
-        assert_eq!(admin.handle_input(h.now, &mut h.agent, core::slice::from_ref(b)), 1);
+        assert_eq!(
+            admin.handle_input(h.now, &mut h.agent, core::slice::from_ref(b)),
+            1
+        );
         out.extend(drain(&mut admin));
     }
     assert_eq!(out.len(), 3);
@@ -307,11 +435,20 @@ fn keyring_bound_is_enforced() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
     for i in 0..8u8 {
-        assert_eq!(h.call(&mut admin, &add_body(&[i + 1; 32], b"k", &[])), [Response::Success]);
+        assert_eq!(
+            h.call(&mut admin, &add_body(&[i + 1; 32], b"k", &[])),
+            [Response::Success]
+        );
     }
-    assert_eq!(h.call(&mut admin, &add_body(&[100; 32], b"k", &[])), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&[100; 32], b"k", &[])),
+        [Response::Failure]
+    );
     // Re-adding an existing key replaces it (new comment), it does not need room.
-    assert_eq!(h.call(&mut admin, &add_body(&[1; 32], b"new", &[])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&[1; 32], b"new", &[])),
+        [Response::Success]
+    );
     assert_eq!(h.agent.keyring().get(0).unwrap().comment, "new");
 }
 
@@ -329,7 +466,9 @@ const HOST: [u8; 32] = [9; 32];
 const HOST2: [u8; 32] = [10; 32];
 
 fn bind_body(host: &[u8; 32], sid: &[u8], fwd: bool) -> Vec<u8> {
-    let sig = ed25519_dalek::SigningKey::from_bytes(host).sign(sid).to_bytes();
+    let sig = ed25519_dalek::SigningKey::from_bytes(host)
+        .sign(sid)
+        .to_bytes();
     cat(&[
         &[27],
         &s(b"session-bind@openssh.com"),
@@ -355,9 +494,19 @@ fn userauth(sid: &[u8], user: &[u8], key_seed: &[u8; 32]) -> Vec<u8> {
 
 fn restrict_to(host: &[u8; 32], user: &[u8]) -> Vec<u8> {
     let from = cat(&[&s(b""), &s(b""), &s(b"")]);
-    let to = cat(&[&s(user), &s(b"host.example"), &s(b""), &s(&ed25519_blob(host)), &[0]]);
+    let to = cat(&[
+        &s(user),
+        &s(b"host.example"),
+        &s(b""),
+        &s(&ed25519_blob(host)),
+        &[0],
+    ]);
     let one = cat(&[&s(&from), &s(&to), &s(b"")]);
-    cat(&[&[255], &s(b"restrict-destination-v00@openssh.com"), &s(&s(&one))])
+    cat(&[
+        &[255],
+        &s(b"restrict-destination-v00@openssh.com"),
+        &s(&s(&one)),
+    ])
 }
 
 #[test]
@@ -368,66 +517,155 @@ fn session_bind_verifies_the_host_signature() {
     let n = bad.len();
     bad[n - 2] ^= 1; // flip a signature bit
     assert_eq!(h.call(&mut c, &bad), [Response::Failure]);
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[1; 32], false)), [Response::Success]);
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[1; 32], false)),
+        [Response::Success]
+    );
     // Bound for authentication: no further binding.
-    assert_eq!(h.call(&mut c, &bind_body(&HOST2, &[2; 32], false)), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST2, &[2; 32], false)),
+        [Response::Failure]
+    );
 }
 
 #[test]
 fn session_bind_rules_duplicate_id_and_bound() {
     let mut h = Harness::new();
     let mut c = Session::new(false);
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[1; 32], true)), [Response::Success]);
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[1; 32], true)), [Response::Success], "same id, same key");
-    assert_eq!(h.call(&mut c, &bind_body(&HOST2, &[1; 32], true)), [Response::Failure], "same id, other key");
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[1; 32], true)),
+        [Response::Success]
+    );
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[1; 32], true)),
+        [Response::Success],
+        "same id, same key"
+    );
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST2, &[1; 32], true)),
+        [Response::Failure],
+        "same id, other key"
+    );
     for i in 2..=MAX_SESSION_BINDS as u8 {
-        assert_eq!(h.call(&mut c, &bind_body(&HOST, &[i; 32], true)), [Response::Success]);
+        assert_eq!(
+            h.call(&mut c, &bind_body(&HOST, &[i; 32], true)),
+            [Response::Success]
+        );
     }
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[0xee; 32], true)), [Response::Failure], "bound reached");
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[0xaa; 129], true)), [Response::Failure], "sid too long");
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[0xee; 32], true)),
+        [Response::Failure],
+        "bound reached"
+    );
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[0xaa; 129], true)),
+        [Response::Failure],
+        "sid too long"
+    );
 }
 
 #[test]
 fn restricted_key_signs_only_for_its_destination() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"r", &restrict_to(&HOST, b"git"))), [Response::Success]);
+    assert_eq!(
+        h.call(
+            &mut admin,
+            &add_body(&SEED, b"r", &restrict_to(&HOST, b"git"))
+        ),
+        [Response::Success]
+    );
     // Unbound connection: listed (local use) but never signs.
     let mut local = Session::new(false);
     assert_eq!(list(&mut h, &mut local).len(), 1);
-    assert_eq!(h.call(&mut local, &sign_body(&SEED, &userauth(&[1; 32], b"git", &SEED))), [Response::Failure]);
+    assert_eq!(
+        h.call(
+            &mut local,
+            &sign_body(&SEED, &userauth(&[1; 32], b"git", &SEED))
+        ),
+        [Response::Failure]
+    );
 
     // Bound to the permitted host: signs a userauth request for this session and user.
     let mut good = Session::new(false);
-    assert_eq!(h.call(&mut good, &bind_body(&HOST, &[1; 32], false)), [Response::Success]);
+    assert_eq!(
+        h.call(&mut good, &bind_body(&HOST, &[1; 32], false)),
+        [Response::Success]
+    );
     assert_eq!(list(&mut h, &mut good).len(), 1);
     let data = userauth(&[1; 32], b"git", &SEED);
-    verify_ed25519(&SEED, &data, &h.call(&mut good, &sign_body(&SEED, &data))[0]);
+    verify_ed25519(
+        &SEED,
+        &data,
+        &h.call(&mut good, &sign_body(&SEED, &data))[0],
+    );
     // Wrong user, wrong session id, or not a userauth request.
-    assert_eq!(h.call(&mut good, &sign_body(&SEED, &userauth(&[1; 32], b"root", &SEED))), [Response::Failure]);
-    assert_eq!(h.call(&mut good, &sign_body(&SEED, &userauth(&[2; 32], b"git", &SEED))), [Response::Failure]);
-    assert_eq!(h.call(&mut good, &sign_body(&SEED, b"arbitrary")), [Response::Failure]);
+    assert_eq!(
+        h.call(
+            &mut good,
+            &sign_body(&SEED, &userauth(&[1; 32], b"root", &SEED))
+        ),
+        [Response::Failure]
+    );
+    assert_eq!(
+        h.call(
+            &mut good,
+            &sign_body(&SEED, &userauth(&[2; 32], b"git", &SEED))
+        ),
+        [Response::Failure]
+    );
+    assert_eq!(
+        h.call(&mut good, &sign_body(&SEED, b"arbitrary")),
+        [Response::Failure]
+    );
 
     // Bound to another host: hidden and refused.
     let mut other = Session::new(false);
-    assert_eq!(h.call(&mut other, &bind_body(&HOST2, &[3; 32], false)), [Response::Success]);
+    assert_eq!(
+        h.call(&mut other, &bind_body(&HOST2, &[3; 32], false)),
+        [Response::Success]
+    );
     assert!(list(&mut h, &mut other).is_empty());
-    assert_eq!(h.call(&mut other, &sign_body(&SEED, &userauth(&[3; 32], b"git", &SEED))), [Response::Failure]);
+    assert_eq!(
+        h.call(
+            &mut other,
+            &sign_body(&SEED, &userauth(&[3; 32], b"git", &SEED))
+        ),
+        [Response::Failure]
+    );
 
     // Forwarded to the host, then signing there is a forwarding hop: refused.
     let mut fwd = Session::new(false);
-    assert_eq!(h.call(&mut fwd, &bind_body(&HOST, &[4; 32], true)), [Response::Success]);
-    assert_eq!(h.call(&mut fwd, &sign_body(&SEED, &userauth(&[4; 32], b"git", &SEED))), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut fwd, &bind_body(&HOST, &[4; 32], true)),
+        [Response::Success]
+    );
+    assert_eq!(
+        h.call(
+            &mut fwd,
+            &sign_body(&SEED, &userauth(&[4; 32], b"git", &SEED))
+        ),
+        [Response::Failure]
+    );
 }
 
 #[test]
 fn bound_connection_refuses_userauth_for_another_session() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"u", &[])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"u", &[])),
+        [Response::Success]
+    );
     let mut c = Session::new(false);
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[1; 32], false)), [Response::Success]);
-    assert_eq!(h.call(&mut c, &sign_body(&SEED, &userauth(&[9; 32], b"u", &SEED))), [Response::Failure]);
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[1; 32], false)),
+        [Response::Success]
+    );
+    assert_eq!(
+        h.call(&mut c, &sign_body(&SEED, &userauth(&[9; 32], b"u", &SEED))),
+        [Response::Failure]
+    );
     let data = userauth(&[1; 32], b"u", &SEED);
     verify_ed25519(&SEED, &data, &h.call(&mut c, &sign_body(&SEED, &data))[0]);
 }
@@ -436,12 +674,27 @@ fn bound_connection_refuses_userauth_for_another_session() {
 fn confirm_request_names_the_bound_host() {
     let mut h = Harness::new();
     let mut admin = Session::new(true);
-    assert_eq!(h.call(&mut admin, &add_body(&SEED, b"c", &[2])), [Response::Success]);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"c", &[2])),
+        [Response::Success]
+    );
     let mut c = Session::new(false);
-    assert_eq!(h.call(&mut c, &bind_body(&HOST, &[1; 32], false)), [Response::Success]);
-    assert!(h.call(&mut c, &sign_body(&SEED, &userauth(&[1; 32], b"u", &SEED))).is_empty());
-    let Some(Event::ConfirmRequest(req)) = c.poll_event() else { panic!() };
-    assert_eq!(req.host, crate::KeyBlob::new(ed25519_blob(&HOST)).unwrap().fingerprint());
+    assert_eq!(
+        h.call(&mut c, &bind_body(&HOST, &[1; 32], false)),
+        [Response::Success]
+    );
+    assert!(h
+        .call(&mut c, &sign_body(&SEED, &userauth(&[1; 32], b"u", &SEED)))
+        .is_empty());
+    let Some(Event::ConfirmRequest(req)) = c.poll_event() else {
+        panic!()
+    };
+    assert_eq!(
+        req.host,
+        crate::KeyBlob::new(ed25519_blob(&HOST))
+            .unwrap()
+            .fingerprint()
+    );
 }
 
 #[test]
@@ -459,4 +712,75 @@ fn private_key_debug_prints_no_secret() {
     };
     let d = alloc::format!("{id:?}");
     assert!(!d.contains("7, 7, 7") && !d.contains("0707"), "{d}");
+}
+
+/// Writes seed inputs for the `ssh_agent_msg` fuzz target (control byte, then a stream):
+/// `SEED_DIR=... cargo test -p ssh-agent-wire -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes files; run by hand to refresh the fuzz corpus"]
+fn write_fuzz_seeds() {
+    extern crate std;
+    let dir = std::env::var("SEED_DIR").expect("SEED_DIR");
+    let key8 = [8u8; 32];
+    let seeds: Vec<(u8, Vec<Vec<u8>>)> = vec![
+        (0, vec![vec![11]]),
+        (1, vec![vec![11], sign_body(&SEED, b"challenge")]),
+        (
+            0,
+            vec![
+                sign_body(&key8, b"confirm me"),
+                sign_body(&key8, b"again"),
+                vec![11],
+            ],
+        ),
+        (
+            1,
+            vec![
+                add_body(&[3; 32], b"new", &[1, 0, 0, 0, 2, 2]),
+                vec![11],
+                vec![19],
+            ],
+        ),
+        (
+            1,
+            vec![
+                cat(&[&[22], &s(b"pw")]),
+                vec![11],
+                cat(&[&[23], &s(b"pw")]),
+                vec![11],
+            ],
+        ),
+        (
+            0,
+            vec![
+                bind_body(&HOST, &[1; 32], false),
+                sign_body(&SEED, &userauth(&[1; 32], b"git", &SEED)),
+            ],
+        ),
+        (
+            1,
+            vec![
+                add_body(&[4; 32], b"r", &restrict_to(&HOST, b"git")),
+                bind_body(&HOST, &[1; 32], true),
+                vec![11],
+            ],
+        ),
+        (
+            0,
+            vec![
+                cat(&[&[27], &s(b"query")]),
+                cat(&[&[27], &s(b"x@y")]),
+                vec![20],
+                vec![200],
+            ],
+        ),
+        (3, vec![cat(&[&[18], &s(&ed25519_blob(&SEED))]), vec![11]]),
+    ];
+    for (i, (ctl, msgs)) in seeds.iter().enumerate() {
+        let mut bytes = vec![*ctl];
+        for m in msgs {
+            bytes.extend(frame(m));
+        }
+        std::fs::write(std::format!("{dir}/seed-{i:02}"), bytes).unwrap();
+    }
 }

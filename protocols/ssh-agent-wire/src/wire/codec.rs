@@ -117,10 +117,16 @@ pub fn put_bool(out: &mut Vec<u8>, v: bool) {
 
 /// Appends an mpint (RFC 4251 §5) of an unsigned big-endian magnitude.
 pub fn put_mpint(out: &mut Vec<u8>, magnitude: &[u8]) {
-    let start = magnitude.iter().position(|&b| b != 0).unwrap_or(magnitude.len());
+    let start = magnitude
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(magnitude.len());
     let m = magnitude.get(start..).unwrap_or(&[]);
     let pad = m.first().is_some_and(|&b| b & 0x80 != 0);
-    put_u32(out, u32::try_from(m.len() + usize::from(pad)).unwrap_or(u32::MAX));
+    put_u32(
+        out,
+        u32::try_from(m.len() + usize::from(pad)).unwrap_or(u32::MAX),
+    );
     if pad {
         out.push(0);
     }
@@ -152,7 +158,10 @@ mod tests {
         assert_eq!(r.remaining(), 1);
         assert_eq!(
             r.expect_empty("x"),
-            Err(WireError::TrailingBytes { what: "x", extra: 1 })
+            Err(WireError::TrailingBytes {
+                what: "x",
+                extra: 1
+            })
         );
     }
 
@@ -172,7 +181,10 @@ mod tests {
         assert_eq!(out, [0, 0, 0, 2, 0x00, 0x80]);
         out.clear();
         put_mpint(&mut out, &[0x09, 0xa3, 0x78, 0xf9, 0xb2, 0xe3, 0x32, 0xa7]);
-        assert_eq!(out, [0, 0, 0, 8, 0x09, 0xa3, 0x78, 0xf9, 0xb2, 0xe3, 0x32, 0xa7]);
+        assert_eq!(
+            out,
+            [0, 0, 0, 8, 0x09, 0xa3, 0x78, 0xf9, 0xb2, 0xe3, 0x32, 0xa7]
+        );
         let mut r = Reader::new(&[0, 0, 0, 2, 0x00, 0x80]);
         assert_eq!(get_mpint(&mut r, "m"), Ok(&[0x80u8][..]));
     }
@@ -180,8 +192,14 @@ mod tests {
     #[test]
     fn negative_or_padded_mpint_is_refused() {
         let mut r = Reader::new(&[0, 0, 0, 1, 0x80]);
-        assert_eq!(get_mpint(&mut r, "m"), Err(WireError::BadMpint { field: "m" }));
+        assert_eq!(
+            get_mpint(&mut r, "m"),
+            Err(WireError::BadMpint { field: "m" })
+        );
         let mut r = Reader::new(&[0, 0, 0, 2, 0x00, 0x01]);
-        assert_eq!(get_mpint(&mut r, "m"), Err(WireError::BadMpint { field: "m" }));
+        assert_eq!(
+            get_mpint(&mut r, "m"),
+            Err(WireError::BadMpint { field: "m" })
+        );
     }
 }

@@ -175,7 +175,11 @@ fn add_id_constrained_literal_lifetime_confirm_destination() {
 
 #[test]
 fn unknown_constraint_is_an_error() {
-    for c in [&[3u8, 0, 0, 0, 1][..], &[9], &cat(&[&[255], &s(b"other@example.org")])] {
+    for c in [
+        &[3u8, 0, 0, 0, 1][..],
+        &[9],
+        &cat(&[&[255], &s(b"other@example.org")]),
+    ] {
         let body = cat(&[&[25], &ed25519_private(&SEED), &s(b"c"), c]);
         assert!(Request::parse(&body).is_err(), "{c:?}");
     }
@@ -192,7 +196,11 @@ fn dest_constraint_without_to_host_is_refused() {
     let from = cat(&[&s(b""), &s(b""), &s(b"")]);
     let to = cat(&[&s(b""), &s(b""), &s(b"")]);
     let one = cat(&[&s(&from), &s(&to), &s(b"")]);
-    let c = cat(&[&[255], &s(b"restrict-destination-v00@openssh.com"), &s(&s(&one))]);
+    let c = cat(&[
+        &[255],
+        &s(b"restrict-destination-v00@openssh.com"),
+        &s(&s(&one)),
+    ]);
     let body = cat(&[&[25], &ed25519_private(&SEED), &s(b"c"), &c]);
     assert_eq!(Request::parse(&body), Err(WireError::BadDestConstraint));
 }
@@ -308,11 +316,15 @@ fn key_blob_with_bad_type_name_is_refused() {
 // ---- property tests ----
 
 fn key_blob() -> impl Strategy<Value = KeyBlob> {
-    ("[a-z0-9@.-]{1,40}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(n, rest)| {
-        let mut b = s(n.as_bytes());
-        b.extend(rest);
-        KeyBlob::new(b).unwrap()
-    })
+    (
+        "[a-z0-9@.-]{1,40}",
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(n, rest)| {
+            let mut b = s(n.as_bytes());
+            b.extend(rest);
+            KeyBlob::new(b).unwrap()
+        })
 }
 
 fn hop(from: bool) -> impl Strategy<Value = Hop> {
@@ -402,9 +414,8 @@ fn request() -> impl Strategy<Value = Request> {
             }))
         }),
         Just(Request::Extension(Extension::Query)),
-        ("[a-z]{1,10}@[a-z]{1,10}", bytes()).prop_map(|(name, contents)| Request::Extension(
-            Extension::Other { name, contents }
-        )),
+        ("[a-z]{1,10}@[a-z]{1,10}", bytes())
+            .prop_map(|(name, contents)| Request::Extension(Extension::Other { name, contents })),
         (any::<u8>(), bytes())
             .prop_filter("known type", |(k, _)| !matches!(
                 k,
