@@ -667,3 +667,34 @@ proptest! {
         }
     }
 }
+
+/// Writes seed device images for the `vault_decode` fuzz target into `$VAULT_FUZZ_SEEDS`.
+#[test]
+#[ignore = "run by hand to regenerate fuzz/corpus/vault_decode"]
+fn write_fuzz_seeds() {
+    let dir = std::env::var("VAULT_FUZZ_SEEDS").expect("VAULT_FUZZ_SEEDS");
+    let fuzz_pw: &[u8] = b"fuzz passphrase";
+    let scrypt = KdfParams::Scrypt {
+        log_n: 4,
+        r: 1,
+        p: 1,
+    };
+    let cases: [(&str, usize, KdfParams, &[usize]); 4] = [
+        ("created-2-sectors", 2, tiny(), &[]),
+        ("two-slots-4-sectors", 4, tiny(), &[1]),
+        ("scrypt-multi-sector-16", 16, scrypt, &[4]),
+        ("three-saves-6-sectors", 6, tiny(), &[2, 3]),
+    ];
+    for (name, sectors, kdf, steps) in cases {
+        let mut dev = MemDevice::new(SS, sectors);
+        let mut v = Vault::create(&mut dev, fuzz_pw, kdf, &mut TestRng(77)).unwrap();
+        for &s in steps {
+            *v.records_mut() = state(s);
+            v.save(&mut TestRng(s as u64 + 1)).unwrap();
+        }
+        drop(v);
+        assert!(open(&mut dev, fuzz_pw).is_ok());
+        std::fs::write(format!("{dir}/{name}"), dev.as_bytes()).unwrap();
+    }
+    std::fs::write(format!("{dir}/records-only"), &state(2).encode()[..]).unwrap();
+}
