@@ -144,6 +144,50 @@ fn sign_and_verify(s: &Served, key: &Path, principal: &str) {
     ok(&out, "ssh-keygen -Y verify");
 }
 
+/// RSA: flags 0 (`ssh-rsa`, SHA-1) refused; flag 2 gives rsa-sha2-256, flag 4 rsa-sha2-512.
+fn rsa_flags(s: &Served) {
+    use ssh_agent_wire::wire::{frame::frame, Response};
+    let mut agent = s.agent.lock().unwrap();
+    let blob = (0..agent.keyring().len())
+        .filter_map(|i| agent.keyring().get(i))
+        .find(|id| id.key.is_rsa())
+        .map(|id| id.public().as_bytes().to_vec())
+        .expect("rsa key present");
+    let mut sess = Session::new(false);
+    for (flags, want) in [
+        (0u32, None),
+        (2, Some("rsa-sha2-256")),
+        (4, Some("rsa-sha2-512")),
+    ] {
+        let mut body = vec![13];
+        body.extend((blob.len() as u32).to_be_bytes());
+        body.extend(&blob);
+        body.extend(4u32.to_be_bytes());
+        body.extend(b"data");
+        body.extend(flags.to_be_bytes());
+        let f = frame(&body);
+        assert_eq!(sess.handle_input(now(), &mut agent, &f), f.len());
+        let mut out = vec![0u8; 4096];
+        let n = sess.poll_transmit(&mut out).unwrap();
+        let resp = Response::parse(&out[4..n]).unwrap();
+        match want {
+            None => assert_eq!(resp, Response::Failure),
+            Some(alg) => {
+                let Response::SignResponse(sig) = resp else {
+                    panic!("{resp:?}")
+                };
+                let sig = ssh_key::Signature::try_from(sig.as_slice()).unwrap();
+                assert_eq!(sig.algorithm().as_str(), alg);
+                let kd = ssh_agent_wire::KeyBlob::new(blob.clone())
+                    .unwrap()
+                    .key_data()
+                    .unwrap();
+                signature::Verifier::verify(&kd, b"data", &sig).unwrap();
+            }
+        }
+    }
+}
+
 #[test]
 fn openssh_ssh_add_and_sign_interop() {
     if !have("ssh-keygen") || !have("ssh-add") {
@@ -190,6 +234,7 @@ fn openssh_ssh_add_and_sign_interop() {
     for k in [&ed, &p256, &p384, &rsa] {
         sign_and_verify(&s, k, "me@example.org");
     }
+    rsa_flags(&s);
 
     // Remove one, then all.
     ok(

@@ -145,13 +145,21 @@ impl Keyring for MemoryKeyring {
     }
 }
 
+/// SHA-256 of the lock passphrase while locked; zeroized on unlock, never printed.
+struct LockHash(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for LockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockHash(..)")
+    }
+}
+
 /// State shared by every connection: the keyring, the lock and the policy.
 #[derive(Debug)]
 pub struct Agent<K: Keyring> {
     keyring: K,
     config: Config,
-    /// SHA-256 of the lock passphrase while locked.
-    lock: Option<Zeroizing<[u8; 32]>>,
+    lock: Option<LockHash>,
     failed_unlocks: u32,
 }
 
@@ -215,7 +223,9 @@ impl<K: Keyring> Agent<K> {
         if self.lock.is_some() || p.as_bytes().is_empty() {
             return false;
         }
-        self.lock = Some(Zeroizing::new(Sha256::digest(p.as_bytes()).into()));
+        self.lock = Some(LockHash(Zeroizing::new(
+            Sha256::digest(p.as_bytes()).into(),
+        )));
         self.failed_unlocks = 0;
         true
     }
@@ -225,7 +235,7 @@ impl<K: Keyring> Agent<K> {
             return false;
         };
         let candidate: Zeroizing<[u8; 32]> = Zeroizing::new(Sha256::digest(p.as_bytes()).into());
-        if bool::from(candidate.ct_eq(&**hash)) {
+        if bool::from(candidate.ct_eq(&*hash.0)) {
             self.lock = None;
             true
         } else {

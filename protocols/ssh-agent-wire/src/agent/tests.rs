@@ -698,6 +698,36 @@ fn confirm_request_names_the_bound_host() {
 }
 
 #[test]
+fn locked_agent_debug_prints_no_passphrase_hash() {
+    let mut h = Harness::new();
+    let mut admin = Session::new(true);
+    assert_eq!(
+        h.call(&mut admin, &cat(&[&[22], &s(b"pw")])),
+        [Response::Success]
+    );
+    let d = alloc::format!("{:?}", h.agent);
+    assert!(d.contains("LockHash(..)"), "{d}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_streams_never_panic_and_answer_whole_frames(
+        stream in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        admin in proptest::prelude::any::<bool>(),
+    ) {
+        let mut h = Harness::new();
+        let mut sess = Session::new(admin);
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let n = sess.handle_input(h.now, &mut h.agent, rest);
+            proptest::prop_assert!(n > 0, "a session without pending work takes input");
+            rest = &rest[n..];
+            drain(&mut sess); // parses every frame as a Response or panics
+        }
+    }
+}
+
+#[test]
 fn private_key_debug_prints_no_secret() {
     let k = PrivateKey::from_ed25519_seed(&SEED).unwrap();
     let d = alloc::format!("{k:?}");
