@@ -190,14 +190,20 @@ fn wrap_key<E: Entropy + ?Sized>(
         kdf,
         salt,
         nonce: nonce(entropy),
-        wrapped_key: *data_key,
+        wrapped_key: [0; KEY_LEN],
         tag: [0; 16],
     };
     let kek = kdf.derive(passphrase, &salt)?;
-    let ad = wrap_ad(&wrap);
+    // Encrypted in a zeroizing copy, so the plain key never sits in the plain `Wrap`.
+    let mut key = Zeroizing::new(*data_key);
     let tag = XChaCha20Poly1305::new(kek.as_ref().into())
-        .encrypt_in_place_detached(XNonce::from_slice(&wrap.nonce), &ad, &mut wrap.wrapped_key)
+        .encrypt_in_place_detached(
+            XNonce::from_slice(&wrap.nonce),
+            &wrap_ad(&wrap),
+            key.as_mut(),
+        )
         .map_err(|_| VaultError::KdfRefused)?;
+    wrap.wrapped_key = *key;
     wrap.tag = tag.into();
     Ok(wrap)
 }
@@ -285,7 +291,8 @@ impl<D: BlockDevice> Vault<D> {
         Ok(vault)
     }
 
-    /// Opens the newest good copy with the default KDF limits.
+    /// Opens the newest good copy with the default KDF limits. Pass `&mut dev` to keep the device
+    /// after a failure (e.g. to retry a wrong passphrase). One open vault per device at a time.
     pub fn open(dev: D, passphrase: &[u8]) -> Result<Self, VaultError> {
         Self::open_with_limits(dev, passphrase, KdfLimits::default())
     }
@@ -388,7 +395,8 @@ impl<D: BlockDevice> Vault<D> {
     }
 
     /// Encrypts the records under a fresh nonce and writes them as the new newest copy.
-    /// `Full` is returned before anything is written.
+    /// `Full` is returned before anything is written; after any error the previous copy is still
+    /// the newest good one on the device and the in-memory records are kept, so a retry is safe.
     pub fn save<E: Entropy + ?Sized>(&mut self, entropy: &mut E) -> Result<(), VaultError> {
         let mut body = self.records.encode();
         if body.len() > self.geo.capacity {
