@@ -1,0 +1,20 @@
+//! The decisions of the Qubes firewall netvm: rule parsing, packet classification, NAT and a DNS
+//! cache, as pure functions and bounded tables that return verdicts and never do I/O ("decide vs do").
+//!
+//! * **Layer**: app logic (DESIGN.md); devices, QubesDB sessions and the run loop live elsewhere.
+//! * **Trust**: every frame (clients and uplink), every DNS answer and every QubesDB value is hostile:
+//!   parse errors are typed, nothing panics, a bad rule set becomes deny-all, tables are bounded.
+//! * **Unsafe**: none (`forbid(unsafe_code)`).
+//! * **Limits**: [`Limits`] bounds the NAT table, the DNS cache and the client count; when full, NAT
+//!   and DNS evict the least recently used entry. IPv4 fragments and IPv6 extension headers are dropped.
+//!
+//! Modules: [`rules`] rule text -> `Rule`; [`config`] QubesDB keys -> `NetConfig`; [`classify`]
+//! frame -> `Verdict`; [`nat`] bounded translation/conntrack table; [`dns`] resolver cache.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod rules;
