@@ -18,3 +18,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod rules;
+pub mod config;
+pub mod dns;
