@@ -45,14 +45,57 @@ extra = "xen-test mode=$MODE"
 on_crash = "preserve"
 EOC
 rm -f "$LOG"
+modprobe -a xen-evtchn xen-gntdev xen-gntalloc 2>/dev/null
+# What dom0 sends over vchan, and its cksum ("CRC/LEN", as the guest prints it).
+VTOTAL=16777216
+head -c $VTOTAL /dev/urandom > /tmp/vchan-tx
+TXCK=$(cksum < /tmp/vchan-tx | tr ' ' /)
+now_ms() { date +%s%3N; }
 t0=$SECONDS
+c0=$(now_ms)
 xl create /tmp/$NAME.cfg > /tmp/create.txt 2>&1
 rc=$?
-check create $rc "xl create rc=$rc $(tail -1 /tmp/create.txt)"
+c1=$(now_ms)
+check create $rc "xl create rc=$rc in $((c1 - c0)) ms $(tail -1 /tmp/create.txt)"
 [ $rc = 0 ] || finish
 DOMID=$(xl domid "$NAME")
-wait_for 60 grep -q 'xen-smoke: ready' "$LOG"
-check boot $? "domid $DOMID ready after $((SECONDS - t0)) s"
+# Timing from the start of `xl create`, polled every 20 ms.
+t_con=; t_xs=
+for _ in $(seq 1 3000); do
+  [ -z "$t_con" ] && [ -s "$LOG" ] && t_con=$(( $(now_ms) - c0 ))
+  [ -z "$t_xs" ] && xenstore-read /local/domain/$DOMID/data/smoke >/dev/null 2>&1 && t_xs=$(( $(now_ms) - c0 ))
+  [ -n "$t_con" ] && [ -n "$t_xs" ] && break
+  sleep 0.02
+done
+echo "XEN-TEST $MODE timing xl-create-to-first-console-line=${t_con:-?}ms xl-create-to-xenstore-write=${t_xs:-?}ms xl-create-returned=$((c1 - c0))ms"
+
+# vchan, guest as server: dom0's libxenvchan client (vchan-socket-proxy -m client).
+vchan_peer() {  # vchan_peer ROLE-OF-GUEST PROXY-ARGS...: runs the proxy until the guest reports
+  local role=$1; shift
+  vchan-socket-proxy "$@" - < <(cat /tmp/vchan-tx; sleep 900) > /tmp/vchan-rx-$role 2> /tmp/vchan-err-$role &
+  local pid=$!
+  wait_for 400 grep -q "xen-smoke: vchan-$role \(ok\|FAIL\)" "$LOG"
+  wait_for 10 sh -c "! kill -0 $pid 2>/dev/null"
+  kill $pid 2>/dev/null; wait $pid 2>/dev/null
+  local line rx got
+  line=$(grep -o "xen-smoke: vchan-$role .*" "$LOG" | head -1)
+  rx=$(cksum < /tmp/vchan-rx-$role | tr ' ' /)
+  got=$(echo "$line" | grep -o 'rx-cksum=[0-9/]*' | cut -d= -f2)
+  sent=$(echo "$line" | grep -o 'tx-cksum=[0-9/]*' | cut -d= -f2)
+  [ "$got" = "$TXCK" ] && [ "$sent" = "$rx" ] && [ "${rx#*/}" = $VTOTAL ]
+  check vchan-$role $? "16 MiB each way vs dom0's libxenvchan; dom0->guest $TXCK guest saw ${got:-?}; guest->dom0 ${sent:-?} dom0 saw $rx; $(echo "$line" | grep -o 'in [0-9]* ms') $(head -c 200 /tmp/vchan-err-$role | tr '\n' ' ')"
+}
+if wait_for 120 xenstore-read /local/domain/$DOMID/data/vchan-srv/ring-ref >/dev/null 2>&1; then
+  vchan_peer server -m client "$DOMID" "/local/domain/$DOMID/data/vchan-srv"
+else
+  check vchan-server 1 "guest never advertised data/vchan-srv"
+fi
+# vchan, guest as client: dom0's libxenvchan server (vchan-socket-proxy -m server).
+xenstore-rm /local/domain/0/data/vchan-cli 2>/dev/null
+vchan_peer client -m server "$DOMID" /local/domain/0/data/vchan-cli
+
+wait_for 120 grep -q 'xen-smoke: ready' "$LOG"
+check boot $? "domid $DOMID ready after $((SECONDS - t0)) s (vchan checks included)"
 sed 's/^/XEN-CONSOLE /' "$LOG"
 grep -q "xen-smoke: console ok mode=$MODE" "$LOG"; check console-ring $? "PV console ring via xenconsoled"
 grep -q 'cmdline="xen-test mode='"$MODE"'"' "$LOG"; check cmdline $? "command line passed"

@@ -5,8 +5,11 @@
 #![cfg_attr(xen_image, no_std, no_main)]
 #![deny(unsafe_code)]
 
+mod cksum;
 #[cfg(xen_image)]
 mod smoke;
+#[cfg(xen_image)]
+mod vchan_check;
 
 #[cfg(xen_image)]
 platform_xen::entry!(smoke::main);

@@ -157,6 +157,9 @@ pub fn main(mut xen: Xen) -> ! {
         None => println!("xen-smoke: grant FAIL no grant table"),
     }
 
+    crate::vchan_check::server(&xen, &mut store);
+    crate::vchan_check::client(&xen, &mut store);
+
     if let Err(e) = store.watch("control/shutdown", "shutdown") {
         println!("xen-smoke: watch FAIL {e}");
         xen.shutdown(ShutdownReason::Crash)
@@ -206,11 +209,15 @@ fn grant_map_loopback(g: &mut XenGrants, me: DomId) {
     let kept = &buf == b"pong";
     let _ = shared.read(4104, &mut buf);
     let back = &buf == b"pong";
+    // The other direction too: written through our own page, read through the mapping.
+    let _ = shared.write(4108, b"back");
+    let _ = mapped.read(4108, &mut buf);
+    let fwd = &buf == b"back";
     drop(mapped);
     let ended = shared.end_access();
     if seen && back && ended.is_ok() {
         println!("xen-smoke: grant-map ok loopback 2 pages both ways, unmapped, access ended");
     } else {
-        println!("xen-smoke: grant-map FAIL seen={seen} wrote={wrote:?} kept={kept} back={back} end={ended:?}");
+        println!("xen-smoke: grant-map FAIL seen={seen} wrote={wrote:?} kept={kept} back={back} shared-to-mapped={fwd} end={ended:?}");
     }
 }

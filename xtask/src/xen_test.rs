@@ -203,6 +203,7 @@ fn report(mode: &str, serial: &str) -> (usize, usize) {
         }
         match (check, verdict) {
             ("done", _) => done = true,
+            ("timing", _) => println!("time  {mode:<4} {verdict} {detail}"),
             (_, "ok") => {
                 p += 1;
                 println!("ok    {mode:<4} {check:<22} {detail}");

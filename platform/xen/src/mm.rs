@@ -287,3 +287,11 @@ pub fn pv_flush_tlb() {
         )
     };
 }
+
+/// PVH: drops every non-global translation by reloading CR3, so no translation of a grant
+/// window slot cached before Xen changed our physmap can survive (the window is only ever
+/// touched while mapped, so this is belt and braces; Xen flushes the nested TLB itself).
+pub fn pvh_flush_tlb() {
+    // SAFETY: rewriting CR3 with its own value changes no mapping; it only flushes the TLB.
+    unsafe { asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack)) };
+}

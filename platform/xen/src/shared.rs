@@ -474,9 +474,12 @@ impl GrantMapping {
         // SAFETY: the slots were free in the window (no RAM, no other mapping) and are now ours.
         match unsafe { map_grants(peer, refs, base, readonly) } {
             Ok(handles) => Ok(Self {
-                // SAFETY: the window is identity-mapped by the boot page tables and now backed by
-                // the peer's frames until `drop` unmaps them.
-                mem: unsafe { RawPages::new(base as usize, refs.len() * 4096) },
+                mem: {
+                    mm::pvh_flush_tlb();
+                    // SAFETY: the window is identity-mapped by the boot page tables and now
+                    // backed by the peer's frames until `drop` unmaps them.
+                    unsafe { RawPages::new(base as usize, refs.len() * 4096) }
+                },
                 handles,
                 backing: Backing::Window {
                     slot,
