@@ -61,6 +61,18 @@ pub enum Request {
     },
     /// Stop every qube and exit.
     Shutdown,
+    /// The qube's firewall rules changed: reload them in its netvm's QubesDB if it runs.
+    ReloadFirewall {
+        /// The client qube.
+        vm: String,
+    },
+    /// Input for a qube's focused window (`qvm-gui-input`).
+    GuiInput {
+        /// The qube.
+        vm: String,
+        /// `key NAME`, `click X Y` or `close`, split.
+        input: Vec<String>,
+    },
 }
 
 /// The sim's answer.

@@ -88,6 +88,7 @@ pub fn run(prog: &str, args: &[String]) -> Result<i32> {
         "qvm-shutdown" => qvm_shutdown(&state, args),
         "qvm-remove" => qvm_remove(&state, args),
         "qvm-run" => crate::dom0call::qvm_run(&state, args),
+        "qvm-firewall" => crate::firewall::qvm_firewall(&state, args),
         _ => usage(format!("unknown command {prog:?}")),
     }
 }

@@ -20,6 +20,7 @@ use qubes::qrexec::RequestId;
 use crate::admin;
 use crate::agent::{ENV_TEMPLATE_DIRS, ENV_VM_DIR, ENV_VM_NAME};
 use crate::chan::alive_marker;
+use crate::qdb::QdbCmd;
 use crate::registry::{Class, Registry};
 
 /// Most admin requests served at once (a `qvm-run` holds one for the length of its call).
@@ -95,6 +96,10 @@ struct Vm {
     cmd: Option<Sender<Cmd>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Its dom0 QubesDB daemon.
+    qdb: Option<Sender<QdbCmd>>,
+    /// Threads that end with `stop` (QubesDB, GUI).
+    helpers: Vec<JoinHandle<()>>,
 }
 
 /// The running sim.
@@ -128,7 +133,9 @@ impl Sim {
                 .with_context(|| format!("cannot create {}", run.display()))?;
         }
         let exe = std::env::current_exe().context("own executable")?;
-        std::os::unix::fs::symlink(&exe, run.join("bin").join("qrexec-client-vm"))?;
+        for tool in crate::VM_TOOLS {
+            std::os::unix::fs::symlink(&exe, run.join("bin").join(tool))?;
+        }
         let xs = Xenstored::spawn(&run, &[DomId::DOM0]).context("start xenstored")?;
         Ok(Arc::new(Sim {
             state: state.to_path_buf(),
@@ -194,7 +201,13 @@ impl Sim {
 
     /// Starts `name` (if not running) and waits until its agent answered; returns its domid.
     pub fn start_vm(self: &Arc<Self>, name: &str) -> Result<DomId> {
-        let reg = Registry::load(&self.state)?;
+        let mut reg = Registry::load(&self.state)?;
+        if reg.get(name)?.ip.is_empty() && !self.vms().contains_key(name) {
+            reg = Registry::update(&self.state, |r| {
+                r.ensure_ip(name)?;
+                Ok(r.clone())
+            })?;
+        }
         let d = reg.get(name)?;
         if d.class == Class::AdminVM {
             return Ok(DomId::DOM0);
@@ -222,8 +235,14 @@ impl Sim {
                 .iter()
                 .map(|t| self.state.join("vms").join(t))
                 .collect();
-            let vm = self.spawn_vm(name, domid, &d.prefs, &templates)?;
+            let vm = self.spawn_vm(name, domid, &reg, &templates)?;
             vms.insert(name.to_string(), vm);
+            drop(vms);
+            // dom0 loads a client's rules into its running netvm before it starts.
+            if let Err(e) = self.reload_firewall_in(&reg, name) {
+                eprintln!("qubes-sim: firewall of '{name}': {e:#}");
+            }
+            vms = self.vms();
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -255,9 +274,10 @@ impl Sim {
         self: &Arc<Self>,
         name: &str,
         domid: DomId,
-        prefs: &crate::registry::Prefs,
+        reg: &Registry,
         templates: &[PathBuf],
     ) -> Result<Vm> {
+        let prefs = &reg.get(name)?.prefs;
         let (user, kernel) = (prefs.default_user.as_str(), prefs.kernel.as_str());
         {
             let xs = self.xs.lock().unwrap_or_else(|p| p.into_inner());
@@ -284,6 +304,29 @@ impl Sim {
         let vm_dir = self.state.join("vms").join(name);
         std::fs::create_dir_all(vm_dir.join("qubes-rpc"))?;
         std::fs::write(alive_marker(&self.run, domid), name)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        // QubesDB is served before the qube runs, as qubesdb-daemon starts before unpause.
+        let (qdb_tx, qdb_rx) = mpsc::channel();
+        let qdb_thread = {
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let entries = crate::qdb::entries(reg, name, crate::firewall::now())?;
+            let (run, vm, halt) = (self.run.clone(), name.to_string(), stop.clone());
+            let t = std::thread::spawn(move || {
+                crate::qdb::run(&run, &vm, domid, entries, &halt, &qdb_rx, ready_tx)
+            });
+            match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => t,
+                r => {
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = t.join();
+                    let why = match r {
+                        Ok(Err(e)) => e,
+                        _ => "no answer".into(),
+                    };
+                    bail!("QubesDB of '{name}': {why}");
+                }
+            }
+        };
         let path = match std::env::var_os("PATH") {
             Some(p) => {
                 let mut v = vec![self.run.join("bin")];
@@ -313,7 +356,6 @@ impl Sim {
             .spawn()
             .context("spawn the qube's process")?;
         let (tx, rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (sim, name, stop, user) = (
                 self.clone(),
@@ -335,6 +377,8 @@ impl Sim {
             cmd: Some(tx),
             stop,
             thread: Some(thread),
+            qdb: Some(qdb_tx),
+            helpers: vec![qdb_thread],
         })
     }
 
@@ -426,6 +470,7 @@ impl Sim {
                 vm.power = Power::Crashed;
                 vm.child = None;
                 vm.cmd = None;
+                vm.qdb = None;
                 vm.stop.store(true, Ordering::Relaxed);
                 dead.push(vm.domid);
             }
@@ -512,6 +557,42 @@ impl Sim {
         let _ = std::fs::remove_dir_all(&self.run);
     }
 
+    /// `vm`'s firewall changed (or it starts): if its netvm runs, dom0's reload sequence goes
+    /// to the netvm's QubesDB.
+    pub fn reload_firewall(&self, vm: &str) -> Result<()> {
+        let reg = Registry::load(&self.state)?;
+        self.reload_firewall_in(&reg, vm)
+    }
+
+    fn reload_firewall_in(&self, reg: &Registry, vm: &str) -> Result<()> {
+        let d = reg.get(vm)?;
+        if d.prefs.netvm.is_empty() || d.ip.is_empty() {
+            return Ok(());
+        }
+        let qdb = self
+            .vms()
+            .get(&d.prefs.netvm)
+            .filter(|v| v.power != Power::Crashed)
+            .and_then(|v| v.qdb.clone());
+        let Some(qdb) = qdb else { return Ok(()) };
+        let rules =
+            crate::firewall::qdb_rules(&crate::firewall::rules_of(d), crate::firewall::now());
+        let (tx, rx) = mpsc::channel();
+        qdb.send(QdbCmd::Firewall {
+            ip: d.ip.clone(),
+            rules,
+            reply: tx,
+        })
+        .map_err(|_| anyhow!("netvm '{}' is going down", d.prefs.netvm))?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("QubesDB of '{}' did not answer", d.prefs.netvm))
+    }
+
+    /// Input for `vm`'s focused window.
+    pub fn gui_input(&self, vm: &str, _input: &[String]) -> Result<()> {
+        bail!("qube '{vm}' has no GUI daemon")
+    }
+
     /// EXEC_CMDLINE through `vm`'s daemon with the data channel to `peer`; the port.
     pub fn exec(&self, vm: &str, peer: DomId, cmdline: &str) -> Result<u32> {
         let (tx, rx) = mpsc::channel();
@@ -556,6 +637,10 @@ fn reap(mut vm: Vm) {
         let _ = c.wait();
     }
     if let Some(t) = vm.thread.take() {
+        let _ = t.join();
+    }
+    vm.qdb = None;
+    for t in vm.helpers.drain(..) {
         let _ = t.join();
     }
 }

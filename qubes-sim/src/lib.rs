@@ -17,9 +17,21 @@ pub mod cli;
 pub mod client_vm;
 pub mod daemon;
 pub mod dom0call;
+pub mod firewall;
 pub mod local;
 pub mod policy;
 pub mod pump;
+pub mod qdb;
+pub mod qdb_vm;
 pub mod qrexecd;
 pub mod registry;
 pub mod server;
+
+/// The tools a Linux qube finds on its `PATH` (links to the sim's binary).
+pub const VM_TOOLS: [&str; 5] = [
+    "qrexec-client-vm",
+    "qubesdb-read",
+    "qubesdb-list",
+    "qubesdb-write",
+    "qubesdb-watch",
+];

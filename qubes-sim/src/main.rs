@@ -8,10 +8,12 @@ use qubes_sim::cli::{self, Usage};
 
 const HELP: &str = "usage: qubes-sim COMMAND [ARGS...]
 dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-remove
-  qvm-start qvm-shutdown qvm-kill
+  qvm-start qvm-shutdown qvm-kill qvm-firewall qvm-gui-input
   qvm-run, qrexec-client -d VM USER:COMMAND
 sim: daemon (run the sim in the foreground), shutdown
-in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process)
+in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process),
+  qubesdb-read [-n] [-d DEF] [-w] PATH..., qubesdb-list [-f] PREFIX, qubesdb-write PATH VALUE,
+  qubesdb-watch [-n COUNT] PATH...
 state directory: $QUBES_SIM_DIR";
 
 fn main() -> ExitCode {
@@ -46,6 +48,10 @@ fn main() -> ExitCode {
         "vm-agent" => qubes_sim::agent::run(),
         "qrexec-client" => qubes_sim::dom0call::qrexec_client(&cli::state_dir(), &args),
         "qrexec-client-vm" => qubes_sim::client_vm::run(&args),
+        "qubesdb-read" => qubes_sim::qdb_vm::qubesdb_read(&args),
+        "qubesdb-list" => qubes_sim::qdb_vm::qubesdb_list(&args),
+        "qubesdb-write" => qubes_sim::qdb_vm::qubesdb_write(&args),
+        "qubesdb-watch" => qubes_sim::qdb_vm::qubesdb_watch(&args),
         _ => Err(Usage(format!("unknown command {prog:?}")).into()),
     };
     match result {

@@ -186,6 +186,14 @@ pub struct Domain {
     pub features: BTreeMap<String, String>,
     /// Its volumes by name.
     pub volumes: BTreeMap<String, Volume>,
+    /// Its IPv4 address on its netvm's network (`10.137.x.y`), given once it needs one and
+    /// kept for its life (empty: none yet).
+    #[serde(default)]
+    pub ip: String,
+    /// Its firewall rules (`qvm-firewall`), first match wins; `None` is the default single
+    /// `action=accept`.
+    #[serde(default)]
+    pub firewall: Option<Vec<crate::firewall::Rule>>,
 }
 
 const GIB: u64 = 1 << 30;
@@ -270,6 +278,8 @@ impl Domain {
             prefs: Prefs::default(),
             features: BTreeMap::new(),
             volumes: default_volumes(class),
+            ip: String::new(),
+            firewall: None,
         }
     }
 
@@ -446,6 +456,39 @@ impl Registry {
         Ok(name)
     }
 
+    /// Gives `name` an address if it has a netvm or provides network and has none yet:
+    /// `10.137.<qid/256>.<qid%256>` as Qubes derives it from the qid, else the lowest free
+    /// one. Returns whether the registry changed.
+    pub fn ensure_ip(&mut self, name: &str) -> Result<bool> {
+        let d = self.get(name)?;
+        let needs = !d.prefs.netvm.is_empty() || d.prefs.provides_network;
+        if !needs || !d.ip.is_empty() {
+            return Ok(false);
+        }
+        let used: std::collections::BTreeSet<&str> =
+            self.domains.values().map(|d| d.ip.as_str()).collect();
+        let addr = |n: u32| format!("10.137.{}.{}", n >> 8, n & 0xff);
+        let qid = d.domid;
+        let ip = std::iter::once(qid)
+            .chain(2..0x7ff0)
+            .filter(|n| n & 0xff != 0 && n & 0xff != 0xff)
+            .map(addr)
+            .find(|ip| !used.contains(ip.as_str()))
+            .ok_or_else(|| anyhow!("no free address in 10.137.0.0/16"))?;
+        if let Some(d) = self.domains.get_mut(name) {
+            d.ip = ip;
+        }
+        Ok(true)
+    }
+
+    /// The qubes whose netvm is `netvm`, running or not, by name.
+    pub fn clients(&self, netvm: &str) -> Vec<&Domain> {
+        self.domains
+            .values()
+            .filter(|d| d.prefs.netvm == netvm)
+            .collect()
+    }
+
     /// The qube's templates, nearest first (a disposable: its template, then that one's).
     pub fn template_chain(&self, name: &str) -> Vec<String> {
         let mut chain = Vec::new();
@@ -485,6 +528,22 @@ impl Registry {
         if prop == "netvm" && !value.is_empty() && !self.get(value)?.prefs.provides_network {
             bail!("invalid value for property \"netvm\": {value:?} does not provide network");
         }
+        self.set_pref_unchecked(vm, prop, value, &bad, &num, &flag)?;
+        if matches!(prop, "netvm" | "provides_network") {
+            self.ensure_ip(vm)?;
+        }
+        Ok(())
+    }
+
+    fn set_pref_unchecked(
+        &mut self,
+        vm: &str,
+        prop: &str,
+        value: &str,
+        bad: &dyn Fn() -> anyhow::Error,
+        num: &dyn Fn() -> Result<u32>,
+        flag: &dyn Fn() -> Result<bool>,
+    ) -> Result<()> {
         let d = self
             .domains
             .get_mut(vm)

@@ -48,6 +48,14 @@ impl Sim {
                 self.shutdown_vm(&vm, Duration::from_secs(timeout.clamp(1, 3600)))?;
                 Ok(Reply::default())
             }
+            Request::ReloadFirewall { vm } => {
+                self.reload_firewall(&vm)?;
+                Ok(Reply::default())
+            }
+            Request::GuiInput { vm, input } => {
+                self.gui_input(&vm, &input)?;
+                Ok(Reply::default())
+            }
             Request::Shutdown => {
                 self.stop.store(true, Ordering::Relaxed);
                 Ok(Reply::default())

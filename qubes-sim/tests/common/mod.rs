@@ -1,6 +1,8 @@
 //! Shared test helpers: a private state directory and running `qubes-sim` commands in it.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,437 @@
+//! dom0's QubesDB for one running qube (a sim thread, vchan server on port 111, one
+//! `qubes::qubesdb::Daemon` per connection) and the entries dom0 fills it with from the registry.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use platform_api::{DomId, Events};
+use qubes::qubesdb::{Daemon, DaemonEvent, DaemonLimits, LocalError};
+use vchan::{Interest, PeerState};
+
+use crate::chan::{Hosted, TxQueue, Vchan, TICK};
+use crate::firewall::{qdb_rules, rules_of};
+use crate::registry::{Class, Registry};
+
+/// QubesDB's vchan port.
+pub const PORT: u32 = 111;
+/// Ring sizes of the dom0 daemon (as `qubesdb-daemon` asks).
+pub const RING: usize = 4096;
+/// Connections served at once; the oldest goes when a new one exceeds this (a process that
+/// died without closing leaves its end open: hosted has no unmap notification).
+pub const MAX_CONNS: usize = 16;
+/// The virtual DNS servers Qubes gives every networked qube.
+pub const DNS: [&str; 2] = ["10.139.1.1", "10.139.1.2"];
+
+/// A change dom0 makes to a running qube's QubesDB.
+#[derive(Debug)]
+pub enum QdbCmd {
+    /// Set a key.
+    Write(String, String),
+    /// Remove a key (a prefix if it ends in `/`).
+    Rm(String),
+    /// Reload one client's firewall (`(NNNN, rule)` with dom0's gaps); answers when queued.
+    Firewall {
+        /// The client's IP.
+        ip: String,
+        /// The rules.
+        rules: Vec<(usize, String)>,
+        /// Done.
+        reply: Sender<()>,
+    },
+}
+
+fn truthy(v: Option<&String>) -> bool {
+    v.is_some_and(|v| matches!(v.as_str(), "1" | "True" | "true" | "yes" | "on"))
+}
+
+/// Whether the qube runs a GUI agent (`qvm-features VM gui 1`).
+pub fn gui_enabled(d: &crate::registry::Domain) -> bool {
+    truthy(d.features.get("gui"))
+}
+
+/// Everything dom0 writes for `name` at its start (\[QA\] `create_qdb_entries`), firewall
+/// entries of its clients included when it provides network.
+pub fn entries(reg: &Registry, name: &str, now: u64) -> Result<BTreeMap<String, String>> {
+    let d = reg.get(name)?;
+    let mut e = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        e.insert(k.to_string(), v.to_string());
+    };
+    put("/name", name);
+    put("/type", d.class.as_str());
+    put("/default-user", &d.prefs.default_user);
+    let updateable = matches!(d.class, Class::TemplateVM | Class::StandaloneVM);
+    put(
+        "/qubes-vm-updateable",
+        if updateable { "True" } else { "False" },
+    );
+    put(
+        "/qubes-vm-persistence",
+        match d.class {
+            Class::DispVM => "none",
+            Class::AppVM => "rw-only",
+            _ => "full",
+        },
+    );
+    put("/qubes-debug-mode", "0");
+    put("/qubes-timezone", "UTC");
+    put("/qubes-block-devices", "");
+    put("/qubes-usb-devices", "");
+    put("/keyboard-layout", "us++");
+    if let Some(t) = reg.template_chain(name).last() {
+        put("/qubes-base-template", t);
+    }
+    for (k, v) in &d.features {
+        if let Some(svc) = k.strip_prefix("service.") {
+            put(
+                &format!("/qubes-service/{svc}"),
+                if truthy(Some(v)) { "1" } else { "0" },
+            );
+        }
+    }
+    let gui = gui_enabled(d);
+    put("/qubes-gui-enabled", if gui { "True" } else { "False" });
+    if gui {
+        // The GUI domain is dom0 in the sim, and it always runs.
+        put("/qubes-gui-domain-xid", "0");
+    }
+    let netvm = (!d.prefs.netvm.is_empty())
+        .then(|| reg.get(&d.prefs.netvm).ok())
+        .flatten()
+        .filter(|n| !n.ip.is_empty());
+    if let (Some(n), false) = (netvm, d.ip.is_empty()) {
+        put("/qubes-ip", &d.ip);
+        put("/qubes-netmask", "255.255.255.255");
+        put("/qubes-gateway", &n.ip);
+        put("/qubes-primary-dns", DNS[0]);
+        put("/qubes-secondary-dns", DNS[1]);
+        put("/qubes-mac", &mac(d.domid));
+    }
+    if d.prefs.provides_network && !d.ip.is_empty() {
+        put("/qubes-netvm-network", &d.ip);
+        put("/qubes-netvm-gateway", &d.ip);
+        put("/qubes-netvm-netmask", "255.255.255.255");
+        put("/qubes-netvm-primary-dns", DNS[0]);
+        put("/qubes-netvm-secondary-dns", DNS[1]);
+        let clients: Vec<_> = reg
+            .clients(name)
+            .into_iter()
+            .filter(|c| !c.ip.is_empty())
+            .collect();
+        let ips: Vec<&str> = clients.iter().map(|c| c.ip.as_str()).collect();
+        put("/connected-ips", &ips.join(" "));
+        put("/connected-ips6", "");
+        for c in clients {
+            for (k, v) in firewall_entries(&c.ip, &qdb_rules(&rules_of(c), now)) {
+                e.insert(k, v);
+            }
+        }
+    }
+    Ok(e)
+}
+
+/// A qube's MAC, from its qid as Qubes numbers them.
+pub fn mac(qid: u32) -> String {
+    format!("00:16:3e:5e:6c:{:02x}", qid & 0xff)
+}
+
+/// The keys of one client's firewall after a reload: policy, rules, commit marker.
+pub fn firewall_entries(ip: &str, rules: &[(usize, String)]) -> Vec<(String, String)> {
+    let base = format!("/qubes-firewall/{ip}");
+    let mut v = vec![(format!("{base}/policy"), "drop".to_string())];
+    v.extend(
+        rules
+            .iter()
+            .map(|(i, r)| (format!("{base}/{i:04}"), r.clone())),
+    );
+    v.push((base, String::new()));
+    v
+}
+
+/// dom0's reload sequence (\[QA\] `reload_firewall_for_vm`) on one connection: the crate's
+/// [`Daemon::reload_firewall`] when the numbering has no gaps, else the same messages by hand.
+fn reload(d: &mut Daemon, ip: &str, rules: &[(usize, String)]) -> Result<(), LocalError> {
+    if rules.iter().enumerate().all(|(i, (n, _))| i == *n) {
+        let texts: Vec<&str> = rules.iter().map(|(_, r)| r.as_str()).collect();
+        return d.reload_firewall(ip, &texts);
+    }
+    d.rm(&format!("/qubes-firewall/{ip}/"))?;
+    for (k, v) in firewall_entries(ip, rules) {
+        d.write(&k, v.as_bytes())?;
+    }
+    Ok(())
+}
+
+struct Conn {
+    v: Vchan,
+    d: Daemon,
+    out: TxQueue,
+    inbuf: Vec<u8>,
+    in_len: usize,
+}
+
+impl Conn {
+    /// One step: input, events, output. `Ok(progress)`; an error ends this connection only.
+    fn step(&mut self, name: &str) -> Result<bool> {
+        let mut progress = false;
+        if self.in_len < self.inbuf.len() {
+            let n = self.v.read(&mut self.inbuf[self.in_len..])?;
+            self.in_len += n;
+            progress |= n > 0;
+        }
+        if self.in_len > 0 {
+            let n = self.d.handle_input(&self.inbuf[..self.in_len])?;
+            self.inbuf.copy_within(n..self.in_len, 0);
+            self.in_len -= n;
+            progress |= n > 0;
+        }
+        while let Some(ev) = self.d.poll_event() {
+            if let DaemonEvent::VmWriteRefused(p) | DaemonEvent::Refused(p) = ev {
+                eprintln!("qubes-sim: qubesdb of '{name}': refused {p:?}");
+            }
+        }
+        self.out.fill(|b| self.d.poll_transmit(b));
+        progress |= self.out.flush(&mut self.v)?;
+        Ok(progress)
+    }
+}
+
+/// The daemon thread's body: serves `domid`'s QubesDB until `stop` (the qube went away).
+/// `ready` gets the first advertisement's outcome (the qube starts only after it).
+pub fn run(
+    run: &Path,
+    name: &str,
+    domid: DomId,
+    initial: BTreeMap<String, String>,
+    stop: &AtomicBool,
+    cmds: &Receiver<QdbCmd>,
+    ready: Sender<Result<(), String>>,
+) {
+    let mut ready = Some(ready);
+    if let Err(e) = serve(run, name, domid, initial, stop, cmds, &mut ready) {
+        if let Some(r) = ready.take() {
+            let _ = r.send(Err(format!("{e:#}")));
+        } else if !stop.load(Ordering::Relaxed) {
+            eprintln!("qubes-sim: qubesdb of '{name}': {e:#}");
+        }
+    }
+}
+
+fn serve(
+    run: &Path,
+    name: &str,
+    domid: DomId,
+    mut master: BTreeMap<String, String>,
+    stop: &AtomicBool,
+    cmds: &Receiver<QdbCmd>,
+    ready: &mut Option<Sender<Result<(), String>>>,
+) -> Result<()> {
+    let mut h = Hosted::new(run, DomId::DOM0)?;
+    let mut listener: Option<Vchan> = None;
+    let mut conns: Vec<Conn> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut progress = false;
+        if listener.is_none() {
+            listener =
+                Some(Vchan::serve(&mut h, domid, PORT, RING, RING).context("advertise port 111")?);
+            if let Some(r) = ready.take() {
+                let _ = r.send(Ok(()));
+            }
+        }
+        if let Some(mut l) = listener.take() {
+            match l.peer_state() {
+                Ok(PeerState::Waiting) => listener = Some(l),
+                Ok(_) => {
+                    l.tidy(&mut h);
+                    conns.push(accept(l, &master));
+                    if conns.len() > MAX_CONNS {
+                        let old = conns.remove(0);
+                        old.v.shutdown(&mut h);
+                    }
+                    progress = true;
+                }
+                Err(_) => l.shutdown(&mut h),
+            }
+        }
+        while let Ok(cmd) = cmds.try_recv() {
+            progress = true;
+            apply(&cmd, &mut master, &mut conns, &mut h);
+            if let QdbCmd::Firewall { reply, .. } = cmd {
+                let _ = reply.send(());
+            }
+        }
+        let mut i = 0;
+        while i < conns.len() {
+            match conns[i].step(name) {
+                Ok(p) => {
+                    progress |= p;
+                    i += 1;
+                }
+                Err(e) => {
+                    let c = conns.remove(i);
+                    if !matches!(e.downcast_ref(), Some(vchan::Error::PeerClosed)) {
+                        eprintln!("qubes-sim: qubesdb of '{name}': connection dropped: {e:#}");
+                    }
+                    c.v.shutdown(&mut h);
+                }
+            }
+        }
+        if !progress {
+            let mut sleep = true;
+            for c in conns.iter_mut() {
+                let interest = Interest {
+                    read: true,
+                    write: c.out.pending() > 0,
+                };
+                sleep &= c.v.prepare_wait(interest).unwrap_or(false);
+            }
+            if sleep {
+                // A connecting client notifies our port; commands come within a tick.
+                h.events.wait(Some(TICK)).context("event wait")?;
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn accept(v: Vchan, master: &BTreeMap<String, String>) -> Conn {
+    let mut d = Daemon::new(DaemonLimits::DEFAULT);
+    for (k, val) in master {
+        // Not connected yet: goes into the dump, cannot be refused for room.
+        let _ = d.write(k, val.as_bytes());
+    }
+    d.connect();
+    Conn {
+        v,
+        d,
+        out: TxQueue::new(RING * 4),
+        inbuf: vec![0u8; 8192],
+        in_len: 0,
+    }
+}
+
+/// Applies a change to the master copy and to every connection; a connection whose queues
+/// cannot take it is dropped (its client reconnects and syncs the master copy).
+fn apply(
+    cmd: &QdbCmd,
+    master: &mut BTreeMap<String, String>,
+    conns: &mut Vec<Conn>,
+    h: &mut Hosted,
+) {
+    match cmd {
+        QdbCmd::Write(k, v) => {
+            master.insert(k.clone(), v.clone());
+        }
+        QdbCmd::Rm(k) => remove(master, k),
+        QdbCmd::Firewall { ip, rules, .. } => {
+            remove(master, &format!("/qubes-firewall/{ip}/"));
+            master.extend(firewall_entries(ip, rules));
+        }
+    }
+    let mut i = 0;
+    while i < conns.len() {
+        let d = &mut conns[i].d;
+        let r = match cmd {
+            QdbCmd::Write(k, v) => d.write(k, v.as_bytes()),
+            QdbCmd::Rm(k) => d.rm(k),
+            QdbCmd::Firewall { ip, rules, .. } => reload(d, ip, rules),
+        };
+        match r {
+            Ok(()) => i += 1,
+            Err(e) => {
+                eprintln!(
+                    "qubes-sim: qubesdb: dropping a connection that cannot take a change: {e}"
+                );
+                conns.remove(i).v.shutdown(h);
+            }
+        }
+    }
+}
+
+fn remove(master: &mut BTreeMap<String, String>, k: &str) {
+    if k.ends_with('/') {
+        master.retain(|p, _| !p.starts_with(k));
+    } else {
+        master.remove(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::Rule;
+
+    fn reg() -> Registry {
+        let mut r = Registry::default();
+        r.create("net", Class::AppVM, "red").unwrap();
+        r.set_pref("net", "provides_network", "True").unwrap();
+        r.create("work", Class::AppVM, "blue").unwrap();
+        r.set_pref("work", "netvm", "net").unwrap();
+        r.create("offline", Class::AppVM, "blue").unwrap();
+        r
+    }
+
+    #[test]
+    fn addresses_follow_the_qid_and_stay() {
+        let mut r = reg();
+        assert_eq!(r.get("net").unwrap().ip, "10.137.0.1");
+        assert_eq!(r.get("work").unwrap().ip, "10.137.0.2");
+        assert_eq!(r.get("offline").unwrap().ip, "");
+        assert!(
+            !r.ensure_ip("work").unwrap(),
+            "a second call changed the address"
+        );
+        r.set_pref("work", "netvm", "").unwrap();
+        r.set_pref("work", "netvm", "net").unwrap();
+        assert_eq!(r.get("work").unwrap().ip, "10.137.0.2");
+    }
+
+    #[test]
+    fn client_and_netvm_entries_are_those_of_qubes() {
+        let mut r = reg();
+        r.domains.get_mut("work").unwrap().firewall = Some(vec![
+            Rule::parse(&["action=accept proto=tcp dstports=443"], 0).unwrap(),
+            Rule::parse(&["action=accept dst6=::1"], 0).unwrap(),
+            Rule::parse(&["action=drop"], 0).unwrap(),
+        ]);
+        let w = entries(&r, "work", 0).unwrap();
+        assert_eq!(w["/name"], "work");
+        assert_eq!(w["/type"], "AppVM");
+        assert_eq!(w["/default-user"], "user");
+        assert_eq!(w["/qubes-ip"], "10.137.0.2");
+        assert_eq!(w["/qubes-netmask"], "255.255.255.255");
+        assert_eq!(w["/qubes-gateway"], "10.137.0.1");
+        assert_eq!(w["/qubes-primary-dns"], "10.139.1.1");
+        assert_eq!(w["/qubes-secondary-dns"], "10.139.1.2");
+        assert_eq!(w["/qubes-mac"], "00:16:3e:5e:6c:02");
+        assert!(!w.keys().any(|k| k.starts_with("/qubes-netvm")));
+        let n = entries(&r, "net", 0).unwrap();
+        assert_eq!(n["/qubes-netvm-gateway"], "10.137.0.1");
+        assert_eq!(n["/qubes-netvm-netmask"], "255.255.255.255");
+        assert_eq!(n["/connected-ips"], "10.137.0.2");
+        let fw: Vec<(&str, &str)> = n
+            .iter()
+            .filter(|(k, _)| k.starts_with("/qubes-firewall"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            fw,
+            [
+                ("/qubes-firewall/10.137.0.2", ""),
+                (
+                    "/qubes-firewall/10.137.0.2/0000",
+                    "action=accept proto=tcp dstports=443-443"
+                ),
+                ("/qubes-firewall/10.137.0.2/0002", "action=drop"),
+                ("/qubes-firewall/10.137.0.2/policy", "drop"),
+            ]
+        );
+        assert!(!entries(&r, "offline", 0).unwrap().contains_key("/qubes-ip"));
+    }
+}

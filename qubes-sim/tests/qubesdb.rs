@@ -1,0 +1,256 @@
+//! QubesDB and qvm-firewall end to end: dom0's daemon per qube filled from the registry, the
+//! qube's tools over their own port-111 vchan, and dom0's firewall reload sequence.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use common::sim::{drain, lines, Guard, Sim, DEADLINE};
+use common::State;
+
+/// sys-net (provides network, domid 1) and work (its client, domid 2), both running.
+fn net_sim(tag: &str) -> Sim {
+    let state = State::new(tag);
+    state.ok("qvm-create", &["--label", "red", "sys-net"]);
+    state.ok("qvm-prefs", &["sys-net", "provides_network", "True"]);
+    state.ok("qvm-create", &["--label", "blue", "work"]);
+    state.ok("qvm-prefs", &["work", "netvm", "sys-net"]);
+    state.ok("qvm-create", &["--label", "black", "vault"]);
+    let sim = Sim::boot(state);
+    sim.ok("qvm-start", &["sys-net"]);
+    sim.ok("qvm-start", &["work"]);
+    sim
+}
+
+#[test]
+fn qubes_read_the_entries_dom0_writes() {
+    let sim = net_sim("qdb-entries");
+    // Inside the qube, through its agent: the tools are on a service's PATH.
+    let out = sim.ok(
+        "qvm-run",
+        &["-p", "work", "qubesdb-read /name /type /qubes-ip /qubes-gateway /qubes-netmask /qubes-primary-dns /qubes-mac /qubes-gui-enabled"],
+    );
+    assert_eq!(
+        out,
+        "work\nAppVM\n10.137.0.2\n10.137.0.1\n255.255.255.255\n10.139.1.1\n00:16:3e:5e:6c:02\nFalse\n"
+    );
+    let (code, out, _) = sim.run_in("sys-net", "qubesdb-list", &["/qubes-netvm-"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "gateway\nnetmask\nnetwork\nprimary-dns\nsecondary-dns\n"
+    );
+    let (_, out, _) = sim.run_in(
+        "sys-net",
+        "qubesdb-read",
+        &[
+            "/qubes-netvm-gateway",
+            "/connected-ips",
+            "/qubes-firewall/10.137.0.2/policy",
+            "/qubes-firewall/10.137.0.2/0000",
+            "/qubes-firewall/10.137.0.2",
+        ],
+    );
+    assert_eq!(out, "10.137.0.1\n10.137.0.2\ndrop\naction=accept\n\n");
+    let (_, out, _) = sim.run_in("sys-net", "qubesdb-list", &["-f", "/qubes-firewall/"]);
+    assert_eq!(
+        out,
+        "/qubes-firewall/10.137.0.2\n/qubes-firewall/10.137.0.2/0000\n/qubes-firewall/10.137.0.2/policy\n"
+    );
+    // A missing key fails like the real tool; -d gives a default.
+    let (code, _, err) = sim.run_in("work", "qubesdb-read", &["/no-such-key"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = sim.run_in("work", "qubesdb-read", &["-d", "dflt", "/no-such-key"]);
+    assert_eq!((code, out.as_str()), (0, "dflt\n"));
+    // vault has no netvm: no network keys.
+    sim.ok("qvm-start", &["vault"]);
+    let (code, _, _) = sim.run_in("vault", "qubesdb-read", &["/qubes-ip"]);
+    assert_eq!(code, 1);
+    // The qube's own writes land in dom0's untrusted area and are acknowledged.
+    let (code, _, err) = sim.run_in("work", "qubesdb-write", &["/qubes-iptables-error", "x"]);
+    assert_eq!(code, 0, "{err}");
+    // Many clients one after another: each connection is served and ends.
+    for _ in 0..20 {
+        let (code, out, err) = sim.run_in("work", "qubesdb-read", &["/name"]);
+        assert_eq!((code, out.as_str()), (0, "work\n"), "{err}");
+    }
+}
+
+fn commits(lines: &[String]) -> usize {
+    lines.iter().filter(|l| l.matches('/').count() == 2).count()
+}
+
+/// Waits for the next firewall commit and returns every line up to quiet.
+fn next_reload(rx: &Receiver<String>) -> Vec<String> {
+    let mut got = drain(rx, Duration::from_millis(700));
+    if commits(&got) == 0 {
+        if let Ok(l) = rx.recv_timeout(DEADLINE) {
+            got.push(l);
+        }
+        got.extend(drain(rx, Duration::from_millis(700)));
+    }
+    got
+}
+
+#[test]
+fn firewall_changes_reach_the_netvm_as_one_commit_each() {
+    let sim = net_sim("qdb-fw");
+    let mut watch = sim.in_vm("sys-net", "qubesdb-watch");
+    watch.arg("/qubes-firewall/").stdout(Stdio::piped());
+    let mut child = watch.spawn().unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let _guard = Guard(child);
+    // The watch is registered after its sync; give it that moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let ip = "/qubes-firewall/10.137.0.2";
+    let read = |k: &str| {
+        sim.run_in("sys-net", "qubesdb-read", &["-d", "<none>", k])
+            .1
+    };
+
+    sim.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "--before",
+            "0",
+            "action=drop",
+            "proto=tcp",
+            "dstports=22",
+        ],
+    );
+    let got = next_reload(&rx);
+    let want: Vec<String> = ["/", "/policy", "/0000", "/0001", ""]
+        .iter()
+        .map(|s| format!("{ip}{s}"))
+        .collect();
+    assert_eq!(got, want, "RM, policy, rules, then the commit marker");
+    assert_eq!(
+        read(&format!("{ip}/0000")),
+        "action=drop proto=tcp dstports=22-22\n"
+    );
+    assert_eq!(read(&format!("{ip}/0001")), "action=accept\n");
+
+    // An IPv6 rule keeps its number: the IPv4 directory gets a gap, as dom0 leaves it.
+    sim.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "--before",
+            "1",
+            "action=accept",
+            "dst6=2001:db8::/32",
+        ],
+    );
+    let got = next_reload(&rx);
+    assert_eq!(commits(&got), 1, "{got:?}");
+    assert!(
+        got.contains(&format!("{ip}/0002")) && !got.contains(&format!("{ip}/0001")),
+        "{got:?}"
+    );
+    assert_eq!(read(&format!("{ip}/0001")), "<none>\n");
+    assert_eq!(read(&format!("{ip}/0002")), "action=accept\n");
+
+    let list = sim.ok("qvm-firewall", &["work", "list", "--raw"]);
+    assert_eq!(
+        list,
+        "action=drop proto=tcp dstports=22-22\naction=accept dst6=2001:db8::/32\naction=accept\n"
+    );
+
+    sim.ok("qvm-firewall", &["work", "del", "--rule-no", "1"]);
+    assert_eq!(commits(&next_reload(&rx)), 1);
+    sim.ok(
+        "qvm-firewall",
+        &["work", "del", "action=drop", "proto=tcp", "dstports=22-22"],
+    );
+    assert_eq!(commits(&next_reload(&rx)), 1);
+    assert_eq!(read(&format!("{ip}/0000")), "action=accept\n");
+    assert_eq!(read(&format!("{ip}/0001")), "<none>\n");
+    sim.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "action=drop",
+            "specialtarget=dns",
+            "comment=no dns",
+        ],
+    );
+    let got = next_reload(&rx);
+    assert_eq!(commits(&got), 1, "{got:?}");
+    assert_eq!(
+        read(&format!("{ip}/0001")),
+        "action=drop specialtarget=dns\n"
+    );
+    sim.ok("qvm-firewall", &["work", "reset"]);
+    assert_eq!(commits(&next_reload(&rx)), 1);
+    assert_eq!(read(&format!("{ip}/0001")), "<none>\n");
+
+    // A refused rule changes nothing and sends nothing.
+    let (code, _, err) = sim.state.run(
+        "qvm-firewall",
+        &["work", "add", "action=accept", "dstports=80"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(drain(&rx, Duration::from_millis(500)).is_empty());
+
+    // A restarted netvm gets its clients' rules in its first sync.
+    sim.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "--before",
+            "0",
+            "action=drop",
+            "dst4=192.168.0.0/16",
+        ],
+    );
+    assert_eq!(commits(&next_reload(&rx)), 1);
+    sim.ok("qvm-shutdown", &["--wait", "sys-net"]);
+    sim.ok("qvm-start", &["sys-net"]);
+    assert_eq!(
+        read(&format!("{ip}/0000")),
+        "action=drop dst4=192.168.0.0/16\n"
+    );
+}
+
+#[test]
+fn qvm_firewall_edits_the_registry_without_a_sim() {
+    let state = State::new("qdb-fw-offline");
+    state.ok("qvm-create", &["--label", "red", "work"]);
+    let out = state.ok("qvm-firewall", &["work"]);
+    assert_eq!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()[..2],
+        ["0", "accept"]
+    );
+    state.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "action=drop",
+            "dsthost=example.com",
+            "expire=+3600",
+        ],
+    );
+    let raw = state.ok("qvm-firewall", &["work", "list", "--raw"]);
+    assert!(
+        raw.starts_with("action=accept\naction=drop dsthost=example.com expire=@"),
+        "{raw}"
+    );
+    let (code, _, err) = state.run("qvm-firewall", &["work", "del", "--rule-no", "7"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = state.run("qvm-firewall", &["work", "del", "action=drop"]);
+    assert!(code == 1 && err.contains("Rule not found"), "{err}");
+    let (code, _, _) = state.run("qvm-firewall", &["nosuch", "list"]);
+    assert_eq!(code, 1);
+}
