@@ -26,7 +26,10 @@ impl QubesDbView for BTreeMap<String, Vec<u8>> {
     }
 
     fn for_each_under(&self, prefix: &str, f: &mut dyn FnMut(&str, &[u8])) {
-        for (k, v) in self.range::<str, _>((core::ops::Bound::Included(prefix), core::ops::Bound::Unbounded)) {
+        for (k, v) in self.range::<str, _>((
+            core::ops::Bound::Included(prefix),
+            core::ops::Bound::Unbounded,
+        )) {
             match k.strip_prefix(prefix) {
                 Some(rest) => f(rest, v),
                 None => break,
@@ -96,7 +99,10 @@ fn text<'a>(db: &'a dyn QubesDbView, key: &'static str) -> Result<Option<&'a str
     }
 }
 
-fn opt<T: core::str::FromStr>(db: &dyn QubesDbView, key: &'static str) -> Result<Option<T>, ConfigError> {
+fn opt<T: core::str::FromStr>(
+    db: &dyn QubesDbView,
+    key: &'static str,
+) -> Result<Option<T>, ConfigError> {
     match text(db, key)? {
         None => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|_| ConfigError::BadValue(key)),
@@ -107,10 +113,16 @@ fn req<T: core::str::FromStr>(db: &dyn QubesDbView, key: &'static str) -> Result
     opt(db, key)?.ok_or(ConfigError::Missing(key))
 }
 
-fn ip_list(db: &dyn QubesDbView, key: &'static str, out: &mut Vec<IpAddr>) -> Result<(), ConfigError> {
+fn ip_list(
+    db: &dyn QubesDbView,
+    key: &'static str,
+    out: &mut Vec<IpAddr>,
+) -> Result<(), ConfigError> {
     for word in text(db, key)?.unwrap_or("").split_ascii_whitespace() {
         if out.len() >= MAX_CONNECTED {
-            return Err(ConfigError::Full { what: "connected IPs" });
+            return Err(ConfigError::Full {
+                what: "connected IPs",
+            });
         }
         out.push(word.parse().map_err(|_| ConfigError::BadValue(key))?);
     }
@@ -127,7 +139,10 @@ impl NetConfig {
         Ok(NetConfig {
             own_ip,
             uplink_gateway: req(db, "/qubes-gateway")?,
-            upstream_dns: [opt(db, "/qubes-primary-dns")?, opt(db, "/qubes-secondary-dns")?],
+            upstream_dns: [
+                opt(db, "/qubes-primary-dns")?,
+                opt(db, "/qubes-secondary-dns")?,
+            ],
             own_ip6: opt(db, "/qubes-ip6")?,
             uplink_gateway6: opt(db, "/qubes-gateway6")?,
             client_gateway: opt(db, "/qubes-netvm-gateway")?.unwrap_or(own_ip),
@@ -145,7 +160,11 @@ impl NetConfig {
     pub fn dns_target(&self, dst: IpAddr) -> Option<Ipv4Addr> {
         let IpAddr::V4(d) = dst else { return None };
         let i = self.client_dns.iter().position(|c| *c == Some(d))?;
-        self.upstream_dns.get(i).copied().flatten().or(self.upstream_dns[0])
+        self.upstream_dns
+            .get(i)
+            .copied()
+            .flatten()
+            .or(self.upstream_dns[0])
     }
 
     /// True if `ip` is one of the virtual DNS IPs clients were told.
@@ -169,7 +188,9 @@ fn mapped_ips(db: &dyn QubesDbView) -> Result<Vec<MappedIp>, ConfigError> {
         if err.is_some() {
             return;
         }
-        let Some((ip, field)) = rest.split_once('/') else { return };
+        let Some((ip, field)) = rest.split_once('/') else {
+            return;
+        };
         let (Ok(real), Some(value)) = (ip.parse(), core::str::from_utf8(value).ok()) else {
             err = Some(ConfigError::BadValue("/mapped-ip/"));
             return;
@@ -235,7 +256,10 @@ mod tests {
     use crate::rules::{Action, Proto};
 
     pub(crate) fn db(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        pairs.iter().map(|(k, v)| (String::from(*k), Vec::from(v.as_bytes()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (String::from(*k), Vec::from(v.as_bytes())))
+            .collect()
     }
 
     fn sample() -> BTreeMap<String, Vec<u8>> {
@@ -266,9 +290,18 @@ mod tests {
         let c = NetConfig::from_qubesdb(&sample()).unwrap();
         assert_eq!(c.own_ip, Ipv4Addr::new(10, 138, 5, 9));
         assert_eq!(c.uplink_gateway, Ipv4Addr::new(10, 138, 0, 1));
-        assert_eq!(c.upstream_dns, [Some(Ipv4Addr::new(10, 139, 1, 1)), Some(Ipv4Addr::new(10, 139, 1, 2))]);
+        assert_eq!(
+            c.upstream_dns,
+            [
+                Some(Ipv4Addr::new(10, 139, 1, 1)),
+                Some(Ipv4Addr::new(10, 139, 1, 2))
+            ]
+        );
         assert_eq!(c.client_gateway, c.own_ip);
-        assert_eq!(c.client_gateway6, Some("fd09:24ef:4179::a8a:509".parse().unwrap()));
+        assert_eq!(
+            c.client_gateway6,
+            Some("fd09:24ef:4179::a8a:509".parse().unwrap())
+        );
         assert_eq!(c.own_ip6, None);
         assert_eq!(c.connected.len(), 3);
         assert_eq!(
@@ -279,7 +312,10 @@ mod tests {
                 visible_gateway: Some(Ipv4Addr::new(10, 137, 0, 1)),
             }]
         );
-        assert_eq!(c.dns_target("10.139.1.2".parse().unwrap()), Some(Ipv4Addr::new(10, 139, 1, 2)));
+        assert_eq!(
+            c.dns_target("10.139.1.2".parse().unwrap()),
+            Some(Ipv4Addr::new(10, 139, 1, 2))
+        );
         assert_eq!(c.dns_target("10.139.1.3".parse().unwrap()), None);
     }
 
@@ -287,16 +323,28 @@ mod tests {
     fn missing_or_bad_keys_are_named() {
         let mut d = sample();
         d.remove("/qubes-ip");
-        assert_eq!(NetConfig::from_qubesdb(&d), Err(ConfigError::Missing("/qubes-ip")));
+        assert_eq!(
+            NetConfig::from_qubesdb(&d),
+            Err(ConfigError::Missing("/qubes-ip"))
+        );
         let mut d = sample();
         d.insert("/qubes-gateway".into(), b"10.1.1".to_vec());
-        assert_eq!(NetConfig::from_qubesdb(&d), Err(ConfigError::BadValue("/qubes-gateway")));
+        assert_eq!(
+            NetConfig::from_qubesdb(&d),
+            Err(ConfigError::BadValue("/qubes-gateway"))
+        );
         let mut d = sample();
         d.insert("/connected-ips".into(), b"10.0.0.1 nonsense".to_vec());
-        assert_eq!(NetConfig::from_qubesdb(&d), Err(ConfigError::BadValue("/connected-ips")));
+        assert_eq!(
+            NetConfig::from_qubesdb(&d),
+            Err(ConfigError::BadValue("/connected-ips"))
+        );
         let mut d = sample();
         d.insert("/qubes-netvm-gateway".into(), b"\xff".to_vec());
-        assert_eq!(NetConfig::from_qubesdb(&d), Err(ConfigError::BadValue("/qubes-netvm-gateway")));
+        assert_eq!(
+            NetConfig::from_qubesdb(&d),
+            Err(ConfigError::BadValue("/qubes-netvm-gateway"))
+        );
     }
 
     #[test]
@@ -313,8 +361,14 @@ mod tests {
 
     #[test]
     fn commit_marker_paths() {
-        assert_eq!(commit_ip("/qubes-firewall/10.137.0.7"), Some("10.137.0.7".parse().unwrap()));
-        assert_eq!(commit_ip("/qubes-firewall/fd09::7"), Some("fd09::7".parse().unwrap()));
+        assert_eq!(
+            commit_ip("/qubes-firewall/10.137.0.7"),
+            Some("10.137.0.7".parse().unwrap())
+        );
+        assert_eq!(
+            commit_ip("/qubes-firewall/fd09::7"),
+            Some("fd09::7".parse().unwrap())
+        );
         assert_eq!(commit_ip("/qubes-firewall/10.137.0.7/0000"), None);
         assert_eq!(commit_ip("/qubes-firewall/"), None);
         assert_eq!(commit_ip("/qubes-ip"), None);

@@ -118,7 +118,10 @@ impl DnsCache {
         }
         let mut key = String::from(name);
         key.make_ascii_lowercase();
-        self.names.entry(key).or_default().push(Record { addr, expires });
+        self.names
+            .entry(key)
+            .or_default()
+            .push(Record { addr, expires });
         self.count += 1;
     }
 
@@ -163,7 +166,10 @@ impl DnsCache {
             return Err(DnsError::NotAnswer);
         }
         let (qname, mut pos) = read_name(msg, 12)?;
-        pos = pos.checked_add(4).filter(|p| *p <= msg.len()).ok_or(DnsError::Truncated)?;
+        pos = pos
+            .checked_add(4)
+            .filter(|p| *p <= msg.len())
+            .ok_or(DnsError::Truncated)?;
         let mut chain: Vec<String> = alloc::vec![qname.clone()];
         let mut learned = 0;
         for _ in 0..usize::from(an).min(MAX_ANSWERS) {
@@ -173,7 +179,9 @@ impl DnsCache {
             let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
             let rdlen = usize::from(be16(fixed, 8));
             let rdata_at = p + 10;
-            let rdata = msg.get(rdata_at..rdata_at + rdlen).ok_or(DnsError::Truncated)?;
+            let rdata = msg
+                .get(rdata_at..rdata_at + rdlen)
+                .ok_or(DnsError::Truncated)?;
             pos = rdata_at + rdlen;
             if class != 1 || !chain.contains(&owner) {
                 continue;

@@ -17,6 +17,13 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
-pub mod rules;
+pub mod classify;
 pub mod config;
 pub mod dns;
+pub mod nat;
+pub mod packet;
+pub mod rules;
+
+pub use classify::{ClientAddrs, ClientId, DropReason, Firewall, Limits, RejectReason, Verdict};
+pub use config::NetConfig;
+pub use rules::{Rule, RuleSet};

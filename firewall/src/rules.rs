@@ -349,7 +349,10 @@ impl RuleSet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleSetError {
     /// Rule `NNNN` did not parse.
-    Rule { number: u16, error: RuleError },
+    Rule {
+        number: u16,
+        error: RuleError,
+    },
     /// `policy` is neither `drop` nor `accept`.
     BadPolicy,
     /// A key under the client's directory that is neither `policy` nor four digits.

@@ -55,15 +55,33 @@ fn learns_a_and_aaaa_and_respects_ttl() {
     );
     assert_eq!(c.learn_from_response(&msg, Instant(0)), Ok(2));
     let t = Instant(10 * SEC);
-    assert_eq!(c.resolves_to("example.com", ip("93.184.216.34"), t), Resolution::Match);
-    assert_eq!(c.resolves_to("example.com", ip("2001:db8::5"), t), Resolution::Match);
-    assert_eq!(c.resolves_to("example.com", ip("1.1.1.1"), t), Resolution::NoMatch);
-    assert_eq!(c.resolves_to("other.com", ip("1.1.1.1"), t), Resolution::Unknown);
+    assert_eq!(
+        c.resolves_to("example.com", ip("93.184.216.34"), t),
+        Resolution::Match
+    );
+    assert_eq!(
+        c.resolves_to("example.com", ip("2001:db8::5"), t),
+        Resolution::Match
+    );
+    assert_eq!(
+        c.resolves_to("example.com", ip("1.1.1.1"), t),
+        Resolution::NoMatch
+    );
+    assert_eq!(
+        c.resolves_to("other.com", ip("1.1.1.1"), t),
+        Resolution::Unknown
+    );
     // AAAA expired at 30 s, A lives to 60 s.
     let t = Instant(45 * SEC);
-    assert_eq!(c.resolves_to("example.com", ip("2001:db8::5"), t), Resolution::NoMatch);
+    assert_eq!(
+        c.resolves_to("example.com", ip("2001:db8::5"), t),
+        Resolution::NoMatch
+    );
     let t = Instant(61 * SEC);
-    assert_eq!(c.resolves_to("example.com", ip("93.184.216.34"), t), Resolution::Unknown);
+    assert_eq!(
+        c.resolves_to("example.com", ip("93.184.216.34"), t),
+        Resolution::Unknown
+    );
 }
 
 #[test]
@@ -80,9 +98,18 @@ fn follows_cname_chain_but_ignores_unrelated_records() {
         ],
     );
     assert_eq!(c.learn_from_response(&msg, Instant(0)), Ok(1));
-    assert_eq!(c.resolves_to("www.example.com", ip("10.0.0.1"), Instant(0)), Resolution::Match);
-    assert_eq!(c.resolves_to("cdn.example.net", ip("10.0.0.1"), Instant(0)), Resolution::Match);
-    assert_eq!(c.resolves_to("bank.example.org", ip("6.6.6.6"), Instant(0)), Resolution::Unknown);
+    assert_eq!(
+        c.resolves_to("www.example.com", ip("10.0.0.1"), Instant(0)),
+        Resolution::Match
+    );
+    assert_eq!(
+        c.resolves_to("cdn.example.net", ip("10.0.0.1"), Instant(0)),
+        Resolution::Match
+    );
+    assert_eq!(
+        c.resolves_to("bank.example.org", ip("6.6.6.6"), Instant(0)),
+        Resolution::Unknown
+    );
 }
 
 #[test]
@@ -90,10 +117,16 @@ fn hostile_answer_rejected_pointer_loop() {
     // Question name is a pointer to itself.
     let mut m = alloc::vec![0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1];
     let c = &mut DnsCache::new(4);
-    assert_eq!(c.learn_from_response(&m, Instant(0)), Err(DnsError::BadPointer));
+    assert_eq!(
+        c.learn_from_response(&m, Instant(0)),
+        Err(DnsError::BadPointer)
+    );
     m[12] = 0xc0;
     m[13] = 200;
-    assert_eq!(c.learn_from_response(&m, Instant(0)), Err(DnsError::BadPointer));
+    assert_eq!(
+        c.learn_from_response(&m, Instant(0)),
+        Err(DnsError::BadPointer)
+    );
 }
 
 #[test]
@@ -101,12 +134,21 @@ fn hostile_answer_rejected_not_a_response() {
     let mut m = a_response("a.b", [1, 2, 3, 4], 5);
     m[2] = 0x01; // QR clear: a query
     let c = &mut DnsCache::new(4);
-    assert_eq!(c.learn_from_response(&m, Instant(0)), Err(DnsError::NotAnswer));
+    assert_eq!(
+        c.learn_from_response(&m, Instant(0)),
+        Err(DnsError::NotAnswer)
+    );
     let mut m = a_response("a.b", [1, 2, 3, 4], 5);
     m[3] = 0x83; // NXDOMAIN
-    assert_eq!(c.learn_from_response(&m, Instant(0)), Err(DnsError::NotAnswer));
+    assert_eq!(
+        c.learn_from_response(&m, Instant(0)),
+        Err(DnsError::NotAnswer)
+    );
     let m = a_response("a.b", [1, 2, 3, 4], 5);
-    assert_eq!(c.learn_from_response(&m[..m.len() - 1], Instant(0)), Err(DnsError::Truncated));
+    assert_eq!(
+        c.learn_from_response(&m[..m.len() - 1], Instant(0)),
+        Err(DnsError::Truncated)
+    );
     assert!(c.is_empty());
 }
 
@@ -118,12 +160,21 @@ fn bound_evicts_soonest_expiry_then_expired() {
     c.insert("c", ip("1.0.0.3"), 200, Instant(0));
     c.insert("d", ip("1.0.0.4"), 300, Instant(0));
     assert_eq!(c.len(), 3);
-    assert_eq!(c.resolves_to("b", ip("1.0.0.2"), Instant(0)), Resolution::Unknown);
-    assert_eq!(c.resolves_to("a", ip("1.0.0.1"), Instant(0)), Resolution::Match);
+    assert_eq!(
+        c.resolves_to("b", ip("1.0.0.2"), Instant(0)),
+        Resolution::Unknown
+    );
+    assert_eq!(
+        c.resolves_to("a", ip("1.0.0.1"), Instant(0)),
+        Resolution::Match
+    );
     // At 150 s "a" has expired and is purged first.
     c.insert("e", ip("1.0.0.5"), 300, Instant(150 * SEC));
     assert_eq!(c.len(), 3);
-    assert_eq!(c.resolves_to("c", ip("1.0.0.3"), Instant(150 * SEC)), Resolution::Match);
+    assert_eq!(
+        c.resolves_to("c", ip("1.0.0.3"), Instant(150 * SEC)),
+        Resolution::Match
+    );
 }
 
 #[test]
@@ -131,7 +182,10 @@ fn ttl_is_capped() {
     let mut c = DnsCache::new(3);
     c.insert("a", ip("1.0.0.1"), u32::MAX, Instant(0));
     let later = Instant(u64::from(MAX_TTL_SECS) * SEC + 1);
-    assert_eq!(c.resolves_to("a", ip("1.0.0.1"), later), Resolution::Unknown);
+    assert_eq!(
+        c.resolves_to("a", ip("1.0.0.1"), later),
+        Resolution::Unknown
+    );
 }
 
 proptest! {

@@ -102,7 +102,10 @@ fn parse_every_rule_form() {
             "dstports=1024-65535 proto=udp action=drop",
             Rule {
                 proto: Some(Proto::Udp),
-                ports: Some(PortRange { lo: 1024, hi: 65535 }),
+                ports: Some(PortRange {
+                    lo: 1024,
+                    hi: 65535,
+                }),
                 ..rule(Action::Drop)
             },
         ),
@@ -181,23 +184,38 @@ fn parse_refuses_malformed_rules() {
         ("action=accept dsthost=bad/name", E::BadValue(Key::DstHost)),
         ("action=accept dsthost=a*b", E::BadValue(Key::DstHost)),
         ("action=accept dsthost=", E::BadValue(Key::DstHost)),
+        ("action=accept dst4=1.1.1.1 dsthost=a.b", E::ConflictingDst),
         (
-            "action=accept dst4=1.1.1.1 dsthost=a.b",
-            E::ConflictingDst,
+            "action=accept proto=tcp dstports=443",
+            E::BadValue(Key::DstPorts),
         ),
-        ("action=accept proto=tcp dstports=443", E::BadValue(Key::DstPorts)),
-        ("action=accept proto=tcp dstports=2-1", E::BadValue(Key::DstPorts)),
+        (
+            "action=accept proto=tcp dstports=2-1",
+            E::BadValue(Key::DstPorts),
+        ),
         (
             "action=accept proto=tcp dstports=1-65536",
             E::BadValue(Key::DstPorts),
         ),
-        ("action=accept proto=tcp dstports=-1-5", E::BadValue(Key::DstPorts)),
+        (
+            "action=accept proto=tcp dstports=-1-5",
+            E::BadValue(Key::DstPorts),
+        ),
         ("action=accept dstports=53-53", E::PortsNeedTcpUdp),
         ("action=accept proto=icmp dstports=1-2", E::PortsNeedTcpUdp),
-        ("action=accept proto=icmp icmptype=256", E::BadValue(Key::IcmpType)),
-        ("action=accept proto=icmp icmptype=-1", E::BadValue(Key::IcmpType)),
+        (
+            "action=accept proto=icmp icmptype=256",
+            E::BadValue(Key::IcmpType),
+        ),
+        (
+            "action=accept proto=icmp icmptype=-1",
+            E::BadValue(Key::IcmpType),
+        ),
         ("action=accept proto=tcp icmptype=8", E::IcmpTypeNeedsIcmp),
-        ("action=accept specialtarget=ntp", E::BadValue(Key::SpecialTarget)),
+        (
+            "action=accept specialtarget=ntp",
+            E::BadValue(Key::SpecialTarget),
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(parse_rule(text), Err(*want), "{text}");
@@ -252,9 +270,11 @@ fn ruleset_malformed_rule_falls_back_to_deny_all() {
     );
 }
 
+type Entries<'a> = &'a [(&'a str, &'a [u8])];
+
 #[test]
 fn ruleset_bad_entries_fall_back_to_deny_all() {
-    let cases: &[(&[(&str, &[u8])], RuleSetError)] = &[
+    let cases: &[(Entries<'_>, RuleSetError)] = &[
         (&[("policy", b"maybe")], RuleSetError::BadPolicy),
         (&[("12", b"action=accept")], RuleSetError::UnknownEntry),
         (&[("extra", b"x")], RuleSetError::UnknownEntry),
@@ -275,7 +295,9 @@ fn ruleset_bad_entries_fall_back_to_deny_all() {
 
 #[test]
 fn ruleset_too_many_rules_is_refused() {
-    let names: Vec<String> = (0..=MAX_RULES).map(|n| alloc::format!("{:04}", n % 10000)).collect();
+    let names: Vec<String> = (0..=MAX_RULES)
+        .map(|n| alloc::format!("{:04}", n % 10000))
+        .collect();
     let entries = names.iter().map(|n| (n.as_str(), &b"action=accept"[..]));
     let (set, err) = ruleset_from_entries(entries);
     assert_eq!(set, RuleSet::deny_all());

@@ -1,0 +1,364 @@
+//! Bounded translation and connection-tracking table: each flow's key as the client sent it and as
+//! it leaves, looked up both ways; when full, the least recently used flow is evicted.
+
+use alloc::collections::BTreeMap;
+use core::fmt;
+use core::net::IpAddr;
+
+use platform_api::Instant;
+
+use crate::packet::{FlowKey, L4};
+
+/// Lowest masquerade source port (mirage uses 1024–65535).
+pub const MIN_PORT: u16 = 1024;
+/// Random port picks tried before giving up on a new flow.
+const PORT_TRIES: usize = 32;
+
+/// One tracked flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// As the client sent it (`orig.src` is the client).
+    pub orig: FlowKey,
+    /// As it leaves us (equal to `orig` for client-to-client flows).
+    pub xlat: FlowKey,
+    /// True if the flow goes out on the uplink; false for client-to-client.
+    pub to_uplink: bool,
+    pub last_used: Instant,
+    stamp: u64,
+}
+
+/// Why a flow could not be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatError {
+    /// The table size is zero.
+    Full { what: &'static str },
+    /// The translated key is already used by another flow.
+    Clash,
+    /// No free masquerade port was found.
+    NoPort,
+}
+
+impl fmt::Display for NatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatError::Full { what } => write!(f, "{what} full"),
+            NatError::Clash => f.write_str("translated flow already in use"),
+            NatError::NoPort => f.write_str("no free masquerade port"),
+        }
+    }
+}
+
+impl core::error::Error for NatError {}
+
+/// The table. Lookups are `O(log n)`; size never exceeds `max`.
+#[derive(Debug)]
+pub struct NatTable {
+    entries: BTreeMap<u64, Entry>,
+    by_orig: BTreeMap<FlowKey, u64>,
+    /// Keyed by the reply as it arrives: `xlat.reverse()`.
+    by_reply: BTreeMap<FlowKey, u64>,
+    lru: BTreeMap<u64, u64>,
+    next_id: u64,
+    tick: u64,
+    max: usize,
+    rng: u64,
+}
+
+impl NatTable {
+    /// A table of at most `max` flows; `seed` drives the choice of masquerade ports.
+    pub fn new(max: usize, seed: u64) -> Self {
+        NatTable {
+            entries: BTreeMap::new(),
+            by_orig: BTreeMap::new(),
+            by_reply: BTreeMap::new(),
+            lru: BTreeMap::new(),
+            next_id: 0,
+            tick: 0,
+            max,
+            rng: seed | 1,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
+    /// Every tracked flow, oldest id first.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries.values()
+    }
+
+    fn touch(&mut self, id: u64, now: Instant) -> Option<Entry> {
+        self.tick += 1;
+        let tick = self.tick;
+        let e = self.entries.get_mut(&id)?;
+        self.lru.remove(&e.stamp);
+        e.stamp = tick;
+        e.last_used = now;
+        self.lru.insert(tick, id);
+        Some(*e)
+    }
+
+    /// The flow a client packet (`key` as sent by the client) belongs to.
+    pub fn outbound(&mut self, key: &FlowKey, now: Instant) -> Option<Entry> {
+        let id = *self.by_orig.get(key)?;
+        self.touch(id, now)
+    }
+
+    /// The flow a reply (`key` as received) belongs to.
+    pub fn inbound(&mut self, key: &FlowKey, now: Instant) -> Option<Entry> {
+        let id = *self.by_reply.get(key)?;
+        self.touch(id, now)
+    }
+
+    /// Looks a flow up by its reply key without counting it as used.
+    pub fn peek_inbound(&self, key: &FlowKey) -> Option<&Entry> {
+        self.entries.get(self.by_reply.get(key)?)
+    }
+
+    /// Tracks a new flow, evicting the least recently used one if the table is full.
+    pub fn insert(
+        &mut self,
+        orig: FlowKey,
+        xlat: FlowKey,
+        to_uplink: bool,
+        now: Instant,
+    ) -> Result<Entry, NatError> {
+        if self.max == 0 {
+            return Err(NatError::Full { what: "NAT table" });
+        }
+        if let Some(&id) = self.by_orig.get(&orig) {
+            self.remove_id(id);
+        }
+        if self.by_reply.contains_key(&xlat.reverse()) {
+            return Err(NatError::Clash);
+        }
+        while self.entries.len() >= self.max {
+            let Some((_, id)) = self.lru.pop_first() else {
+                break;
+            };
+            self.remove_id(id);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tick += 1;
+        let e = Entry {
+            orig,
+            xlat,
+            to_uplink,
+            last_used: now,
+            stamp: self.tick,
+        };
+        self.entries.insert(id, e);
+        self.by_orig.insert(orig, id);
+        self.by_reply.insert(xlat.reverse(), id);
+        self.lru.insert(self.tick, id);
+        Ok(e)
+    }
+
+    fn remove_id(&mut self, id: u64) {
+        if let Some(e) = self.entries.remove(&id) {
+            self.by_orig.remove(&e.orig);
+            self.by_reply.remove(&e.xlat.reverse());
+            self.lru.remove(&e.stamp);
+        }
+    }
+
+    /// Keeps only the flows for which `keep` is true; returns how many were removed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
+        let gone: alloc::vec::Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !keep(e))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.remove_id(*id);
+        }
+        gone.len()
+    }
+
+    /// Removes flows idle since before `now - idle_nanos`.
+    pub fn expire(&mut self, now: Instant, idle_nanos: u64) -> usize {
+        let cutoff = now.0.saturating_sub(idle_nanos);
+        self.retain(|e| e.last_used.0 >= cutoff)
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64: ports need to be hard to guess from outside, not cryptographic.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// A free translated key for `orig` leaving from `own` towards `dst:dport` (DNS may rewrite `dst`).
+    pub fn masquerade(
+        &mut self,
+        orig: &FlowKey,
+        own: IpAddr,
+        dst: IpAddr,
+    ) -> Result<FlowKey, NatError> {
+        let span = u64::from(u16::MAX - MIN_PORT) + 1;
+        for _ in 0..PORT_TRIES {
+            let port = MIN_PORT + (self.next_rand() % span) as u16;
+            let (sport, dport) = match orig.proto {
+                L4::Echo => (port, 0),
+                L4::Tcp | L4::Udp => (port, orig.dport),
+            };
+            let k = FlowKey {
+                proto: orig.proto,
+                src: own,
+                sport,
+                dst,
+                dport,
+            };
+            if !self.by_reply.contains_key(&k.reverse()) {
+                return Ok(k);
+            }
+        }
+        Err(NatError::NoPort)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(src: &str, sport: u16, dst: &str, dport: u16) -> FlowKey {
+        FlowKey {
+            proto: L4::Udp,
+            src: src.parse().unwrap(),
+            sport,
+            dst: dst.parse().unwrap(),
+            dport,
+        }
+    }
+
+    fn own() -> IpAddr {
+        "10.138.5.9".parse().unwrap()
+    }
+
+    #[test]
+    fn translation_both_ways() {
+        let mut t = NatTable::new(8, 7);
+        let orig = key("10.137.0.7", 5000, "1.1.1.1", 53);
+        let x = t.masquerade(&orig, own(), orig.dst).unwrap();
+        assert_eq!((x.src, x.dst, x.dport), (own(), orig.dst, 53));
+        assert!(x.sport >= MIN_PORT);
+        t.insert(orig, x, true, Instant(0)).unwrap();
+        assert_eq!(t.outbound(&orig, Instant(1)).unwrap().xlat, x);
+        let reply = x.reverse();
+        assert_eq!(t.inbound(&reply, Instant(2)).unwrap().orig, orig);
+        // A reply from another remote port is not this flow.
+        let mut stray = reply;
+        stray.sport = 54;
+        assert!(t.inbound(&stray, Instant(2)).is_none());
+    }
+
+    #[test]
+    fn full_table_evicts_least_recently_used() {
+        let mut t = NatTable::new(2, 1);
+        let a = key("10.137.0.7", 1, "1.1.1.1", 80);
+        let b = key("10.137.0.7", 2, "1.1.1.1", 80);
+        let c = key("10.137.0.7", 3, "1.1.1.1", 80);
+        for k in [a, b] {
+            let x = t.masquerade(&k, own(), k.dst).unwrap();
+            t.insert(k, x, true, Instant(0)).unwrap();
+        }
+        // Use `a` so that `b` is the least recently used.
+        assert!(t.outbound(&a, Instant(1)).is_some());
+        let x = t.masquerade(&c, own(), c.dst).unwrap();
+        t.insert(c, x, true, Instant(2)).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.outbound(&a, Instant(3)).is_some());
+        assert!(t.outbound(&b, Instant(3)).is_none());
+        assert!(t.outbound(&c, Instant(3)).is_some());
+    }
+
+    #[test]
+    fn flood_of_new_flows_never_grows_past_bound() {
+        let mut t = NatTable::new(100, 3);
+        for i in 0..10_000u32 {
+            let k = key(
+                "10.137.0.7",
+                (i % 60000) as u16,
+                "9.9.9.9",
+                (i / 60000) as u16 + 1,
+            );
+            if let Ok(x) = t.masquerade(&k, own(), k.dst) {
+                t.insert(k, x, true, Instant(u64::from(i))).unwrap();
+            }
+            assert!(t.len() <= 100);
+        }
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.lru.len(), 100);
+        assert_eq!(t.by_orig.len(), 100);
+        assert_eq!(t.by_reply.len(), 100);
+    }
+
+    #[test]
+    fn zero_size_table_refuses() {
+        let mut t = NatTable::new(0, 1);
+        let k = key("10.137.0.7", 1, "1.1.1.1", 80);
+        assert_eq!(
+            t.insert(k, k, true, Instant(0)),
+            Err(NatError::Full { what: "NAT table" })
+        );
+    }
+
+    #[test]
+    fn clashing_translation_refused() {
+        let mut t = NatTable::new(4, 1);
+        let a = key("10.137.0.7", 1, "1.1.1.1", 80);
+        let b = key("10.137.0.8", 1, "1.1.1.1", 80);
+        let x = t.masquerade(&a, own(), a.dst).unwrap();
+        t.insert(a, x, true, Instant(0)).unwrap();
+        assert_eq!(t.insert(b, x, true, Instant(0)), Err(NatError::Clash));
+    }
+
+    #[test]
+    fn expire_removes_idle_flows() {
+        let mut t = NatTable::new(4, 1);
+        let a = key("10.137.0.7", 1, "1.1.1.1", 80);
+        let b = key("10.137.0.7", 2, "1.1.1.1", 80);
+        t.insert(a, a, false, Instant(0)).unwrap();
+        t.insert(b, b, false, Instant(100)).unwrap();
+        assert_eq!(t.expire(Instant(150), 60), 1);
+        assert!(t.outbound(&b, Instant(151)).is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn size_never_exceeds_bound(max in 0usize..20, ops in proptest::collection::vec((0u16..40, 0u8..3), 0..200)) {
+            let mut t = NatTable::new(max, 9);
+            for (i, (port, op)) in ops.into_iter().enumerate() {
+                let k = key("10.137.0.7", port, "1.1.1.1", 80);
+                match op {
+                    0 => {
+                        if let Ok(x) = t.masquerade(&k, own(), k.dst) {
+                            let _ = t.insert(k, x, true, Instant(i as u64));
+                        }
+                    }
+                    1 => { let _ = t.outbound(&k, Instant(i as u64)); }
+                    _ => { t.retain(|e| e.orig.sport % 2 == 0); }
+                }
+                prop_assert!(t.len() <= max);
+                prop_assert_eq!(t.lru.len(), t.len());
+                prop_assert_eq!(t.by_orig.len(), t.len());
+                prop_assert_eq!(t.by_reply.len(), t.len());
+            }
+        }
+    }
+}
