@@ -41,9 +41,14 @@ type = "$MODE"
 kernel = "$IMG"
 memory = 32
 vcpus = 1
-extra = "xen-test mode=$MODE"
+extra = "xen-test mode=$MODE ip=10.137.99.2"
+vif = [ 'mac=00:16:3e:5a:00:02,bridge=xenbr0' ]
 on_crash = "preserve"
 EOC
+# netback's side: a bridge with dom0's address; vif-bridge adds the guest's vif to it.
+ip link add xenbr0 type bridge 2>/dev/null
+ip addr add 10.137.99.1/24 dev xenbr0 2>/dev/null
+ip link set xenbr0 up
 rm -f "$LOG"
 modprobe -a xen-evtchn xen-gntdev xen-gntalloc 2>/dev/null
 # What dom0 sends over vchan, and its cksum ("CRC/LEN", as the guest prints it).
@@ -78,7 +83,7 @@ vchan_peer() {  # vchan_peer ROLE-OF-GUEST PROXY-ARGS...: runs the proxy until t
   wait_for 10 sh -c "! kill -0 $pid 2>/dev/null"
   kill $pid 2>/dev/null; wait $pid 2>/dev/null
   local line rx got
-  line=$(grep -o "xen-smoke: vchan-$role .*" "$LOG" | head -1)
+  line=$(grep -o "xen-smoke: vchan-$role \(ok\|FAIL\) .*" "$LOG" | head -1)
   rx=$(cksum < /tmp/vchan-rx-$role | tr ' ' /)
   got=$(echo "$line" | grep -o 'rx-cksum=[0-9/]*' | cut -d= -f2)
   sent=$(echo "$line" | grep -o 'tx-cksum=[0-9/]*' | cut -d= -f2)
@@ -98,7 +103,7 @@ wait_for 120 grep -q 'xen-smoke: ready' "$LOG"
 check boot $? "domid $DOMID ready after $((SECONDS - t0)) s (vchan checks included)"
 sed 's/^/XEN-CONSOLE /' "$LOG"
 grep -q "xen-smoke: console ok mode=$MODE" "$LOG"; check console-ring $? "PV console ring via xenconsoled"
-grep -q 'cmdline="xen-test mode='"$MODE"'"' "$LOG"; check cmdline $? "command line passed"
+grep -q 'cmdline="xen-test mode='"$MODE"' ip=10.137.99.2"' "$LOG"; check cmdline $? "command line passed"
 grep -q 'xen-smoke: clock ok' "$LOG"; check clock-and-poll $? "$(grep -o 'poll-timeout=[0-9]*us' "$LOG")"
 grep -q "xen-smoke: xenstore-read ok name=$NAME domid=$DOMID" "$LOG"; check xenstore-read $? "name and domid read by the guest"
 v=$(xenstore-read /local/domain/$DOMID/data/smoke 2>&1)
@@ -112,6 +117,17 @@ grep -q 'xen-smoke: evtchn-interdomain ok' "$LOG"; check evtchn-interdomain $? "
 grep -q 'xen-smoke: virq-timer ok' "$LOG"; check virq-timer $? "$(grep -o 'fired after [0-9]*us' "$LOG") (set_timer_op, 20 ms)"
 grep -q 'xen-smoke: grant ok' "$LOG"; check grant-share-end $? "$(grep -o 'refs=[0-9,]*' "$LOG") granted to dom0, then revoked"
 grep -q 'xen-smoke: grant-map ok' "$LOG"; check grant-map $? "$(grep -o 'grant-map .*' "$LOG" | head -1)"
+grep -q 'xen-smoke: netfront ok' "$LOG"
+bstate=$(xenstore-read /local/domain/0/backend/vif/$DOMID/0/state 2>&1)
+fstate=$(xenstore-read /local/domain/$DOMID/device/vif/0/state 2>&1)
+[ $? = 0 ] && [ "$bstate" = 4 ] && [ "$fstate" = 4 ]
+check netfront-connect $? "backend state $bstate, frontend state $fstate, $(ip -br link | grep -o "vif$DOMID.0 *[A-Z]*" | tr -s ' ')"
+python3 /usr/local/lib/xen-test/net-check.py 10.137.99.2 10000 > /tmp/net.txt 2>&1
+sed 's/^/XEN-NET /' /tmp/net.txt
+for c in ping udp-echo; do
+  line=$(grep "^NET $c " /tmp/net.txt)
+  [ "$(echo "$line" | cut -d' ' -f3)" = ok ]; check $c $? "${line#NET $c * }"
+done
 if [ "$MODE" = pvh ]; then
   xl dmesg | grep -q "(d$DOMID) platform-xen: PVH domain"
   check debug-port-0xe9 $? "early output in xl dmesg"

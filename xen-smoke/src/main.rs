@@ -5,7 +5,12 @@
 #![cfg_attr(xen_image, no_std, no_main)]
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
 mod cksum;
+mod echo;
+#[cfg(xen_image)]
+mod net;
 #[cfg(xen_image)]
 mod smoke;
 #[cfg(xen_image)]

@@ -160,34 +160,67 @@ pub fn main(mut xen: Xen) -> ! {
     crate::vchan_check::server(&xen, &mut store);
     crate::vchan_check::client(&xen, &mut store);
 
-    if let Err(e) = store.watch("control/shutdown", "shutdown") {
-        println!("xen-smoke: watch FAIL {e}");
-        xen.shutdown(ShutdownReason::Crash)
-    }
+    let ip = crate::net::parse_ip(xen.cmdline()).unwrap_or([10, 137, 99, 2]);
+    let mut vif = match xen.grants() {
+        Some(mut g) => {
+            match crate::net::connect(&mut g, xen.events(), xen.clock(), &mut store, ip) {
+                Ok(Some(v)) => {
+                    let m = v.mac();
+                    println!(
+                        "xen-smoke: netfront ok connected to netback, mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} ip={}.{}.{}.{}",
+                        m[0], m[1], m[2], m[3], m[4], m[5], ip[0], ip[1], ip[2], ip[3]
+                    );
+                    Some(v)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    println!("xen-smoke: netfront FAIL {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+
+    let (free, total) = xen.heap_stats();
+    println!(
+        "xen-smoke: heap in use {} KiB of {} KiB (after the checks, vif pages included)",
+        (total - free) / 1024,
+        total / 1024
+    );
     println!("xen-smoke: ready, waiting for control/shutdown");
-    loop {
-        match store.wait_watch(None) {
-            Ok(Some(_)) => {}
-            Ok(None) => continue,
-            Err(e) => {
-                println!("xen-smoke: watch FAIL {e}");
-                xen.shutdown(ShutdownReason::Crash)
+    let reason = loop {
+        // With a vif, answer frames and look at control/shutdown every 200 ms (one polled
+        // event set serves both); without one, sleep on a watch.
+        match vif.as_mut() {
+            Some(v) => {
+                if let Err(e) = v.serve(Duration::from_millis(200)) {
+                    println!("xen-smoke: netfront FAIL {e}");
+                    vif = None;
+                }
+            }
+            None => {
+                let _ = evs.wait(Some(Duration::from_millis(200)));
             }
         }
         let req = store
             .read(Tx::NONE, "control/shutdown")
             .map(text)
             .unwrap_or_default();
-        let reason = match req.as_str() {
-            "poweroff" | "halt" => ShutdownReason::Poweroff,
-            "reboot" => ShutdownReason::Reboot,
-            _ => continue,
-        };
-        // Acknowledge as Linux does: clear the request, then go.
-        let _ = store.write(Tx::NONE, "control/shutdown", b"");
-        println!("xen-smoke: shutdown ok request={req}");
-        xen.shutdown(reason)
+        match req.as_str() {
+            "poweroff" | "halt" => break (req, ShutdownReason::Poweroff),
+            "reboot" => break (req, ShutdownReason::Reboot),
+            _ => {}
+        }
+    };
+    if let Some(v) = &vif {
+        let [arp, ping, udp] = v.answered;
+        println!("xen-smoke: netfront answered arp={arp} ping={ping} udp={udp}");
     }
+    // Acknowledge as Linux does: clear the request, then go.
+    let _ = store.write(Tx::NONE, "control/shutdown", b"");
+    println!("xen-smoke: shutdown ok request={}", reason.0);
+    xen.shutdown(reason.1)
 }
 
 /// Grants two pages to ourselves and maps them: bytes written on one side appear on the other;

@@ -88,10 +88,9 @@ fn install(root: &Path, rootfs: &Path) -> Result<()> {
         super::image_path(root, "xen-smoke"),
         dir.join("xen-smoke.vmlinuz"),
     )?;
-    fs::copy(
-        root.join("tests/xen/dom0-test.sh"),
-        dir.join("dom0-test.sh"),
-    )?;
+    for f in ["dom0-test.sh", "net-check.py"] {
+        fs::copy(root.join("tests/xen").join(f), dir.join(f))?;
+    }
     let units = rootfs.join("etc/systemd/system");
     fs::copy(
         root.join("tests/xen/xen-test.service"),

@@ -387,6 +387,11 @@ pub struct Xen {
 }
 
 impl Xen {
+    /// Heap bytes `(free, total)`: what the image uses beyond its static size.
+    pub fn heap_stats(&self) -> (usize, usize) {
+        mm::heap_stats()
+    }
+
     /// PV or PVH.
     pub fn mode(&self) -> Mode {
         self.mode

@@ -1,0 +1,59 @@
+#!/usr/bin/python3
+# Runs in the lab's dom0: pings the unikernel (raw ICMP; the root has no ping binary) and runs a
+# lockstep UDP echo against its port 7. Prints one "NET <check> ok|FAIL <detail>" line each.
+import os, socket, struct, sys, time
+
+ip = sys.argv[1]
+count = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
+
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+icmp.settimeout(2)
+ok, rtts = 0, []
+for seq in range(1, 11):
+    payload = b"xen-smoke ping %d" % seq
+    hdr = struct.pack("!BBHHH", 8, 0, 0, 0x5A5A, seq)
+    pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), 0x5A5A, seq) + payload
+    t = time.time()
+    icmp.sendto(pkt, (ip, 0))
+    while time.time() - t < 2:
+        try:
+            data, _ = icmp.recvfrom(2048)
+        except socket.timeout:
+            break
+        r = data[(data[0] & 15) * 4:]
+        if r[0] == 0 and struct.unpack("!HH", r[4:8]) == (0x5A5A, seq) and r[8:] == payload and csum(r) == 0:
+            ok += 1
+            rtts.append((time.time() - t) * 1000)
+            break
+print("NET ping %s %d/10 echo replies (first one after ARP), rtt avg %.1f ms max %.1f ms"
+      % ("ok" if ok == 10 else "FAIL", ok, sum(rtts) / max(len(rtts), 1), max(rtts or [0])), flush=True)
+
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+lost = bad = 0
+t0 = time.time()
+for i in range(count):
+    msg = struct.pack("!I", i) + os.urandom(28)
+    u.sendto(msg, (ip, 7))
+    while True:
+        try:
+            data, addr = u.recvfrom(2048)
+        except socket.timeout:
+            lost += 1
+            break
+        if data == msg and addr == (ip, 7):
+            break
+        bad += 1  # a late answer to an earlier datagram; keep waiting for this one
+dt = time.time() - t0
+print("NET udp-echo %s %d datagrams lockstep, %d lost, %d stray, %.1f s (%.0f/s)"
+      % ("ok" if lost == 0 else "FAIL", count, lost, bad, dt, count / dt), flush=True)
