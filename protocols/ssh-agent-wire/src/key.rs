@@ -153,7 +153,9 @@ impl PrivateKey {
             let mut s: &[u8] = &synth;
             let kp = KeypairData::decode_as(&mut s, cert_pub.algorithm())
                 .map_err(|_| WireError::BadKey)?;
-            let consumed = synth.len() - s.len() - prefix;
+            let consumed = (synth.len() - s.len())
+                .checked_sub(prefix)
+                .ok_or(WireError::BadKey)?;
             probe.take(consumed).ok_or(WireError::BadKey)?;
             let kd = KeyData::try_from(&kp).map_err(|_| WireError::BadKey)?;
             if &kd != cert_pub {

@@ -814,3 +814,19 @@ fn write_fuzz_seeds() {
         std::fs::write(std::format!("{dir}/seed-{i:02}"), bytes).unwrap();
     }
 }
+
+#[test]
+fn rsa_key_refused_unless_configured_and_inconsistent_rsa_refused_always() {
+    let body = cat(&[&[17], &crate::wire::tests::fake_rsa_private(256), &s(b"r")]);
+    let mut h = Harness::new();
+    let mut admin = Session::new(true);
+    assert_eq!(h.call(&mut admin, &body), [Response::Failure]);
+    let mut h = Harness::new();
+    h.agent = Agent::new(MemoryKeyring::new(8), Config { allow_rsa: true });
+    assert_eq!(
+        h.call(&mut admin, &body),
+        [Response::Failure],
+        "made-up primes"
+    );
+    assert!(h.agent.keyring().is_empty());
+}

@@ -480,3 +480,40 @@ proptest! {
         let _ = Request::parse(&body);
     }
 }
+
+/// `ssh-rsa` private key fields (n, e, d, iqmp, p, q) with made-up numbers.
+pub(crate) fn fake_rsa_private(n_len: usize) -> Vec<u8> {
+    let mut v = s(b"ssh-rsa");
+    for m in [
+        vec![0x7f; n_len],
+        vec![1, 0, 1],
+        vec![0x33; 64],
+        vec![0x22; 32],
+        vec![0x44; 32],
+        vec![0x55; 32],
+    ] {
+        codec::put_mpint(&mut v, &m);
+    }
+    v
+}
+
+#[test]
+fn rsa_modulus_below_2048_bits_is_unsupported() {
+    let body = cat(&[&[17], &fake_rsa_private(128), &s(b"small")]);
+    assert_eq!(Request::parse(&body), Err(WireError::UnsupportedKeyType));
+    let body = cat(&[&[17], &fake_rsa_private(256), &s(b"ok size")]);
+    assert!(matches!(
+        Request::parse(&body),
+        Ok(Request::AddIdentity { .. })
+    ));
+}
+
+#[test]
+fn dsa_private_key_is_unsupported() {
+    let mut v = s(b"ssh-dss");
+    for _ in 0..5 {
+        codec::put_mpint(&mut v, &[0x11; 20]);
+    }
+    let body = cat(&[&[17], &v, &s(b"dsa")]);
+    assert!(Request::parse(&body).is_err());
+}
