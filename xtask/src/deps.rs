@@ -14,6 +14,7 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "pkg-config",
     "qemu-system-x86",
+    "openssh-client",
 ];
 
 fn have_packages(pkgs: &[&str]) -> bool {
