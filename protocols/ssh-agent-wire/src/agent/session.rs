@@ -71,6 +71,8 @@ pub struct Session {
     frames: FrameReader,
     tx: VecDeque<u8>,
     binds: Vec<Binding>,
+    /// A session-bind was tried: if none succeeded, this connection signs nothing (OpenSSH).
+    bind_attempted: bool,
     pending: Option<Pending>,
     events: VecDeque<Event>,
     next_confirm: u64,
@@ -84,6 +86,7 @@ impl Session {
             frames: FrameReader::default(),
             tx: VecDeque::new(),
             binds: Vec::new(),
+            bind_attempted: false,
             pending: None,
             events: VecDeque::new(),
             next_confirm: 0,
@@ -315,6 +318,9 @@ impl Session {
     /// that session's id; a destination-constrained key signs only userauth requests on a bound
     /// connection whose hops, host key and user its constraints permit.
     fn sign_permitted(&self, id: &Identity, data: &[u8]) -> bool {
+        if self.bind_attempted && self.binds.is_empty() {
+            return false; // a failed bind must not leave an unbound, usable connection
+        }
         let ua = parse_userauth(data);
         let last = self.binds.last();
         if let (Some(ua), Some(b)) = (&ua, last) {
@@ -339,6 +345,7 @@ impl Session {
 
     /// `session-bind@openssh.com`, as OpenSSH's `process_ext_session_bind`.
     fn bind(&mut self, b: &SessionBind) -> bool {
+        self.bind_attempted = true;
         if b.session_id.is_empty() || b.session_id.len() > MAX_SESSION_ID_LEN {
             return false;
         }

@@ -529,6 +529,27 @@ fn session_bind_verifies_the_host_signature() {
 }
 
 #[test]
+fn failed_session_bind_leaves_a_connection_that_signs_nothing() {
+    let mut h = Harness::new();
+    let mut admin = Session::new(true);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"u", &[])),
+        [Response::Success]
+    );
+    let mut c = Session::new(false);
+    let mut bad = bind_body(&HOST, &[1; 32], false);
+    let n = bad.len();
+    bad[n - 2] ^= 1;
+    assert_eq!(h.call(&mut c, &bad), [Response::Failure]);
+    assert_eq!(h.call(&mut c, &sign_body(&SEED, b"x")), [Response::Failure]);
+    assert_eq!(
+        list(&mut h, &mut c).len(),
+        1,
+        "listing still works, as OpenSSH"
+    );
+}
+
+#[test]
 fn session_bind_rules_duplicate_id_and_bound() {
     let mut h = Harness::new();
     let mut c = Session::new(false);
