@@ -89,6 +89,7 @@ pub fn run(prog: &str, args: &[String]) -> Result<i32> {
         "qvm-remove" => qvm_remove(&state, args),
         "qvm-run" => crate::dom0call::qvm_run(&state, args),
         "qvm-firewall" => crate::firewall::qvm_firewall(&state, args),
+        "qvm-gui-input" => qvm_gui_input(&state, args),
         _ => usage(format!("unknown command {prog:?}")),
     }
 }
@@ -523,5 +524,23 @@ fn qvm_remove(state: &Path, args: &[String]) -> Result<i32> {
     for vm in vms {
         let _ = std::fs::remove_dir_all(state.join("vms").join(vm));
     }
+    Ok(0)
+}
+
+/// `qvm-gui-input VM (key NAME | click X Y | close)`: input for the qube's focused window.
+fn qvm_gui_input(state: &Path, args: &[String]) -> Result<i32> {
+    let Some((vm, input)) = args.split_first() else {
+        return usage("usage: qvm-gui-input VM (key NAME | click X Y | close)");
+    };
+    if input.is_empty() {
+        return usage("usage: qvm-gui-input VM (key NAME | click X Y | close)");
+    }
+    admin::call(
+        state,
+        &Request::GuiInput {
+            vm: vm.clone(),
+            input: input.to_vec(),
+        },
+    )?;
     Ok(0)
 }

@@ -98,6 +98,8 @@ struct Vm {
     thread: Option<JoinHandle<()>>,
     /// Its dom0 QubesDB daemon.
     qdb: Option<Sender<QdbCmd>>,
+    /// Its dom0 GUI daemon (qubes with the `gui` feature).
+    gui: Option<Sender<crate::gui::GuiInput>>,
     /// Threads that end with `stop` (QubesDB, GUI).
     helpers: Vec<JoinHandle<()>>,
 }
@@ -355,6 +357,16 @@ impl Sim {
             .process_group(0)
             .spawn()
             .context("spawn the qube's process")?;
+        let mut helpers = vec![qdb_thread];
+        let mut gui = None;
+        if crate::qdb::gui_enabled(reg.get(name)?) {
+            let (gtx, grx) = mpsc::channel();
+            let (run, vm, halt) = (self.run.clone(), name.to_string(), stop.clone());
+            helpers.push(std::thread::spawn(move || {
+                crate::gui::run(&run, &vm, domid, &halt, &grx)
+            }));
+            gui = Some(gtx);
+        }
         let (tx, rx) = mpsc::channel();
         let thread = {
             let (sim, name, stop, user) = (
@@ -378,7 +390,8 @@ impl Sim {
             stop,
             thread: Some(thread),
             qdb: Some(qdb_tx),
-            helpers: vec![qdb_thread],
+            gui,
+            helpers,
         })
     }
 
@@ -471,6 +484,7 @@ impl Sim {
                 vm.child = None;
                 vm.cmd = None;
                 vm.qdb = None;
+                vm.gui = None;
                 vm.stop.store(true, Ordering::Relaxed);
                 dead.push(vm.domid);
             }
@@ -589,8 +603,23 @@ impl Sim {
     }
 
     /// Input for `vm`'s focused window.
-    pub fn gui_input(&self, vm: &str, _input: &[String]) -> Result<()> {
-        bail!("qube '{vm}' has no GUI daemon")
+    pub fn gui_input(&self, vm: &str, input: &[String]) -> Result<String> {
+        let tx = self
+            .vms()
+            .get(vm)
+            .and_then(|v| v.gui.clone())
+            .ok_or_else(|| anyhow!("qube '{vm}' is not running with a GUI (feature gui)"))?;
+        let (reply, rx) = mpsc::channel();
+        tx.send(crate::gui::GuiInput {
+            words: input.to_vec(),
+            reply,
+        })
+        .map_err(|_| anyhow!("qube '{vm}' is going down"))?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => bail!("qube '{vm}': {e}"),
+            Err(_) => bail!("qube '{vm}': its GUI daemon did not answer"),
+        }
     }
 
     /// EXEC_CMDLINE through `vm`'s daemon with the data channel to `peer`; the port.
@@ -640,6 +669,7 @@ fn reap(mut vm: Vm) {
         let _ = t.join();
     }
     vm.qdb = None;
+    vm.gui = None;
     for t in vm.helpers.drain(..) {
         let _ = t.join();
     }

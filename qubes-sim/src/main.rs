@@ -52,6 +52,8 @@ fn main() -> ExitCode {
         "qubesdb-list" => qubes_sim::qdb_vm::qubesdb_list(&args),
         "qubesdb-write" => qubes_sim::qdb_vm::qubesdb_write(&args),
         "qubesdb-watch" => qubes_sim::qdb_vm::qubesdb_watch(&args),
+        // A test GUI agent (one window with a known pattern); not in the help.
+        "gui-test-agent" => qubes_sim::gui_vm::run(),
         _ => Err(Usage(format!("unknown command {prog:?}")).into()),
     };
     match result {
