@@ -35,6 +35,9 @@ sed 's/^/XEN-NOTES /' /tmp/notes.txt
 grep -qi 'PHYS32_ENTRY' /tmp/notes.txt && grep -qi 'HYPERCALL_PAGE' /tmp/notes.txt && grep -qi 'xen-3.0' /tmp/notes.txt
 check elf-notes $? "readnotes shows PHYS32_ENTRY, HYPERCALL_PAGE, xen-3.0"
 
+# A file-backed disk for blkback (the block script puts it on a loop device).
+DISK=/var/lib/xen-test-disk.img
+rm -f "$DISK"; truncate -s 64M "$DISK"
 cat > /tmp/$NAME.cfg <<EOC
 name = "$NAME"
 type = "$MODE"
@@ -43,6 +46,7 @@ memory = 32
 vcpus = 1
 extra = "xen-test mode=$MODE ip=10.137.99.2"
 vif = [ 'mac=00:16:3e:5a:00:02,bridge=xenbr0' ]
+disk = [ 'format=raw,vdev=xvda,access=rw,target=$DISK' ]
 on_crash = "preserve"
 EOC
 # netback's side: a bridge with dom0's address; vif-bridge adds the guest's vif to it.
@@ -138,4 +142,24 @@ rc=$?
 check shutdown $rc "xl shutdown -w rc=$rc in $((SECONDS - t1)) s $(tail -1 /tmp/shutdown.txt)"
 grep -q 'xen-smoke: shutdown ok request=poweroff' "$LOG"; check shutdown-acknowledged $? "guest saw control/shutdown=poweroff"
 xl list "$NAME" >/dev/null 2>&1 && xl destroy "$NAME"
+
+# blkfront: the first boot wrote 1 MiB at sector 2048, flushed and read it back; dom0 reads the
+# file, then a second boot of the image (blk=verify) reads it back through blkback again.
+wline=$(grep -o 'xen-smoke: blk-write \(ok\|FAIL\) .*' "$LOG" | head -1)
+wck=$(echo "$wline" | grep -o 'cksum=[0-9/]*' | cut -d= -f2)
+dck=$(dd if="$DISK" bs=512 skip=2048 count=2048 2>/dev/null | cksum | tr ' ' /)
+[ -n "$wck" ] && [ "$wck" = "$dck" ]
+check blk-write $? "${wline#xen-smoke: blk-write } (dom0 reads the file: $dck)"
+VNAME=$NAME-verify
+VLOG=/var/log/xen/console/guest-$VNAME.log
+sed -e "s/^name = .*/name = \"$VNAME\"/" -e "s/^extra = .*/extra = \"xen-test mode=$MODE blk=verify\"/" \
+    -e '/^vif/d' /tmp/$NAME.cfg > /tmp/$VNAME.cfg
+rm -f "$VLOG"
+xl create /tmp/$VNAME.cfg > /tmp/vcreate.txt 2>&1
+wait_for 120 grep -q 'xen-smoke: blk-verify \(ok\|FAIL\)' "$VLOG"
+vline=$(grep -o 'xen-smoke: blk-verify \(ok\|FAIL\) .*' "$VLOG" | head -1)
+vck=$(echo "$vline" | grep -o 'cksum=[0-9/]*' | cut -d= -f2)
+[ -n "$vck" ] && [ "$vck" = "$dck" ]
+check blk-after-restart $? "${vline:-no result: $(tail -3 "$VLOG" | tr '\n' ' ') $(tail -1 /tmp/vcreate.txt)}"
+xl destroy "$VNAME" 2>/dev/null
 finish

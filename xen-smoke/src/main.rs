@@ -7,6 +7,8 @@
 
 extern crate alloc;
 
+#[cfg(xen_image)]
+mod blk;
 mod cksum;
 mod echo;
 #[cfg(xen_image)]
