@@ -413,8 +413,17 @@ pub fn service_command(dirs: &[PathBuf], call: &ServiceCall) -> Result<Command, 
             None
         }
     });
-    let path = found.ok_or(EXIT_NOT_FOUND)?;
-    let mut c = Command::new(path);
+    let mut c = match found {
+        Some(path) => Command::new(path),
+        // Installed in every Linux template: the editor half of qvm-open-in-(d)vm.
+        None if call.service == "qubes.OpenInVM" => {
+            let exe = std::env::current_exe().map_err(|_| EXIT_NOT_FOUND)?;
+            let mut c = Command::new(exe);
+            c.arg("vm-file-editor");
+            c
+        }
+        None => return Err(EXIT_NOT_FOUND),
+    };
     if !arg.is_empty() {
         c.arg(arg).env("QREXEC_SERVICE_ARGUMENT", arg);
     }

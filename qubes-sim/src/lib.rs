@@ -21,6 +21,7 @@ pub mod firewall;
 pub mod gui;
 pub mod gui_vm;
 pub mod local;
+pub mod openinvm;
 pub mod png;
 pub mod policy;
 pub mod pump;
@@ -31,8 +32,10 @@ pub mod registry;
 pub mod server;
 
 /// The tools a Linux qube finds on its `PATH` (links to the sim's binary).
-pub const VM_TOOLS: [&str; 5] = [
+pub const VM_TOOLS: [&str; 7] = [
     "qrexec-client-vm",
+    "qvm-open-in-vm",
+    "qvm-open-in-dvm",
     "qubesdb-read",
     "qubesdb-list",
     "qubesdb-write",

@@ -13,7 +13,8 @@ dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-
 sim: daemon (run the sim in the foreground), shutdown
 in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process),
   qubesdb-read [-n] [-d DEF] [-w] PATH..., qubesdb-list [-f] PREFIX, qubesdb-write PATH VALUE,
-  qubesdb-watch [-n COUNT] PATH...
+  qubesdb-watch [-n COUNT] PATH..., qvm-open-in-vm TARGET FILE, qvm-open-in-dvm FILE,
+  vm-file-editor (the built-in qubes.OpenInVM; opens with the qube's open-file)
 state directory: $QUBES_SIM_DIR";
 
 fn main() -> ExitCode {
@@ -39,6 +40,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = match prog.as_str() {
+        "qvm-open-in-dvm" => qubes_sim::openinvm::open_in_vm("@dispvm", &args),
+        "qvm-open-in-vm" => match args.split_first() {
+            Some((target, rest)) => qubes_sim::openinvm::open_in_vm(target, rest),
+            None => Err(Usage("usage: qvm-open-in-vm TARGET FILE".into()).into()),
+        },
+        "vm-file-editor" => qubes_sim::openinvm::vm_file_editor(),
         p if p.starts_with("qvm-") => cli::run(p, &args),
         "daemon" => qubes_sim::server::main(&cli::state_dir(), &args),
         "shutdown" => {
