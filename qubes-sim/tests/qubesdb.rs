@@ -254,3 +254,112 @@ fn qvm_firewall_edits_the_registry_without_a_sim() {
     let (code, _, _) = state.run("qvm-firewall", &["nosuch", "list"]);
     assert_eq!(code, 1);
 }
+
+/// A QubesDB header (72 bytes) with `len` declared and `body` after it.
+fn qdb_frame(ty: u8, path: &str, len: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; 72];
+    v[0] = ty;
+    v[1..1 + path.len()].copy_from_slice(path.as_bytes());
+    v[68..72].copy_from_slice(&len.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Connects to dom0's QubesDB as `vm` from this process, the way a hostile qube would.
+fn raw_client(sim: &Sim, vm: &str) -> (qubes_sim::chan::Hosted, qubes_sim::chan::Vchan) {
+    use platform_api::DomId;
+    use qubes_sim::chan::{Hosted, Vchan};
+    let domid: u32 = sim.domid(vm).parse().unwrap();
+    let mut h = Hosted::new(&sim.run_dir(), DomId::new(domid).unwrap()).unwrap();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        match Vchan::connect(&mut h, DomId::DOM0, 111, DEADLINE, &|| false) {
+            Ok(v) => return (h, v),
+            Err(e) => assert!(Instant::now() < end, "{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn write_all(v: &mut qubes_sim::chan::Vchan, mut data: &[u8]) {
+    let end = Instant::now() + DEADLINE;
+    while !data.is_empty() {
+        let n = v.write(data).unwrap();
+        data = &data[n..];
+        assert!(Instant::now() < end, "dom0 does not read");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+use std::time::Instant;
+
+#[test]
+fn hostile_qubesdb_messages_end_only_that_connection() {
+    let sim = net_sim("qdb-hostile");
+    for bad in [
+        // READ is for the local socket only: fatal on the vchan.
+        qdb_frame(0, "/name", 0, &[]),
+        // A length far beyond QDB_MAX_DATA, before any allocation.
+        qdb_frame(1, "/x", 0xFFFF_FFF0, &[]),
+        // A path with a forbidden character.
+        qdb_frame(2, "/a b", 0, &[]),
+    ] {
+        let (_h, mut v) = raw_client(&sim, "work");
+        write_all(&mut v, &bad);
+        let end = Instant::now() + DEADLINE;
+        while v.peer_state().unwrap() != vchan::PeerState::Closed {
+            assert!(
+                Instant::now() < end,
+                "dom0 kept a connection that broke the protocol"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The qube's next client is served as before.
+        let (code, out, err) = sim.run_in("work", "qubesdb-read", &["/name"]);
+        assert_eq!((code, out.as_str()), (0, "work\n"), "{err}");
+    }
+    assert_eq!(
+        sim.log().matches("connection dropped").count(),
+        3,
+        "{}",
+        sim.log()
+    );
+    // A value with a NUL is refused but the connection stays.
+    let (_h, mut v) = raw_client(&sim, "work");
+    write_all(&mut v, &qdb_frame(2, "", 0, &[]));
+    write_all(&mut v, &qdb_frame(1, "/mine", 3, b"a\0b"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(v.peer_state().unwrap(), vchan::PeerState::Connected);
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_others_keep_up() {
+    let sim = net_sim("qdb-stale");
+    // Never sends MULTIREAD and never reads: dom0 queues its pushes until a bound.
+    let (_h, mut stale) = raw_client(&sim, "sys-net");
+    write_all(&mut stale, &qdb_frame(2, "", 0, &[]));
+    for i in 0..45 {
+        let rule = format!("dst4=10.{i}.0.0/16");
+        sim.ok(
+            "qvm-firewall",
+            &["work", "add", "--before", "0", "action=drop", &rule],
+        );
+    }
+    let end = Instant::now() + DEADLINE;
+    while !sim.log().contains("cannot take a change") {
+        assert!(
+            Instant::now() < end,
+            "the stale connection was kept: {}",
+            sim.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, _) = sim.run_in(
+        "sys-net",
+        "qubesdb-read",
+        &["/qubes-firewall/10.137.0.2/0045"],
+    );
+    assert_eq!((code, out.as_str()), (0, "action=accept\n"));
+    let (_, out, _) = sim.run_in("sys-net", "qubesdb-list", &["/qubes-firewall/10.137.0.2/"]);
+    assert_eq!(out.lines().count(), 47, "46 rules and the policy");
+}
