@@ -20,7 +20,7 @@ use qubes::qrexec::RequestId;
 use crate::admin;
 use crate::agent::{ENV_TEMPLATE_DIRS, ENV_VM_DIR, ENV_VM_NAME};
 use crate::chan::alive_marker;
-use crate::qdb::QdbCmd;
+use crate::helpers::Helpers;
 use crate::registry::{Class, Registry};
 
 /// Most admin requests served at once (a `qvm-run` holds one for the length of its call).
@@ -87,21 +87,17 @@ pub enum Cmd {
 }
 
 #[derive(Debug)]
-struct Vm {
-    domid: DomId,
-    power: Power,
+pub(crate) struct Vm {
+    pub(crate) domid: DomId,
+    pub(crate) power: Power,
     /// dom0 asked it to power off: its exit is a halt, not a crash.
     halting: bool,
     child: Option<Child>,
     cmd: Option<Sender<Cmd>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    /// Its dom0 QubesDB daemon.
-    qdb: Option<Sender<QdbCmd>>,
-    /// Its dom0 GUI daemon (qubes with the `gui` feature).
-    gui: Option<Sender<crate::gui::GuiInput>>,
-    /// Threads that end with `stop` (QubesDB, GUI).
-    helpers: Vec<JoinHandle<()>>,
+    /// Its dom0 QubesDB and GUI daemons.
+    pub(crate) helpers: Helpers,
 }
 
 /// The running sim.
@@ -151,7 +147,7 @@ impl Sim {
         }))
     }
 
-    fn vms(&self) -> MutexGuard<'_, BTreeMap<String, Vm>> {
+    pub(crate) fn vms(&self) -> MutexGuard<'_, BTreeMap<String, Vm>> {
         self.vms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -308,27 +304,7 @@ impl Sim {
         std::fs::write(alive_marker(&self.run, domid), name)?;
         let stop = Arc::new(AtomicBool::new(false));
         // QubesDB is served before the qube runs, as qubesdb-daemon starts before unpause.
-        let (qdb_tx, qdb_rx) = mpsc::channel();
-        let qdb_thread = {
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let entries = crate::qdb::entries(reg, name, crate::firewall::now())?;
-            let (run, vm, halt) = (self.run.clone(), name.to_string(), stop.clone());
-            let t = std::thread::spawn(move || {
-                crate::qdb::run(&run, &vm, domid, entries, &halt, &qdb_rx, ready_tx)
-            });
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => t,
-                r => {
-                    stop.store(true, Ordering::Relaxed);
-                    let _ = t.join();
-                    let why = match r {
-                        Ok(Err(e)) => e,
-                        _ => "no answer".into(),
-                    };
-                    bail!("QubesDB of '{name}': {why}");
-                }
-            }
-        };
+        let mut helpers = self.start_helpers(reg, name, domid, &stop)?;
         let path = match std::env::var_os("PATH") {
             Some(p) => {
                 let mut v = vec![self.run.join("bin")];
@@ -356,17 +332,16 @@ impl Sim {
             .stdout(console()?)
             .process_group(0)
             .spawn()
-            .context("spawn the qube's process")?;
-        let mut helpers = vec![qdb_thread];
-        let mut gui = None;
-        if crate::qdb::gui_enabled(reg.get(name)?) {
-            let (gtx, grx) = mpsc::channel();
-            let (run, vm, halt) = (self.run.clone(), name.to_string(), stop.clone());
-            helpers.push(std::thread::spawn(move || {
-                crate::gui::run(&run, &vm, domid, &halt, &grx)
-            }));
-            gui = Some(gtx);
-        }
+            .context("spawn the qube's process");
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                helpers.stop();
+                return Err(e);
+            }
+        };
+        self.start_gui(reg, name, domid, &stop, &mut helpers)?;
         let (tx, rx) = mpsc::channel();
         let thread = {
             let (sim, name, stop, user) = (
@@ -389,8 +364,6 @@ impl Sim {
             cmd: Some(tx),
             stop,
             thread: Some(thread),
-            qdb: Some(qdb_tx),
-            gui,
             helpers,
         })
     }
@@ -483,9 +456,8 @@ impl Sim {
                 vm.power = Power::Crashed;
                 vm.child = None;
                 vm.cmd = None;
-                vm.qdb = None;
-                vm.gui = None;
                 vm.stop.store(true, Ordering::Relaxed);
+                vm.helpers.disconnect();
                 dead.push(vm.domid);
             }
         }
@@ -571,57 +543,6 @@ impl Sim {
         let _ = std::fs::remove_dir_all(&self.run);
     }
 
-    /// `vm`'s firewall changed (or it starts): if its netvm runs, dom0's reload sequence goes
-    /// to the netvm's QubesDB.
-    pub fn reload_firewall(&self, vm: &str) -> Result<()> {
-        let reg = Registry::load(&self.state)?;
-        self.reload_firewall_in(&reg, vm)
-    }
-
-    fn reload_firewall_in(&self, reg: &Registry, vm: &str) -> Result<()> {
-        let d = reg.get(vm)?;
-        if d.prefs.netvm.is_empty() || d.ip.is_empty() {
-            return Ok(());
-        }
-        let qdb = self
-            .vms()
-            .get(&d.prefs.netvm)
-            .filter(|v| v.power != Power::Crashed)
-            .and_then(|v| v.qdb.clone());
-        let Some(qdb) = qdb else { return Ok(()) };
-        let rules =
-            crate::firewall::qdb_rules(&crate::firewall::rules_of(d), crate::firewall::now());
-        let (tx, rx) = mpsc::channel();
-        qdb.send(QdbCmd::Firewall {
-            ip: d.ip.clone(),
-            rules,
-            reply: tx,
-        })
-        .map_err(|_| anyhow!("netvm '{}' is going down", d.prefs.netvm))?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("QubesDB of '{}' did not answer", d.prefs.netvm))
-    }
-
-    /// Input for `vm`'s focused window.
-    pub fn gui_input(&self, vm: &str, input: &[String]) -> Result<String> {
-        let tx = self
-            .vms()
-            .get(vm)
-            .and_then(|v| v.gui.clone())
-            .ok_or_else(|| anyhow!("qube '{vm}' is not running with a GUI (feature gui)"))?;
-        let (reply, rx) = mpsc::channel();
-        tx.send(crate::gui::GuiInput {
-            words: input.to_vec(),
-            reply,
-        })
-        .map_err(|_| anyhow!("qube '{vm}' is going down"))?;
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => bail!("qube '{vm}': {e}"),
-            Err(_) => bail!("qube '{vm}': its GUI daemon did not answer"),
-        }
-    }
-
     /// EXEC_CMDLINE through `vm`'s daemon with the data channel to `peer`; the port.
     pub fn exec(&self, vm: &str, peer: DomId, cmdline: &str) -> Result<u32> {
         let (tx, rx) = mpsc::channel();
@@ -668,9 +589,5 @@ fn reap(mut vm: Vm) {
     if let Some(t) = vm.thread.take() {
         let _ = t.join();
     }
-    vm.qdb = None;
-    vm.gui = None;
-    for t in vm.helpers.drain(..) {
-        let _ = t.join();
-    }
+    vm.helpers.stop();
 }

@@ -1,13 +1,15 @@
-//! qubes-sim: dom0 in a process (hosted xenstored, a qrexec daemon per qube with policy, qvm-*
-//! tools over a JSON registry) and the Linux qube's qrexec agent, over the real wire protocols.
+//! qubes-sim: dom0 in a process (hosted xenstored, a qrexec daemon, a QubesDB daemon and a GUI
+//! daemon per qube, qvm-* tools over a JSON registry) and the Linux qube's side of each protocol.
 //!
 //! Layer: a std application above `qubes`, `vchan` and `platform-hosted`; a qube is a process
 //! (`QUBES_HOSTED_DOMID`, `QUBES_HOSTED_DIR`). Trust: every byte from a qube (xenstore, control
-//! and data vchans) is hostile and goes through the sans-IO machines; the admin socket and the
+//! and data vchans, QubesDB and GUI messages, dumped framebuffers, open-in-vm names) is hostile
+//! and goes through the sans-IO machines or a checked parser; the admin socket and the
 //! qube-local agent socket belong to dom0 and to the qube itself. Unsafe: none. Limits: 8
 //! channels per agent, 16 routed calls per qube, 64 admin connections, 256 data ports per qube,
-//! every queue between threads bounded (by size or by its producers' limits), a deadline on
-//! every wait except a running call's, which ends when either side or its domain goes.
+//! 16 QubesDB connections per qube, every queue between threads bounded (by size or by its
+//! producers' limits), a deadline on every wait except a running call's, which ends when either
+//! side or its domain goes.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +22,7 @@ pub mod dom0call;
 pub mod firewall;
 pub mod gui;
 pub mod gui_vm;
+pub mod helpers;
 pub mod local;
 pub mod openinvm;
 pub mod png;

@@ -1,0 +1,148 @@
+//! dom0's per-qube daemons beside qrexec: QubesDB (served before the qube runs) and the GUI
+//! daemon (qubes with the `gui` feature), and the sim's calls into them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use platform_api::DomId;
+
+use crate::daemon::{Power, Sim};
+use crate::gui::GuiInput;
+use crate::qdb::QdbCmd;
+use crate::registry::Registry;
+
+/// A running qube's helper daemons; their threads end with the qube's `stop` flag.
+#[derive(Debug, Default)]
+pub struct Helpers {
+    /// Its QubesDB daemon.
+    pub qdb: Option<Sender<QdbCmd>>,
+    /// Its GUI daemon.
+    pub gui: Option<Sender<GuiInput>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Helpers {
+    /// No more requests (the qube is gone; its threads see `stop`).
+    pub fn disconnect(&mut self) {
+        self.qdb = None;
+        self.gui = None;
+    }
+
+    /// Disconnects and joins the threads (the caller has set `stop`).
+    pub fn stop(&mut self) {
+        self.disconnect();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Sim {
+    /// Starts `name`'s QubesDB daemon and waits until its port is advertised.
+    pub(crate) fn start_helpers(
+        &self,
+        reg: &Registry,
+        name: &str,
+        domid: DomId,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Helpers> {
+        let (qdb_tx, qdb_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let entries = crate::qdb::entries(reg, name, crate::firewall::now())?;
+        let (run, vm, halt) = (self.run.clone(), name.to_string(), stop.clone());
+        let t = std::thread::spawn(move || {
+            crate::qdb::run(&run, &vm, domid, entries, &halt, &qdb_rx, ready_tx)
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Helpers {
+                qdb: Some(qdb_tx),
+                gui: None,
+                threads: vec![t],
+            }),
+            r => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = t.join();
+                let why = match r {
+                    Ok(Err(e)) => e,
+                    _ => "no answer".into(),
+                };
+                bail!("QubesDB of '{name}': {why}");
+            }
+        }
+    }
+
+    /// Starts `name`'s GUI daemon if it has the `gui` feature.
+    pub(crate) fn start_gui(
+        &self,
+        reg: &Registry,
+        name: &str,
+        domid: DomId,
+        stop: &Arc<AtomicBool>,
+        helpers: &mut Helpers,
+    ) -> Result<()> {
+        if crate::qdb::gui_enabled(reg.get(name)?) {
+            let (gtx, grx) = mpsc::channel();
+            let (run, vm, halt) = (self.run.clone(), name.to_string(), stop.clone());
+            helpers.threads.push(std::thread::spawn(move || {
+                crate::gui::run(&run, &vm, domid, &halt, &grx)
+            }));
+            helpers.gui = Some(gtx);
+        }
+        Ok(())
+    }
+
+    /// `vm`'s firewall changed (or it starts): if its netvm runs, dom0's reload sequence goes
+    /// to the netvm's QubesDB.
+    pub fn reload_firewall(&self, vm: &str) -> Result<()> {
+        let reg = Registry::load(&self.state)?;
+        self.reload_firewall_in(&reg, vm)
+    }
+
+    pub(crate) fn reload_firewall_in(&self, reg: &Registry, vm: &str) -> Result<()> {
+        let d = reg.get(vm)?;
+        if d.prefs.netvm.is_empty() || d.ip.is_empty() {
+            return Ok(());
+        }
+        let qdb = self
+            .vms()
+            .get(&d.prefs.netvm)
+            .filter(|v| v.power != Power::Crashed)
+            .and_then(|v| v.helpers.qdb.clone());
+        let Some(qdb) = qdb else { return Ok(()) };
+        let rules =
+            crate::firewall::qdb_rules(&crate::firewall::rules_of(d), crate::firewall::now());
+        let (tx, rx) = mpsc::channel();
+        qdb.send(QdbCmd::Firewall {
+            ip: d.ip.clone(),
+            rules,
+            reply: tx,
+        })
+        .map_err(|_| anyhow!("netvm '{}' is going down", d.prefs.netvm))?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("QubesDB of '{}' did not answer", d.prefs.netvm))
+    }
+
+    /// Input for `vm`'s focused window.
+    pub fn gui_input(&self, vm: &str, input: &[String]) -> Result<String> {
+        let tx = self
+            .vms()
+            .get(vm)
+            .and_then(|v| v.helpers.gui.clone())
+            .ok_or_else(|| anyhow!("qube '{vm}' is not running with a GUI (feature gui)"))?;
+        let (reply, rx) = mpsc::channel();
+        tx.send(crate::gui::GuiInput {
+            words: input.to_vec(),
+            reply,
+        })
+        .map_err(|_| anyhow!("qube '{vm}' is going down"))?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => bail!("qube '{vm}': {e}"),
+            Err(_) => bail!("qube '{vm}': its GUI daemon did not answer"),
+        }
+    }
+}
