@@ -9,12 +9,15 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod build;
+mod demo;
 mod deps;
 mod interop;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  demo            build and boot the images, then play what works in the simulated Qubes:
+                  qrexec with policy, QubesDB firewall rules, a GUI window screenshot
   test            install test dependencies, then fmt, clippy, unit/vector/property tests,
                   libxenvchan interop, the QEMU boot test of every image, fuzz corpus replay
   interop         Debian's real libxenvchan against our vchan over the hosted shims, both roles
@@ -32,6 +35,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
+        Some("demo") => demo::run_demo(&root),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("build") => build::build_images(&root),
         Some("boot-test") => build::boot_test(&root),
@@ -65,7 +69,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
