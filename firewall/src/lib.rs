@@ -8,7 +8,8 @@
 //! * **Limits**: [`Limits`] bounds the NAT table, the DNS cache and the client count; when full, NAT
 //!   and DNS evict the least recently used entry. IPv4 fragments and IPv6 extension headers are dropped.
 //!
-//! Modules: [`rules`] rule text -> `Rule`; [`config`] QubesDB keys -> `NetConfig`; [`classify`]
+//! Modules: [`rules`] rule text -> `Rule`; [`config`] QubesDB keys -> `NetConfig`; [`packet`] frame
+//! parse and in-place rewrites; [`classify`]
 //! frame -> `Verdict`; [`nat`] bounded translation/conntrack table; [`dns`] resolver cache.
 #![no_std]
 #![forbid(unsafe_code)]

@@ -540,3 +540,84 @@ pub fn make_neighbour_advert(frame: &mut [u8], p: &IpPacket, target: Ipv6Addr) -
     fill_icmp_checksum(seg, IpAddr::V6(target), IpAddr::V6(dst))?;
     swap_macs(frame)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn eth(ethertype: u16, body: &[u8]) -> Vec<u8> {
+        let mut f = alloc::vec![0u8; 12];
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn v4(proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut h =
+            alloc::vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        let c = !checksum::data(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(l4);
+        eth(ETH_IPV4, &h)
+    }
+
+    fn v6(next: u8, l4: &[u8]) -> Vec<u8> {
+        let mut h = alloc::vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[next, 64]);
+        h.extend_from_slice(&[0xfd; 32]);
+        h.extend_from_slice(l4);
+        eth(ETH_IPV6, &h)
+    }
+
+    #[test]
+    fn hostile_frames_get_typed_errors() {
+        let cases: &[(Vec<u8>, WireError)] = &[
+            (alloc::vec![0; 13], WireError::Ethernet),
+            (eth(0x88cc, &[0; 40]), WireError::EtherType(0x88cc)),
+            (eth(ETH_ARP, &[0, 1, 8, 0, 6, 4, 0, 1]), WireError::Arp),
+            (eth(ETH_ARP, &[0, 6, 8, 0, 6, 4, 0, 1]), WireError::Arp),
+            (eth(ETH_IPV4, &[0x45, 0, 0, 200]), WireError::Ipv4Header),
+            (v4(6, &[0; 10]), WireError::Transport),
+            (v4(17, &[0, 1, 0, 2, 0, 99, 0, 0]), WireError::Transport),
+            (v4(1, &[8, 0, 0]), WireError::Transport),
+            (
+                v4(1, &[3, 3, 0, 0, 0, 0, 0, 0, 0x45]),
+                WireError::QuotedPacket,
+            ),
+            (eth(ETH_IPV6, &[0x60, 0, 0, 0, 0, 8]), WireError::Ipv6Header),
+            (v6(0, &[0; 8]), WireError::Ipv6Extension(0)),
+            (v6(44, &[0; 8]), WireError::Ipv6Extension(44)),
+        ];
+        for (frame, want) in cases {
+            assert_eq!(parse(frame), Err(*want), "{frame:02x?}");
+        }
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_payload() {
+        // A 60-byte minimum frame: the UDP datagram ends at the IPv4 total length.
+        let mut f = v4(17, &[0, 1, 0, 2, 0, 8, 0, 0]);
+        f.resize(60, 0xee);
+        let Ok(Parsed::Ip(p)) = parse(&f) else {
+            panic!()
+        };
+        assert_eq!(p.l4_range(), 34..42);
+        assert_eq!(p.key().map(|k| (k.sport, k.dport)), Some((1, 2)));
+    }
+
+    #[test]
+    fn other_protocols_parse_but_have_no_key() {
+        let Ok(Parsed::Ip(p)) = parse(&v4(47, &[0; 4])) else {
+            panic!()
+        };
+        assert_eq!(p.transport, Transport::Other { proto: 47 });
+        assert_eq!(p.key(), None);
+        let Ok(Parsed::Ip(p)) = parse(&v6(58, &[135, 0, 0, 0, 0, 0, 0, 0])) else {
+            panic!()
+        };
+        assert_eq!(p.transport, Transport::Ndp { ty: 135 });
+    }
+}
