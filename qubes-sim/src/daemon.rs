@@ -113,6 +113,8 @@ pub struct Sim {
     changed: Condvar,
     pub(crate) stop: AtomicBool,
     pub(crate) admin_busy: AtomicUsize,
+    /// Networked qubes get network namespaces (`QUBES_SIM_NETNS=1`, as root).
+    pub(crate) netns: bool,
 }
 
 impl Sim {
@@ -135,6 +137,10 @@ impl Sim {
             std::os::unix::fs::symlink(&exe, run.join("bin").join(tool))?;
         }
         let xs = Xenstored::spawn(&run, &[DomId::DOM0]).context("start xenstored")?;
+        let netns = crate::netns::wanted();
+        if netns {
+            crate::netns::delete_all(state);
+        }
         Ok(Arc::new(Sim {
             state: state.to_path_buf(),
             run,
@@ -144,6 +150,7 @@ impl Sim {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             admin_busy: AtomicUsize::new(0),
+            netns,
         }))
     }
 
@@ -240,6 +247,7 @@ impl Sim {
             if let Err(e) = self.reload_firewall_in(&reg, name) {
                 eprintln!("qubes-sim: firewall of '{name}': {e:#}");
             }
+            self.plumb(&reg, name);
             vms = self.vms();
         }
         let deadline = Instant::now() + timeout;
@@ -313,13 +321,17 @@ impl Sim {
             }
             None => self.run.join("bin").into_os_string(),
         };
-        let mut cmd = if kernel.starts_with('/') {
-            Command::new(kernel)
+        let (program, args) = if kernel.starts_with('/') {
+            (PathBuf::from(kernel), None)
         } else {
-            let mut c = Command::new(&self.exe);
-            c.arg("vm-agent");
-            c
+            (self.exe.clone(), Some("vm-agent"))
         };
+        let netns = self.netns_for(domid, &stop, &mut helpers)?;
+        let mut cmd = match &netns {
+            Some(ns) => crate::netns::wrap(ns, &program),
+            None => Command::new(&program),
+        };
+        cmd.args(args);
         let child = cmd
             .env(platform_hosted::events::ENV_DIR, &self.run)
             .env(platform_hosted::events::ENV_DOMID, domid.get().to_string())
@@ -426,6 +438,9 @@ impl Sim {
     /// Tells the store and the peers' vchans that `domid` is gone.
     fn released(&self, domid: DomId) {
         let _ = std::fs::remove_file(alive_marker(&self.run, domid));
+        if self.netns {
+            crate::netns::delete(&crate::netns::ns_name(&self.state, u32::from(domid.get())));
+        }
         let _ = self.with_store(|s| s.rm(Tx::NONE, &format!("/local/domain/{domid}")));
         if let Some(xs) = self.xs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             xs.with_server(|s| s.release_domain(domid));
@@ -540,6 +555,9 @@ impl Sim {
             self.kill_vm(&n);
         }
         drop(self.xs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if self.netns {
+            crate::netns::delete_all(&self.state);
+        }
         let _ = std::fs::remove_dir_all(&self.run);
     }
 

@@ -22,6 +22,8 @@ pub struct Helpers {
     pub qdb: Option<Sender<QdbCmd>>,
     /// Its GUI daemon.
     pub gui: Option<Sender<GuiInput>>,
+    /// Its network namespace, if it has one.
+    pub netns: Option<String>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -61,6 +63,7 @@ impl Sim {
             Ok(Ok(())) => Ok(Helpers {
                 qdb: Some(qdb_tx),
                 gui: None,
+                netns: None,
                 threads: vec![t],
             }),
             r => {
@@ -143,6 +146,72 @@ impl Sim {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => bail!("qube '{vm}': {e}"),
             Err(_) => bail!("qube '{vm}': its GUI daemon did not answer"),
+        }
+    }
+
+    /// Creates the namespace a qube runs in (`None` without the plumbing); on
+    /// failure the helpers are stopped.
+    pub(crate) fn netns_for(
+        &self,
+        domid: DomId,
+        stop: &Arc<AtomicBool>,
+        helpers: &mut Helpers,
+    ) -> Result<Option<String>> {
+        // Every qube gets one: a qube without a netvm has only its loopback, as in Qubes.
+        if !self.netns {
+            return Ok(None);
+        }
+        let ns = crate::netns::ns_name(&self.state, u32::from(domid.get()));
+        if let Err(e) = crate::netns::create(&ns) {
+            stop.store(true, Ordering::Relaxed);
+            helpers.stop();
+            return Err(e);
+        }
+        helpers.netns = Some(ns.clone());
+        Ok(Some(ns))
+    }
+
+    /// Links a started qube to its running netvm and, if it is a netvm, its running clients.
+    pub(crate) fn plumb(&self, reg: &Registry, name: &str) {
+        if !self.netns {
+            return;
+        }
+        let ns_of = |n: &str| {
+            self.vms()
+                .get(n)
+                .filter(|v| v.power != Power::Crashed)
+                .and_then(|v| v.helpers.netns.clone())
+        };
+        let Ok(d) = reg.get(name) else { return };
+        let mut pairs = Vec::new();
+        if !d.prefs.netvm.is_empty() {
+            pairs.push((d, d.prefs.netvm.as_str()));
+        }
+        if d.prefs.provides_network {
+            pairs.extend(reg.clients(name).into_iter().map(|c| (c, name)));
+        }
+        for (client, netvm) in pairs {
+            let (Some(cns), Some(nns), Ok(n)) = (ns_of(&client.name), ns_of(netvm), reg.get(netvm))
+            else {
+                continue;
+            };
+            let c = crate::netns::End {
+                ns: &cns,
+                domid: client.domid,
+                ip: &client.ip,
+            };
+            let nv = crate::netns::End {
+                ns: &nns,
+                domid: n.domid,
+                ip: &n.ip,
+            };
+            match crate::netns::connect(&self.state, &c, &crate::qdb::mac(client.domid), &nv) {
+                Ok(()) => eprintln!("qubes-sim: linked '{}' to netvm '{netvm}'", client.name),
+                Err(e) => eprintln!(
+                    "qubes-sim: cannot link '{}' to '{netvm}': {e:#}",
+                    client.name
+                ),
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod gui;
 pub mod gui_vm;
 pub mod helpers;
 pub mod local;
+pub mod netns;
 pub mod openinvm;
 pub mod png;
 pub mod policy;

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         "qubesdb-watch" => qubes_sim::qdb_vm::qubesdb_watch(&args),
         // A test GUI agent (one window with a known pattern); not in the help.
         "gui-test-agent" => qubes_sim::gui_vm::run(),
+        "net-probe" => qubes_sim::netns::probe(&args),
         _ => Err(Usage(format!("unknown command {prog:?}")).into()),
     };
     match result {

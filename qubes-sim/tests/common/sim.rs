@@ -20,10 +20,16 @@ pub struct Sim {
 impl Sim {
     /// A sim over `state` (qubes already created), booted.
     pub fn boot(state: State) -> Sim {
+        Self::boot_with(state, &[])
+    }
+
+    /// [`Sim::boot`] with extra environment for the daemon.
+    pub fn boot_with(state: State, env: &[(&str, &str)]) -> Sim {
         let log = state.path().join("sim.log");
         let f = std::fs::File::create(&log).unwrap();
         let mut child = state
             .cmd("daemon")
+            .envs(env.iter().copied())
             .arg("--stdin-lifeline")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
