@@ -490,6 +490,91 @@ mod tests {
         );
     }
 
+    /// A small deterministic generator (no extra dependency for the property tests).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    fn random_rule(g: &mut Lcg) -> Rule {
+        let mut r = Rule::accept_all();
+        r.accept = g.next(2) == 0;
+        r.dst = match g.next(4) {
+            0 => None,
+            1 => Some(Dst::Host(format!("h{}.example.org", g.next(1000)))),
+            2 => Some(Dst::V4(
+                Ipv4Addr::from(g.next(1 << 32) as u32),
+                g.next(33) as u8,
+            )),
+            _ => Some(Dst::V6(
+                Ipv6Addr::from(u128::from(g.next(u64::MAX)) << 64),
+                g.next(129) as u8,
+            )),
+        };
+        match g.next(4) {
+            0 => {}
+            1 => r.proto = Some("icmp".into()),
+            2 => r.proto = Some("tcp".into()),
+            _ => r.proto = Some("udp".into()),
+        }
+        match r.proto.as_deref() {
+            Some("icmp") if g.next(2) == 0 => r.icmptype = Some(g.next(256) as u8),
+            Some("tcp" | "udp") if g.next(2) == 0 => {
+                let lo = 1 + g.next(65535) as u16;
+                r.dstports = Some((lo, lo + g.next(u64::from(65535 - lo) + 1) as u16));
+            }
+            _ => {}
+        }
+        r.dns = g.next(3) == 0;
+        r.expire = (g.next(3) == 0).then(|| g.next(1 << 40));
+        r.comment = (g.next(3) == 0).then(|| format!("note {} with spaces", g.next(100)));
+        r
+    }
+
+    #[test]
+    fn property_rule_text_round_trips() {
+        let mut g = Lcg(7);
+        for _ in 0..5000 {
+            let r = random_rule(&mut g);
+            let text = r.to_string();
+            assert_eq!(Rule::parse(&[&text], 0).unwrap(), r, "{text}");
+            // The QubesDB text parses back to the same rule minus expire and comment.
+            let q = Rule::parse(&[&r.qdb_text()], 0).unwrap();
+            assert!(
+                q.same(&Rule {
+                    expire: None,
+                    ..r.clone()
+                }) && q.comment.is_none(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn property_random_input_is_refused_or_parsed_never_a_panic() {
+        let mut g = Lcg(11);
+        let alphabet: Vec<char> = "=action accept drop dsthost dst4 dst6 proto tcp icmp dstports \
+            icmptype specialtarget dns expire comment 0123456789./:-+@ \u{e9}\u{0}\n"
+            .chars()
+            .collect();
+        for _ in 0..20000 {
+            let len = g.next(80) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[g.next(alphabet.len() as u64) as usize])
+                .collect();
+            if let Ok(r) = Rule::parse(&[&s], u64::MAX) {
+                // Whatever parses prints as something that parses to the same rule.
+                assert_eq!(Rule::parse(&[&r.to_string()], 0).unwrap(), r, "{s:?}");
+            }
+        }
+    }
+
     #[test]
     fn del_matches_rules_regardless_of_comment() {
         assert!(rule("action=drop proto=tcp dstports=22 comment=x")
