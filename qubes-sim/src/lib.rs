@@ -36,12 +36,14 @@ pub mod registry;
 pub mod server;
 
 /// The tools a Linux qube finds on its `PATH` (links to the sim's binary).
-pub const VM_TOOLS: [&str; 7] = [
+pub const VM_TOOLS: [&str; 9] = [
     "qrexec-client-vm",
     "qvm-open-in-vm",
     "qvm-open-in-dvm",
     "qubesdb-read",
     "qubesdb-list",
     "qubesdb-write",
+    "qubesdb-rm",
+    "qubesdb-multiread",
     "qubesdb-watch",
 ];

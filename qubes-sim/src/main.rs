@@ -12,8 +12,8 @@ dom0 commands: qvm-create qvm-prefs qvm-features qvm-volume qvm-ls qvm-tags qvm-
   qvm-run, qrexec-client -d VM USER:COMMAND
 sim: daemon (run the sim in the foreground), shutdown
 in a qube: qrexec-client-vm TARGET SERVICE[+ARG], vm-agent (the qube's process),
-  qubesdb-read [-n] [-d DEF] [-w] PATH..., qubesdb-list [-f] PREFIX, qubesdb-write PATH VALUE,
-  qubesdb-watch [-n COUNT] PATH..., qvm-open-in-vm TARGET FILE, qvm-open-in-dvm FILE,
+  qubesdb-read [-frqw] PATH..., qubesdb-multiread [-frq] PREFIX..., qubesdb-list [-f] PREFIX,
+  qubesdb-write PATH VALUE..., qubesdb-rm PATH..., qubesdb-watch [-n COUNT] PATH..., qvm-open-in-vm TARGET FILE, qvm-open-in-dvm FILE,
   vm-file-editor (the built-in qubes.OpenInVM; opens with the qube's open-file)
 state directory: $QUBES_SIM_DIR";
 
@@ -58,6 +58,8 @@ fn main() -> ExitCode {
         "qubesdb-read" => qubes_sim::qdb_vm::qubesdb_read(&args),
         "qubesdb-list" => qubes_sim::qdb_vm::qubesdb_list(&args),
         "qubesdb-write" => qubes_sim::qdb_vm::qubesdb_write(&args),
+        "qubesdb-rm" => qubes_sim::qdb_vm::qubesdb_rm(&args),
+        "qubesdb-multiread" => qubes_sim::qdb_vm::qubesdb_multiread(&args),
         "qubesdb-watch" => qubes_sim::qdb_vm::qubesdb_watch(&args),
         // A test GUI agent (one window with a known pattern); not in the help.
         "gui-test-agent" => qubes_sim::gui_vm::run(),

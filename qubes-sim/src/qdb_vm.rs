@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use platform_api::{DomId, Events};
-use qubes::qubesdb::{Agent, Event, Limits, SyncState, WatchId};
+use qubes::qubesdb::{Agent, Event, Limits, SyncState};
 use vchan::Interest;
 
 use crate::chan::{Hosted, TxQueue, Vchan, TICK};
@@ -126,141 +126,268 @@ impl QdbClient {
     }
 }
 
-/// `qubesdb-read [-n] [-d DEFAULT] [-w] PATH…`: each value on its own line (`-n`: no newline);
-/// a missing one is an error unless `-d`; `-w` waits for it to appear.
-pub fn qubesdb_read(args: &[String]) -> Result<i32> {
-    let (mut newline, mut default, mut wait, mut paths) = (true, None, false, Vec::new());
+/// Options of the qubesdb-* tools (`qubesdb-cmd`'s: `-f` full paths, `-r` raw values, `-q`
+/// quiet, `-w` wait for a value, `-n N` events for watch, negative: endless).
+#[derive(Debug, Default)]
+struct Opts {
+    full: bool,
+    raw: bool,
+    quiet: bool,
+    wait: bool,
+    count: Option<i64>,
+}
+
+fn parse_opts<'a>(cmd: &str, args: &'a [String]) -> Result<(Opts, Vec<&'a str>)> {
+    let mut o = Opts::default();
+    let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "-n" => newline = false,
-            "-w" => wait = true,
-            "-d" => default = Some(it.next().ok_or_else(|| Usage("-d needs a value".into()))?),
-            _ => paths.push(a.as_str()),
+            "-f" => o.full = true,
+            "-r" => o.raw = true,
+            "-q" => o.quiet = true,
+            "-w" => o.wait = true,
+            "-n" if cmd == "watch" => {
+                let v = it.next().ok_or_else(|| Usage("-n needs a count".into()))?;
+                o.count = Some(v.parse().map_err(|_| Usage(format!("bad count {v:?}")))?);
+            }
+            "-n" => return Err(Usage("-n valid only for watch command".into()).into()),
+            "--" => rest.extend(it.by_ref().map(String::as_str)),
+            f if f.starts_with('-') && f.len() > 1 => {
+                return Err(Usage(format!("unknown option {f}")).into())
+            }
+            _ => rest.push(a.as_str()),
         }
     }
-    if paths.is_empty() {
-        return Err(Usage("usage: qubesdb-read [-n] [-d DEFAULT] [-w] PATH...".into()).into());
+    if rest.is_empty() {
+        return Err(Usage(format!("usage: qubesdb-{cmd} [-frqw] PATH...")).into());
     }
+    Ok((o, rest))
+}
+
+/// A value as the tools print it: printable ASCII kept, other bytes as `\xNN` (`-r`: as is).
+pub fn shown(value: &[u8], raw: bool) -> Vec<u8> {
+    if raw {
+        return value.to_vec();
+    }
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value {
+        if (0x20..0x80).contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        }
+    }
+    out
+}
+
+/// `qubesdb-read [-frqw] PATH…`: each value on a line (`-f`: `PATH = value`); a missing one
+/// is reported and makes the exit status 1; `-w` waits for it.
+pub fn qubesdb_read(args: &[String]) -> Result<i32> {
+    let (o, paths) = parse_opts("read", args)?;
     let mut c = QdbClient::connect()?;
     let mut out = std::io::stdout().lock();
+    let mut failed = 0;
     for p in paths {
-        let v = loop {
-            match (c.read(p), default, wait) {
-                (Some(v), _, _) => break v,
-                (None, Some(d), false) => break d.clone(),
-                (None, _, true) => c.pump(TICK)?,
-                (None, None, false) => {
-                    eprintln!("Failed to read {p}");
-                    return Ok(1);
+        while o.wait && c.agent.read(p).is_none() {
+            c.pump(TICK)?;
+        }
+        match c.agent.read(p) {
+            Some(v) => {
+                if o.full {
+                    write!(out, "{p} = ")?;
                 }
+                out.write_all(&shown(v, o.raw))?;
+                writeln!(out)?;
             }
-        };
-        write!(out, "{v}{}", if newline { "\n" } else { "" })?;
+            None => {
+                if !o.quiet {
+                    eprintln!("Failed to read {p}");
+                }
+                failed = 1;
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// `qubesdb-multiread [-frq] PREFIX…`: `path = value` for every entry under each prefix (the
+/// prefix cut from the path unless `-f`).
+pub fn qubesdb_multiread(args: &[String]) -> Result<i32> {
+    let (o, prefixes) = parse_opts("multiread", args)?;
+    let c = QdbClient::connect()?;
+    let mut out = std::io::stdout().lock();
+    for prefix in prefixes {
+        for (p, v) in c.agent.list(prefix) {
+            let p = p.as_str();
+            let name = if o.full {
+                p
+            } else {
+                p.strip_prefix(prefix).unwrap_or(p)
+            };
+            write!(out, "{name} = ")?;
+            out.write_all(&shown(v, o.raw))?;
+            writeln!(out)?;
+        }
     }
     Ok(0)
 }
 
 /// `qubesdb-list [-f] PREFIX`: the paths under PREFIX, sorted, without it (`-f`: full).
 pub fn qubesdb_list(args: &[String]) -> Result<i32> {
-    let full = args.iter().any(|a| a == "-f");
-    let prefixes: Vec<&String> = args.iter().filter(|a| *a != "-f").collect();
+    let (o, prefixes) = parse_opts("list", args)?;
     let [prefix] = prefixes.as_slice() else {
-        return Err(Usage("usage: qubesdb-list [-f] PREFIX".into()).into());
+        eprintln!("LIST command accept only one path");
+        return Ok(1);
     };
     let c = QdbClient::connect()?;
     let mut out = std::io::stdout().lock();
     for (p, _) in c.agent.list(prefix) {
         let p = p.as_str();
-        let shown = if full {
+        let shown = if o.full {
             p
         } else {
-            p.strip_prefix(prefix.as_str()).unwrap_or(p)
+            p.strip_prefix(*prefix).unwrap_or(p)
         };
         writeln!(out, "{shown}")?;
     }
     Ok(0)
 }
 
-/// `qubesdb-write PATH VALUE`: stores into the qube's (untrusted) area at dom0.
-pub fn qubesdb_write(args: &[String]) -> Result<i32> {
-    let [path, value] = args else {
-        return Err(Usage("usage: qubesdb-write PATH VALUE".into()).into());
-    };
-    let mut c = QdbClient::connect()?;
-    c.agent
-        .write(path, value.as_bytes())
-        .map_err(|e| anyhow!("qubesdb-write: {e}"))?;
+/// Waits for dom0's answers to our own writes/removals of `paths`; whether all were taken.
+fn await_acks(c: &mut QdbClient, mut left: Vec<String>, quiet: bool) -> Result<bool> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
+    let mut ok = true;
+    while !left.is_empty() {
         c.pump(TICK)?;
         for ev in c.events.drain(..) {
-            match ev {
-                Event::WriteAcked(p) if p.as_str() == path => return Ok(0),
-                Event::WriteRefused(p) if p.as_str() == path => bail!("dom0 refused {path}"),
-                _ => {}
+            let (p, good) = match ev {
+                Event::WriteAcked(p) => (p, true),
+                Event::WriteRefused(p) => (p, false),
+                _ => continue,
+            };
+            if let Some(i) = left.iter().position(|l| l == p.as_str()) {
+                left.remove(i);
+                if !good && !quiet {
+                    eprintln!("Failed to write {}", p.as_str());
+                }
+                ok &= good;
             }
         }
         if Instant::now() >= deadline {
             bail!("no answer from dom0");
         }
     }
+    Ok(ok)
 }
 
-/// `qubesdb-watch [-n COUNT] PATH…`: prints each changed path (a prefix watch for a path ending
-/// in `/`) as dom0's changes arrive, one per line; exits after COUNT of them.
-pub fn qubesdb_watch(args: &[String]) -> Result<i32> {
-    let (mut count, mut paths) = (None, Vec::new());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-n" => {
-                let v = it.next().ok_or_else(|| Usage("-n needs a count".into()))?;
-                count = Some(
-                    v.parse::<u64>()
-                        .map_err(|_| Usage(format!("bad count {v:?}")))?,
-                );
-            }
-            _ => paths.push(a.as_str()),
-        }
-    }
-    if paths.is_empty() {
-        return Err(Usage("usage: qubesdb-watch [-n COUNT] PATH...".into()).into());
+/// `qubesdb-write [-q] PATH VALUE [PATH VALUE…]`: stores into the qube's (untrusted) area.
+pub fn qubesdb_write(args: &[String]) -> Result<i32> {
+    let (o, rest) = parse_opts("write", args)?;
+    if rest.len() % 2 != 0 {
+        eprintln!("Invalid number of parameters");
+        return Ok(1);
     }
     let mut c = QdbClient::connect()?;
-    let mut ids: Vec<WatchId> = Vec::new();
+    let mut sent = Vec::new();
+    for pair in rest.chunks(2) {
+        let [path, value] = pair else { continue };
+        c.agent
+            .write(path, value.as_bytes())
+            .map_err(|e| anyhow!("qubesdb-write {path}: {e}"))?;
+        sent.push(path.to_string());
+    }
+    Ok(i32::from(!await_acks(&mut c, sent, o.quiet)?))
+}
+
+/// `qubesdb-rm [-q] PATH…`: removes from the qube's area (a prefix if it ends in `/`).
+pub fn qubesdb_rm(args: &[String]) -> Result<i32> {
+    let (o, rest) = parse_opts("rm", args)?;
+    let mut c = QdbClient::connect()?;
+    let mut sent = Vec::new();
+    for path in rest {
+        c.agent
+            .remove(path)
+            .map_err(|e| anyhow!("qubesdb-rm {path}: {e}"))?;
+        sent.push(path.to_string());
+    }
+    Ok(i32::from(!await_acks(&mut c, sent, o.quiet)?))
+}
+
+/// Whether a change of `changed` fires a watch on `watched`: a path ending in `/` watches
+/// everything under it, any other path itself (and prefix removals covering it).
+fn fires(watched: &str, changed: &str) -> bool {
+    if watched.ends_with('/') {
+        changed.starts_with(watched) || (changed.ends_with('/') && watched.starts_with(changed))
+    } else {
+        changed == watched || (changed.ends_with('/') && watched.starts_with(changed))
+    }
+}
+
+/// `qubesdb-watch [-n COUNT] PATH…`: prints each changed path as dom0's changes arrive, one
+/// per line; exits after COUNT of them (default 1, negative: never).
+pub fn qubesdb_watch(args: &[String]) -> Result<i32> {
+    let (o, paths) = parse_opts("watch", args)?;
+    let count = o.count.unwrap_or(1);
+    let mut c = QdbClient::connect()?;
     for p in &paths {
-        ids.push(c.agent.watch(p).map_err(|e| anyhow!("watch {p}: {e}"))?);
+        // The agent's watches are prefix watches; `fires` narrows them to QubesDB's rule.
+        let prefix = match p.rfind('/') {
+            Some(i) => &p[..=i],
+            None => p,
+        };
+        c.agent
+            .watch(prefix)
+            .map_err(|e| anyhow!("Failed to setup watch on {p}: {e}"))?;
     }
     let mut out = std::io::stdout();
-    let mut seen = 0u64;
+    let mut seen = 0i64;
     loop {
-        if count.is_some_and(|n| seen >= n) {
+        if count >= 0 && seen >= count {
             return Ok(0);
         }
         c.pump(Duration::from_millis(200))?;
         let mut last = None;
         for ev in std::mem::take(&mut c.events) {
             let fired = match ev {
-                Event::Changed { watch, path } if ids.contains(&watch) => Some(path),
+                Event::Changed { path, .. } => Some(path),
                 // The Agent fires watches only when a value changes, but QubesDB fires them on
                 // every write: dom0's commit marker is rewritten with the same "".
-                Event::FirewallCommit(path)
-                    if last != Some(path) && paths.iter().any(|p| path.as_str().starts_with(p)) =>
-                {
-                    Some(path)
-                }
+                Event::FirewallCommit(path) if last != Some(path) => Some(path),
                 _ => None,
             };
             last = match ev {
                 Event::Changed { path, .. } => Some(path),
                 _ => None,
             };
-            if let Some(path) = fired.filter(|_| count.is_none_or(|n| seen < n)) {
-                writeln!(out, "{}", path.as_str())?;
-                out.flush()?;
-                seen += 1;
+            let Some(path) = fired else { continue };
+            if !paths.iter().any(|w| fires(w, path.as_str())) || (count >= 0 && seen >= count) {
+                continue;
             }
+            writeln!(out, "{}", path.as_str())?;
+            out.flush()?;
+            seen += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fires, shown};
+
+    #[test]
+    fn values_are_shown_escaped_unless_raw() {
+        assert_eq!(shown(b"a b\x01\xff", false), b"a b\\x01\\xff");
+        assert_eq!(shown(b"a\x01", true), b"a\x01");
+    }
+
+    #[test]
+    fn watches_follow_qubesdb_path_rules() {
+        assert!(fires("/qubes-firewall/", "/qubes-firewall/10.0.0.1/0000"));
+        assert!(fires("/qubes-firewall/1/", "/qubes-firewall/"));
+        assert!(fires("/name", "/name"));
+        assert!(!fires("/name", "/name2"));
+        assert!(fires("/a/b", "/a/"));
+        assert!(!fires("/a/b", "/a/c"));
     }
 }

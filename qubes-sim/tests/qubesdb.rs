@@ -62,8 +62,15 @@ fn qubes_read_the_entries_dom0_writes() {
     // A missing key fails like the real tool; -d gives a default.
     let (code, _, err) = sim.run_in("work", "qubesdb-read", &["/no-such-key"]);
     assert_eq!(code, 1, "{err}");
-    let (code, out, _) = sim.run_in("work", "qubesdb-read", &["-d", "dflt", "/no-such-key"]);
-    assert_eq!((code, out.as_str()), (0, "dflt\n"));
+    let (code, out, err) = sim.run_in("work", "qubesdb-read", &["-q", "/no-such-key", "/name"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (1, "work\n", ""));
+    let (_, out, _) = sim.run_in("work", "qubesdb-read", &["-f", "/name"]);
+    assert_eq!(out, "/name = work\n");
+    let (_, out, _) = sim.run_in("sys-net", "qubesdb-multiread", &["/qubes-netvm-"]);
+    assert!(
+        out.starts_with("gateway = 10.137.0.1\nnetmask = 255.255.255.255\n"),
+        "{out}"
+    );
     // vault has no netvm: no network keys.
     sim.ok("qvm-start", &["vault"]);
     let (code, _, _) = sim.run_in("vault", "qubesdb-read", &["/qubes-ip"]);
@@ -71,6 +78,25 @@ fn qubes_read_the_entries_dom0_writes() {
     // The qube's own writes land in dom0's untrusted area and are acknowledged.
     let (code, _, err) = sim.run_in("work", "qubesdb-write", &["/qubes-iptables-error", "x"]);
     assert_eq!(code, 0, "{err}");
+    let (code, _, err) = sim.run_in("work", "qubesdb-rm", &["/qubes-iptables-error"]);
+    assert_eq!(code, 0, "{err}");
+    // The real tool's default: one event, then exit.
+    let mut w = sim.in_vm("sys-net", "qubesdb-watch");
+    w.arg("/qubes-firewall/10.137.0.2").stdout(Stdio::piped());
+    let mut child = w.spawn().unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let mut guard = Guard(child);
+    std::thread::sleep(Duration::from_millis(500));
+    sim.ok("qvm-firewall", &["work", "reset"]);
+    assert_eq!(
+        rx.recv_timeout(DEADLINE).unwrap(),
+        "/qubes-firewall/10.137.0.2"
+    );
+    let end = Instant::now() + DEADLINE;
+    while guard.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "watch -n 1 did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Many clients one after another: each connection is served and ends.
     for _ in 0..20 {
         let (code, out, err) = sim.run_in("work", "qubesdb-read", &["/name"]);
@@ -98,16 +124,19 @@ fn next_reload(rx: &Receiver<String>) -> Vec<String> {
 fn firewall_changes_reach_the_netvm_as_one_commit_each() {
     let sim = net_sim("qdb-fw");
     let mut watch = sim.in_vm("sys-net", "qubesdb-watch");
-    watch.arg("/qubes-firewall/").stdout(Stdio::piped());
+    watch
+        .args(["-n", "-1", "/qubes-firewall/"])
+        .stdout(Stdio::piped());
     let mut child = watch.spawn().unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let _guard = Guard(child);
     // The watch is registered after its sync; give it that moment.
     std::thread::sleep(Duration::from_millis(500));
     let ip = "/qubes-firewall/10.137.0.2";
-    let read = |k: &str| {
-        sim.run_in("sys-net", "qubesdb-read", &["-d", "<none>", k])
-            .1
+    let read = |k: &str| match sim.run_in("sys-net", "qubesdb-read", &["-q", k]) {
+        (0, v, _) => v,
+        (1, _, _) => "<none>\n".to_string(),
+        other => panic!("{other:?}"),
     };
 
     sim.ok(
