@@ -86,7 +86,8 @@ pub enum Event {
     },
 }
 
-/// Bytes an answer to one daemon message may need (CONNECTION_TERMINATED).
+/// Bytes an answer to one daemon message may need (CONNECTION_TERMINATED). Our own calls keep
+/// this much free, so only answers the daemon has not read yet can stop input.
 const REPLY_ROOM: usize = 16;
 
 /// The agent's control-channel machine.
@@ -107,7 +108,7 @@ impl Agent {
     /// A new agent; its HELLO is queued at once (a vchan server may write before the daemon
     /// connects).
     pub fn new(limits: Limits) -> Self {
-        let mut out = OutQueue::new(limits.out_bytes.max(REPLY_ROOM));
+        let mut out = OutQueue::new(limits.out_bytes.max(2 * REPLY_ROOM));
         // A fresh queue of at least 16 bytes always has room for HELLO (12).
         let _ = out.push(&Message::Hello {
             version: AGENT_VERSION,
@@ -136,7 +137,9 @@ impl Agent {
     }
 
     /// Takes bytes from the daemon; returns how many were consumed. Stops early (keep the rest)
-    /// while events or output wait to be polled.
+    /// while events wait to be polled, or while our unread answers fill the room that
+    /// [`trigger_service`](Self::trigger_service) and
+    /// [`connection_terminated`](Self::connection_terminated) keep free for them.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<usize, Error> {
         if let Some(e) = self.error {
             return Err(e);
@@ -280,7 +283,7 @@ impl Agent {
                 request_id,
             }
         };
-        self.out.push(&msg)?;
+        self.out.push_keeping(&msg, REPLY_ROOM)?;
         self.pending.push(id);
         Ok(id)
     }
@@ -314,7 +317,7 @@ impl Agent {
             connect_domain: u32::from(peer.get()),
             connect_port: port,
         };
-        self.out.push(&msg)?;
+        self.out.push_keeping(&msg, REPLY_ROOM)?;
         self.channels.swap_remove(at);
         Ok(())
     }

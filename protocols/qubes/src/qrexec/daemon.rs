@@ -92,7 +92,8 @@ pub enum Event {
     },
 }
 
-/// Room an answer to one agent message may need (HELLO or SERVICE_REFUSED).
+/// Room an answer to one agent message may need (HELLO or SERVICE_REFUSED). Our own messages
+/// keep this much free, so only answers the agent has not read yet can stop input.
 const REPLY_ROOM: usize = 48;
 
 /// The daemon's control-channel machine.
@@ -113,7 +114,7 @@ impl Daemon {
     pub fn new(limits: Limits) -> Self {
         Self {
             reader: FrameReader::new(QrexecFraming::new()),
-            out: OutQueue::new(limits.out_bytes.max(MAX_CONTROL_BODY + 8)),
+            out: OutQueue::new(limits.out_bytes.max(MAX_CONTROL_BODY + 8 + REPLY_ROOM)),
             events: EventQueue::new(limits.max_events.max(1)),
             version: None,
             ports: [None; DATA_PORT_COUNT as usize],
@@ -128,7 +129,9 @@ impl Daemon {
     }
 
     /// Takes bytes from the agent; returns how many were consumed. Stops early (keep the rest)
-    /// while events or output wait to be polled.
+    /// while events wait to be polled, or while our unread answers fill the room that
+    /// [`exec`](Self::exec), [`service_connect`](Self::service_connect) and
+    /// [`refuse`](Self::refuse) keep free for them.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<usize, Error> {
         if let Some(e) = self.error {
             return Err(e);
@@ -335,7 +338,7 @@ impl Daemon {
         } else {
             Message::ExecCmdline(e)
         };
-        if let Err(err) = self.out.push(&msg) {
+        if let Err(err) = self.out.push_keeping(&msg, REPLY_ROOM) {
             self.release_port(port, u32::from(peer.get()));
             return Err(err);
         }
@@ -356,15 +359,18 @@ impl Daemon {
             connect_port: port,
             request_id: request_id.as_bytes(),
         };
-        self.out.push(&msg)
+        self.out.push_keeping(&msg, REPLY_ROOM)
     }
 
     /// Tells the agent its call `request_id` was refused (its caller exits with 126).
     pub fn refuse(&mut self, request_id: RequestId) -> Result<(), Error> {
         self.live()?;
-        self.out.push(&Message::ServiceRefused {
-            request_id: request_id.as_bytes(),
-        })
+        self.out.push_keeping(
+            &Message::ServiceRefused {
+                request_id: request_id.as_bytes(),
+            },
+            REPLY_ROOM,
+        )
     }
 
     /// Copies bytes for the agent into `out`; `None` when there are none.

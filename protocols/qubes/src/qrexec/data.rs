@@ -81,8 +81,9 @@ pub enum Event {
     Exit(i32),
 }
 
-/// Room a reply to one peer message may need (our HELLO, or STDIN EOF after EXIT_CODE).
-const REPLY_ROOM: usize = 16;
+/// Room kept for the one reply input can cause after the handshake: STDIN EOF after EXIT_CODE
+/// (our read-first HELLO goes into a queue that is still empty).
+const REPLY_ROOM: usize = HEADER_LEN;
 
 fn index(s: Stream) -> usize {
     match s {
@@ -93,6 +94,13 @@ fn index(s: Stream) -> usize {
 }
 
 /// The data-channel machine.
+///
+/// Caller contract: poll in the order [`handle_input`](Self::handle_input) (offer everything
+/// the vchan has), [`poll_transmit`](Self::poll_transmit) (as much as the vchan takes),
+/// [`poll_event`](Self::poll_event) (until `None`), then send. Input stops only while events
+/// wait to be polled, never because the output queue is full: [`send`](Self::send) keeps
+/// room for the STDIN EOF that EXIT_CODE answers with, and data chunks need no reply, so two
+/// ends with full rings and full queues still make progress.
 #[derive(Debug)]
 pub struct DataChannel {
     role: Role,
@@ -114,7 +122,7 @@ pub struct DataChannel {
 impl DataChannel {
     /// A channel announcing `own_version` (an agent: [`AGENT_VERSION`](super::AGENT_VERSION)).
     pub fn new(role: Role, handshake: Handshake, own_version: u32, limits: Limits) -> Self {
-        let mut out = OutQueue::new(limits.out_bytes.max(MAX_MSG_ROOM));
+        let mut out = OutQueue::new(limits.out_bytes.max(MAX_MSG_ROOM) + REPLY_ROOM);
         if handshake == Handshake::SendFirst {
             // A fresh queue always has room for HELLO.
             let _ = out.push(&Message::Hello {
@@ -196,7 +204,7 @@ impl DataChannel {
     }
 
     /// Takes bytes from the peer; returns how many were consumed. Stops early (keep the rest)
-    /// while events or output wait to be polled.
+    /// while events wait to be polled; a full output queue does not stop it.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<usize, Error> {
         if let Some(e) = self.error {
             return Err(e);
@@ -204,8 +212,7 @@ impl DataChannel {
         let mut used = 0;
         while let Some(rest) = data.get(used..).filter(|r| !r.is_empty()) {
             let busy = self.events.len() >= self.limits.max_events.max(1)
-                || self.event_bytes >= self.limits.event_bytes
-                || self.out.room() < REPLY_ROOM;
+                || self.event_bytes >= self.limits.event_bytes;
             if busy {
                 break;
             }
@@ -329,14 +336,17 @@ impl DataChannel {
             let n = rest
                 .len()
                 .min(chunk)
-                .min(self.out.room().saturating_sub(HEADER_LEN));
+                .min(self.out.room().saturating_sub(HEADER_LEN + REPLY_ROOM));
             let Some(piece) = rest.get(..n).filter(|p| !p.is_empty()) else {
                 break;
             };
-            self.out.push(&Message::Data {
-                stream,
-                data: piece,
-            })?;
+            self.out.push_keeping(
+                &Message::Data {
+                    stream,
+                    data: piece,
+                },
+                REPLY_ROOM,
+            )?;
             sent += n;
         }
         Ok(sent)

@@ -33,8 +33,15 @@ impl OutQueue {
 
     /// Queues one whole message, or nothing.
     pub(crate) fn push(&mut self, msg: &Message<'_>) -> Result<(), Error> {
+        self.push_keeping(msg, 0)
+    }
+
+    /// Queues one whole message only if `keep` bytes still fit after it: the application's
+    /// sends keep room for the replies `handle_input` may have to queue, so that a full queue
+    /// of the application's own bytes never stops input.
+    pub(crate) fn push_keeping(&mut self, msg: &Message<'_>, keep: usize) -> Result<(), Error> {
         let total = msg.buffer_len();
-        if total > self.room() {
+        if total.saturating_add(keep) > self.room() {
             return Err(Error::Full {
                 what: "qrexec output queue",
             });
