@@ -45,23 +45,51 @@ impl XsDir {
     /// Removes the directory, and for a Qubes path the `<client_domid>` directory if it is now
     /// empty (`libvchan_wait` \[QV\]). Call it on the first wait after the client connected,
     /// and on close if that never happened (`close_xs_srv` \[X\]). Removing twice is fine.
+    /// One transaction (retried on `EAGAIN`), so a server advertising another port under the
+    /// same parent between the emptiness check and the removal keeps its keys.
     pub fn remove<S: Store>(&self, store: &mut S) -> Result<(), StoreError> {
-        match store.rm(Tx::NONE, &self.path) {
-            Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
-            Err(e) => return Err(e),
-        }
-        if let Some(parent) = &self.parent {
-            match store.directory(Tx::NONE, parent) {
-                Ok(children) if children.is_empty() => match store.rm(Tx::NONE, parent) {
-                    Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
-                    Err(e) => return Err(e),
-                },
-                Ok(_) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
+        in_transaction(store, |store, tx| {
+            match store.rm(tx, &self.path) {
+                Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
                 Err(e) => return Err(e),
             }
-        }
-        Ok(())
+            let Some(parent) = &self.parent else {
+                return Ok(());
+            };
+            match store.directory(tx, parent) {
+                Ok(children) if children.is_empty() => match store.rm(tx, parent) {
+                    Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Ok(_) | Err(StoreError::Xs(XsErrno::Enoent)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
+}
+
+/// Runs `body` in a transaction and commits it, starting over on `EAGAIN` (another connection
+/// changed what the transaction read) at most [`MAX_TX_RETRIES`] times; aborts on an error.
+fn in_transaction<S: Store, T>(
+    store: &mut S,
+    mut body: impl FnMut(&mut S, Tx) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    for _ in 0..MAX_TX_RETRIES {
+        let tx = store.transaction_start()?;
+        let value = match body(store, tx) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = store.transaction_end(tx, false);
+                return Err(e);
+            }
+        };
+        match store.transaction_end(tx, true) {
+            Ok(()) => return Ok(value),
+            Err(StoreError::Xs(XsErrno::Eagain)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Xs(XsErrno::Eagain))
 }
 
 fn parse_value<T>(
@@ -174,25 +202,13 @@ fn write_keys<S: Store>(
     let port_key = format!("{xs_path}/event-channel");
     let ring_val = format!("{ring_ref}");
     let port_val = format!("{port}");
-    for _ in 0..MAX_TX_RETRIES {
-        let tx = store.transaction_start()?;
-        let body = (|| {
-            store.write(tx, &ring_key, ring_val.as_bytes())?;
-            store.set_perms(tx, &ring_key, &perms)?;
-            store.write(tx, &port_key, port_val.as_bytes())?;
-            store.set_perms(tx, &port_key, &perms)
-        })();
-        if let Err(e) = body {
-            let _ = store.transaction_end(tx, false);
-            return Err(e.into());
-        }
-        match store.transaction_end(tx, true) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::Xs(XsErrno::Eagain)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StoreError::Xs(XsErrno::Eagain).into())
+    in_transaction(store, |store, tx| {
+        store.write(tx, &ring_key, ring_val.as_bytes())?;
+        store.set_perms(tx, &ring_key, &perms)?;
+        store.write(tx, &port_key, port_val.as_bytes())?;
+        store.set_perms(tx, &port_key, &perms)
+    })?;
+    Ok(())
 }
 
 /// A Qubes client of `server`'s vchan on `port`: reads

@@ -411,3 +411,99 @@ fn hostile_grant_refs_in_control_page_refused_by_mapping() {
         ))
     );
 }
+
+/// A hub store whose transactions conflict like xenstored's: `rm` inside a transaction waits
+/// for the commit, and a commit fails with `EAGAIN` if another connection wrote meanwhile.
+/// `race` runs once, right after the first `directory` call, as that other connection.
+struct RacyStore<F: FnMut()> {
+    inner: crate::test_utils::FakeStore,
+    race: Option<F>,
+    conflict: bool,
+    deferred: alloc::vec::Vec<String>,
+}
+
+impl<F: FnMut()> Store for RacyStore<F> {
+    fn read(&mut self, tx: Tx, path: &str) -> Result<alloc::vec::Vec<u8>, StoreError> {
+        self.inner.read(tx, path)
+    }
+    fn write(&mut self, tx: Tx, path: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.write(tx, path, value)
+    }
+    fn mkdir(&mut self, tx: Tx, path: &str) -> Result<(), StoreError> {
+        self.inner.mkdir(tx, path)
+    }
+    fn rm(&mut self, tx: Tx, path: &str) -> Result<(), StoreError> {
+        if tx == Tx::NONE {
+            return self.inner.rm(tx, path);
+        }
+        self.inner.get_perms(tx, path)?;
+        self.deferred.push(String::from(path));
+        Ok(())
+    }
+    fn directory(&mut self, tx: Tx, path: &str) -> Result<alloc::vec::Vec<String>, StoreError> {
+        let seen = self.inner.directory(tx, path);
+        if let Some(mut race) = self.race.take() {
+            race();
+            self.conflict = true;
+        }
+        seen
+    }
+    fn get_perms(&mut self, tx: Tx, path: &str) -> Result<alloc::vec::Vec<Perm>, StoreError> {
+        self.inner.get_perms(tx, path)
+    }
+    fn set_perms(&mut self, tx: Tx, path: &str, perms: &[Perm]) -> Result<(), StoreError> {
+        self.inner.set_perms(tx, path, perms)
+    }
+    fn transaction_start(&mut self) -> Result<Tx, StoreError> {
+        self.conflict = false;
+        self.deferred.clear();
+        self.inner.transaction_start()
+    }
+    fn transaction_end(&mut self, tx: Tx, commit: bool) -> Result<(), StoreError> {
+        let deferred = core::mem::take(&mut self.deferred);
+        if commit && core::mem::take(&mut self.conflict) {
+            return Err(StoreError::Xs(XsErrno::Eagain));
+        }
+        if commit {
+            for p in deferred {
+                match self.inner.rm(Tx::NONE, &p) {
+                    Ok(()) | Err(StoreError::Xs(XsErrno::Enoent)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.inner.transaction_end(tx, commit)
+    }
+}
+
+#[test]
+fn xs_dir_remove_keeps_a_neighbour_created_during_the_emptiness_check() {
+    let hub = Hub::new();
+    let mut sd = hub.domain(SRV);
+    let (_s, dir) = server_init(
+        &mut sd.grants,
+        &mut sd.events,
+        &mut sd.store,
+        dom(CLI),
+        513,
+        1,
+        1,
+    )
+    .unwrap();
+    let neighbour = "/local/domain/5/data/vchan/7/514/ring-ref";
+    let racer = hub.clone();
+    let mut store = RacyStore {
+        inner: hub.domain(SRV).store,
+        race: Some(move || racer.set_node(neighbour, b"77")),
+        conflict: false,
+        deferred: alloc::vec::Vec::new(),
+    };
+    dir.remove(&mut store).unwrap();
+    assert!(hub.node("/local/domain/5/data/vchan/7/513").is_none());
+    assert_eq!(
+        hub.node(neighbour).as_deref(),
+        Some(&b"77"[..]),
+        "a server that advertised while we checked keeps its keys"
+    );
+    assert!(hub.node("/local/domain/5/data/vchan/7").is_some());
+}
