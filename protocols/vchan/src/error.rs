@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use platform_api::{OutOfBounds, PlatformError, StoreError};
+use platform_api::{OutOfBounds, PlatformError, StoreError, XsErrno};
 
 use crate::layout::Ring;
 
@@ -230,6 +230,24 @@ pub enum SetupError {
     },
     /// A client asked to connect to its own domain.
     Loopback,
+    /// A xenstore key the server writes is still empty: the server is not ready, retry (as
+    /// libxenvchan's and Qubes' clients keep waiting). A key still missing is
+    /// `Store(Xs(Enoent))`; [`is_not_ready`](Self::is_not_ready) covers both.
+    NotReady {
+        /// Which key.
+        key: &'static str,
+    },
+}
+
+impl SetupError {
+    /// Whether the server has not (fully) advertised the vchan yet: a key is missing or
+    /// empty. A client should wait and retry; every other error is final.
+    pub fn is_not_ready(&self) -> bool {
+        matches!(
+            self,
+            Self::NotReady { .. } | Self::Store(StoreError::Xs(XsErrno::Enoent))
+        )
+    }
 }
 
 impl fmt::Display for SetupError {
@@ -243,6 +261,7 @@ impl fmt::Display for SetupError {
                 write!(f, "xenstore key {key} is not a valid non-zero number")
             }
             Self::Loopback => f.write_str("refusing a vchan to our own domain"),
+            Self::NotReady { key } => write!(f, "xenstore key {key} is still empty"),
         }
     }
 }

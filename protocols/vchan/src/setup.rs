@@ -105,6 +105,20 @@ fn parse_value<T>(
         .ok_or(SetupError::BadValue { key })
 }
 
+/// A key the server advertises: missing is `Store(Xs(Enoent))` and empty is `NotReady`, both
+/// retryable ([`SetupError::is_not_ready`]); a malformed value is left to `parse_value`.
+fn read_advertised<S: Store>(
+    store: &mut S,
+    xs_path: &str,
+    key: &'static str,
+) -> Result<Vec<u8>, SetupError> {
+    let raw = store.read(Tx::NONE, &format!("{xs_path}/{key}"))?;
+    if raw.strip_suffix(&[0]).unwrap_or(&raw).is_empty() {
+        return Err(SetupError::NotReady { key });
+    }
+    Ok(raw)
+}
+
 /// Our domid, from the relative key `domid` as libxenvchan reads it.
 pub fn own_domid<S: Store>(store: &mut S) -> Result<DomId, SetupError> {
     let raw = store.read(Tx::NONE, "domid")?;
@@ -213,7 +227,8 @@ fn write_keys<S: Store>(
 
 /// A Qubes client of `server`'s vchan on `port`: reads
 /// `/local/domain/<server>/data/vchan/<own domid>/<port>/{ring-ref,event-channel}`.
-/// A missing key is `Store(Xs(Enoent))`: the server is not ready yet, retry later.
+/// A missing key is `Store(Xs(Enoent))` and an empty one `NotReady`: the server is not ready
+/// yet ([`SetupError::is_not_ready`]), retry later.
 pub fn client_init<G: Grants, E: Events, S: Store>(
     grants: &mut G,
     events: &mut E,
@@ -230,7 +245,8 @@ pub fn client_init<G: Grants, E: Events, S: Store>(
 }
 
 /// A client of the server advertised at `xs_path` (`libxenvchan_client_init` \[X\]): reads
-/// `ring-ref` and `event-channel` (0 is refused), binds the port, maps the control page
+/// `ring-ref` and `event-channel` (0 is refused; missing or empty is
+/// [`is_not_ready`](SetupError::is_not_ready): retry), binds the port, maps the control page
 /// writable, validates the orders, maps the left ring writable and the right ring read-only,
 /// then attaches (sets `cli_live = 1`, `srv_notify = WRITE`, notifies).
 pub fn client_init_at<G: Grants, E: Events, S: Store>(
@@ -240,11 +256,11 @@ pub fn client_init_at<G: Grants, E: Events, S: Store>(
     server: DomId,
     xs_path: &str,
 ) -> Result<MappedClient<G, E>, SetupError> {
-    let raw = store.read(Tx::NONE, &format!("{xs_path}/ring-ref"))?;
+    let raw = read_advertised(store, xs_path, "ring-ref")?;
     let ring_ref = parse_value(&raw, "ring-ref", |s| {
         GrantRef::parse(s).ok().filter(|g| g.0 != 0)
     })?;
-    let raw = store.read(Tx::NONE, &format!("{xs_path}/event-channel"))?;
+    let raw = read_advertised(store, xs_path, "event-channel")?;
     let remote_port = parse_value(&raw, "event-channel", |s| EvtchnPort::parse(s).ok())?;
     let port = events.bind_interdomain(server, remote_port)?;
     let ctrl = grants.map(server, &[ring_ref], true)?;

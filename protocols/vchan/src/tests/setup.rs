@@ -177,6 +177,36 @@ fn client_before_server_is_enoent() {
 }
 
 #[test]
+fn empty_xenstore_value_is_not_ready_not_malformed() {
+    let base = "/local/domain/5/data/vchan/7/600";
+    for (rref, port, key) in [
+        ("", "3", "ring-ref"),
+        ("12", "", "event-channel"),
+        ("12", "\0", "event-channel"),
+    ] {
+        let hub = Hub::new();
+        let mut cd = hub.domain(CLI);
+        hub.set_node(&alloc::format!("{base}/ring-ref"), rref.as_bytes());
+        hub.set_node(&alloc::format!("{base}/event-channel"), port.as_bytes());
+        let e =
+            client_init(&mut cd.grants, &mut cd.events, &mut cd.store, dom(SRV), 600).unwrap_err();
+        assert_eq!(e, SetupError::NotReady { key }, "{rref:?}/{port:?}");
+        assert!(e.is_not_ready());
+    }
+}
+
+#[test]
+fn missing_key_is_enoent_and_not_ready() {
+    let hub = Hub::new();
+    let mut cd = hub.domain(CLI);
+    hub.set_node("/local/domain/5/data/vchan/7/600/ring-ref", b"12");
+    let e = client_init(&mut cd.grants, &mut cd.events, &mut cd.store, dom(SRV), 600).unwrap_err();
+    assert_eq!(e, SetupError::Store(StoreError::Xs(XsErrno::Enoent)));
+    assert!(e.is_not_ready());
+    assert!(!SetupError::BadValue { key: "ring-ref" }.is_not_ready());
+}
+
+#[test]
 fn loopback_refused() {
     let hub = Hub::new();
     let mut d = hub.domain(CLI);
