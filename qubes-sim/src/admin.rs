@@ -66,6 +66,8 @@ pub enum Request {
         /// The client qube.
         vm: String,
     },
+    /// The registry changed (prefs, features): bring running qubes' QubesDB up to date.
+    RefreshQdb,
     /// Input for a qube's focused window (`qvm-gui-input`).
     GuiInput {
         /// The qube.

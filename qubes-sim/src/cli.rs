@@ -176,13 +176,13 @@ fn qvm_prefs(state: &Path, args: &[String]) -> Result<i32> {
         }
         ([vm, prop, value], false) => {
             Registry::update(state, |reg| reg.set_pref(vm, prop, value))?;
-            Ok(0)
+            refresh_qdb(state)
         }
         ([vm, prop], true) => {
             let default = crate::registry::Domain::new("x", 1, Class::AppVM, "red");
             let value = default.get_pref(prop)?;
             Registry::update(state, |reg| reg.set_pref(vm, prop, &value))?;
-            Ok(0)
+            refresh_qdb(state)
         }
         ([], _) => usage("the following arguments are required: VMNAME"),
         _ => usage("unrecognized arguments"),
@@ -247,7 +247,7 @@ fn qvm_features(state: &Path, args: &[String]) -> Result<i32> {
                 d.features.insert(feat.clone(), value.clone());
                 Ok(())
             })?;
-            Ok(0)
+            refresh_qdb(state)
         }
         ([vm, feat], true) => {
             Registry::update(state, |reg| {
@@ -258,7 +258,7 @@ fn qvm_features(state: &Path, args: &[String]) -> Result<i32> {
                 d.features.remove(feat);
                 Ok(())
             })?;
-            Ok(0)
+            refresh_qdb(state)
         }
         ([], _) => usage("the following arguments are required: VMNAME"),
         _ => usage("unrecognized arguments"),
@@ -542,5 +542,15 @@ fn qvm_gui_input(state: &Path, args: &[String]) -> Result<i32> {
             input: input.to_vec(),
         },
     )?;
+    Ok(0)
+}
+
+/// Asks a running sim to bring its qubes' QubesDB in line with the changed registry.
+fn refresh_qdb(state: &Path) -> Result<i32> {
+    if let Some(r) = admin::try_call(state, &Request::RefreshQdb)? {
+        if let Some(e) = r.error {
+            bail!("{e}");
+        }
+    }
     Ok(0)
 }

@@ -214,4 +214,28 @@ impl Sim {
             }
         }
     }
+
+    /// Brings every running qube's QubesDB in line with the registry (after `qvm-prefs` or
+    /// `qvm-features` changed it).
+    pub fn refresh_qdb(&self) -> Result<()> {
+        let reg = Registry::load(&self.state)?;
+        let running: Vec<(String, Sender<QdbCmd>)> = self
+            .vms()
+            .iter()
+            .filter(|(_, v)| v.power != Power::Crashed)
+            .filter_map(|(n, v)| Some((n.clone(), v.helpers.qdb.clone()?)))
+            .collect();
+        let now = crate::firewall::now();
+        for (name, qdb) in running {
+            let Ok(entries) = crate::qdb::entries(&reg, &name, now) else {
+                continue;
+            };
+            let (reply, rx) = mpsc::channel();
+            if qdb.send(QdbCmd::Sync { entries, reply }).is_ok() {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| anyhow!("QubesDB of '{name}' did not answer"))?;
+            }
+        }
+        Ok(())
+    }
 }

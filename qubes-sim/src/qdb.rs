@@ -42,6 +42,67 @@ pub enum QdbCmd {
         /// Done.
         reply: Sender<()>,
     },
+    /// Make the DB equal `entries` (after a registry change): changed keys are written,
+    /// gone ones removed, and a client whose firewall differs gets dom0's reload sequence.
+    Sync {
+        /// Everything dom0 now writes for the qube ([`entries`]).
+        entries: BTreeMap<String, String>,
+        /// Done.
+        reply: Sender<()>,
+    },
+}
+
+/// One client's firewall entries in `db`: `(NNNN, rule)` and whether the commit marker is
+/// there, by client IP.
+type FwByIp = BTreeMap<String, (Vec<(usize, String)>, bool)>;
+
+fn firewall_by_ip(db: &BTreeMap<String, String>) -> FwByIp {
+    let mut m = FwByIp::new();
+    for (k, v) in db.range("/qubes-firewall/".to_string()..) {
+        let Some(rest) = k.strip_prefix("/qubes-firewall/") else {
+            break;
+        };
+        match rest.split_once('/') {
+            None => m.entry(rest.to_string()).or_default().1 = true,
+            Some((ip, n)) => {
+                let e = m.entry(ip.to_string()).or_default();
+                if let Ok(n) = n.parse::<usize>() {
+                    e.0.push((n, v.clone()));
+                }
+            }
+        }
+    }
+    m
+}
+
+/// The changes that turn `master` into `target`, as primitive commands (replies unused).
+fn sync_ops(master: &BTreeMap<String, String>, target: &BTreeMap<String, String>) -> Vec<QdbCmd> {
+    let fw = |k: &String| k.starts_with("/qubes-firewall/");
+    let mut ops = Vec::new();
+    for k in master.keys().filter(|k| !fw(k) && !target.contains_key(*k)) {
+        ops.push(QdbCmd::Rm(k.clone()));
+    }
+    for (k, v) in target.iter().filter(|(k, _)| !fw(k)) {
+        if master.get(k) != Some(v) {
+            ops.push(QdbCmd::Write(k.clone(), v.clone()));
+        }
+    }
+    let (old, new) = (firewall_by_ip(master), firewall_by_ip(target));
+    for ip in old.keys().filter(|ip| !new.contains_key(*ip)) {
+        ops.push(QdbCmd::Rm(format!("/qubes-firewall/{ip}/")));
+        ops.push(QdbCmd::Rm(format!("/qubes-firewall/{ip}")));
+    }
+    for (ip, (rules, _)) in &new {
+        if old.get(ip).is_none_or(|(o, marker)| o != rules || !marker) {
+            let (reply, _) = std::sync::mpsc::channel();
+            ops.push(QdbCmd::Firewall {
+                ip: ip.clone(),
+                rules: rules.clone(),
+                reply,
+            });
+        }
+    }
+    ops
 }
 
 fn truthy(v: Option<&String>) -> bool {
@@ -117,11 +178,12 @@ pub fn entries(reg: &Registry, name: &str, now: u64) -> Result<BTreeMap<String, 
         put("/qubes-netvm-netmask", "255.255.255.255");
         put("/qubes-netvm-primary-dns", DNS[0]);
         put("/qubes-netvm-secondary-dns", DNS[1]);
-        let clients: Vec<_> = reg
+        let mut clients: Vec<_> = reg
             .clients(name)
             .into_iter()
             .filter(|c| !c.ip.is_empty())
             .collect();
+        clients.sort_by_key(|c| c.ip.parse::<std::net::Ipv4Addr>().ok());
         let ips: Vec<&str> = clients.iter().map(|c| c.ip.as_str()).collect();
         put("/connected-ips", &ips.join(" "));
         put("/connected-ips6", "");
@@ -259,9 +321,18 @@ fn serve(
         }
         while let Ok(cmd) = cmds.try_recv() {
             progress = true;
-            apply(&cmd, &mut master, &mut conns, &mut h);
-            if let QdbCmd::Firewall { reply, .. } = cmd {
-                let _ = reply.send(());
+            match cmd {
+                QdbCmd::Sync { entries, reply } => {
+                    for op in sync_ops(&master, &entries) {
+                        apply(&op, &mut master, &mut conns, &mut h);
+                    }
+                    let _ = reply.send(());
+                }
+                QdbCmd::Firewall { ref reply, .. } => {
+                    apply(&cmd, &mut master, &mut conns, &mut h);
+                    let _ = reply.send(());
+                }
+                _ => apply(&cmd, &mut master, &mut conns, &mut h),
             }
         }
         let mut i = 0;
@@ -333,6 +404,7 @@ fn apply(
             remove(master, &format!("/qubes-firewall/{ip}/"));
             master.extend(firewall_entries(ip, rules));
         }
+        QdbCmd::Sync { .. } => return,
     }
     let mut i = 0;
     while i < conns.len() {
@@ -341,6 +413,7 @@ fn apply(
             QdbCmd::Write(k, v) => d.write(k, v.as_bytes()),
             QdbCmd::Rm(k) => d.rm(k),
             QdbCmd::Firewall { ip, rules, .. } => reload(d, ip, rules),
+            QdbCmd::Sync { .. } => Ok(()),
         };
         match r {
             Ok(()) => i += 1,
@@ -375,6 +448,37 @@ mod tests {
         r.set_pref("work", "netvm", "net").unwrap();
         r.create("offline", Class::AppVM, "blue").unwrap();
         r
+    }
+
+    fn names(ops: &[QdbCmd]) -> Vec<String> {
+        ops.iter()
+            .map(|o| match o {
+                QdbCmd::Write(k, v) => format!("W {k}={v}"),
+                QdbCmd::Rm(k) => format!("R {k}"),
+                QdbCmd::Firewall { ip, rules, .. } => format!("F {ip} {}", rules.len()),
+                QdbCmd::Sync { .. } => "S".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sync_writes_only_differences_and_reloads_changed_firewalls() {
+        let mut r = reg();
+        let before = entries(&r, "net", 0).unwrap();
+        assert!(sync_ops(&before, &before).is_empty());
+        r.create("mail", Class::AppVM, "red").unwrap();
+        r.set_pref("mail", "netvm", "net").unwrap();
+        r.set_pref("work", "netvm", "").unwrap();
+        let after = entries(&r, "net", 0).unwrap();
+        assert_eq!(
+            names(&sync_ops(&before, &after)),
+            [
+                "W /connected-ips=10.137.0.4",
+                "R /qubes-firewall/10.137.0.2/",
+                "R /qubes-firewall/10.137.0.2",
+                "F 10.137.0.4 1",
+            ]
+        );
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl Sim {
                 self.reload_firewall(&vm)?;
                 Ok(Reply::default())
             }
+            Request::RefreshQdb => {
+                self.refresh_qdb()?;
+                Ok(Reply::default())
+            }
             Request::GuiInput { vm, input } => {
                 self.gui_input(&vm, &input)?;
                 Ok(Reply::default())

@@ -97,6 +97,25 @@ fn qubes_read_the_entries_dom0_writes() {
         assert!(Instant::now() < end, "watch -n 1 did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Registry changes reach running qubes: a new client of sys-net, a service feature.
+    sim.ok("qvm-create", &["--label", "red", "mail"]);
+    sim.ok("qvm-prefs", &["mail", "netvm", "sys-net"]);
+    sim.ok("qvm-features", &["work", "service.cups", "1"]);
+    let (_, out, _) = sim.run_in(
+        "sys-net",
+        "qubesdb-read",
+        &[
+            "/connected-ips",
+            "/qubes-firewall/10.137.0.4/0000",
+            "/qubes-firewall/10.137.0.4",
+        ],
+    );
+    assert_eq!(out, "10.137.0.2 10.137.0.4\naction=accept\n\n");
+    let (_, out, _) = sim.run_in("work", "qubesdb-read", &["/qubes-service/cups"]);
+    assert_eq!(out, "1\n");
+    sim.ok("qvm-features", &["-D", "work", "service.cups"]);
+    let (code, _, _) = sim.run_in("work", "qubesdb-read", &["-q", "/qubes-service/cups"]);
+    assert_eq!(code, 1);
     // Many clients one after another: each connection is served and ends.
     for _ in 0..20 {
         let (code, out, err) = sim.run_in("work", "qubesdb-read", &["/name"]);
