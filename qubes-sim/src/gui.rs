@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use platform_api::{DomId, Events, Grants, SharedMem};
+use platform_api::{DomId, Events, Grants, SharedMem, Store, Tx};
 use platform_hosted::grants::GrantMem;
 use qubes::gui::wire::{Button, Focus, Keypress, Message, Version, WindowId, XConf};
 use qubes::gui::{Daemon, DaemonEvent, DaemonLimits};
@@ -75,17 +75,25 @@ fn serve(
     input: &Receiver<GuiInput>,
 ) -> Result<()> {
     let mut h = Hosted::new(run, DomId::DOM0)?;
-    let mut v = loop {
+    let advertised = format!("/local/domain/{domid}/data/vchan/0/{PORT}/ring-ref");
+    let (mut v, ring_ref) = loop {
         if quit() {
             return Ok(());
         }
         refuse_pending(input);
+        // Look before connecting: an idle qube is polled with one store read a tick, not with
+        // a locked setup attempt every few milliseconds.
+        let Ok(ring_ref) = h.store.read(Tx::NONE, &advertised) else {
+            std::thread::sleep(TICK);
+            continue;
+        };
         match Vchan::connect(&mut h, domid, PORT, Duration::from_secs(1), quit) {
-            Ok(v) => break v,
+            Ok(v) => break (v, ring_ref),
             Err(_) => std::thread::sleep(TICK),
         }
     };
     std::fs::create_dir_all(run.join("screenshots")).context("screenshot directory")?;
+    let mut last_look = Instant::now();
     let mut d = Daemon::new(DaemonLimits::DEFAULT, XConf::for_screen(SCREEN.0, SCREEN.1));
     let mut windows: BTreeMap<WindowId, Window> = BTreeMap::new();
     let mut focus: Option<WindowId> = None;
@@ -145,6 +153,18 @@ fn serve(
             }
             if !h.domain_alive(domid) {
                 return Ok(());
+            }
+            // A GUI agent serves one daemon; another server advertised means ours died
+            // without closing (hosted has no unmap notification): its successor gets us.
+            if last_look.elapsed() >= Duration::from_millis(500) {
+                last_look = Instant::now();
+                if h.store
+                    .read(Tx::NONE, &advertised)
+                    .is_ok_and(|r| r != ring_ref)
+                {
+                    eprintln!("qubes-sim: gui daemon of '{vm}': agent restarted; reconnecting");
+                    return Ok(());
+                }
             }
         }
     }

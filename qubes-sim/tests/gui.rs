@@ -165,6 +165,18 @@ fn window_dump_becomes_an_exact_screenshot_and_input_reaches_the_agent() {
         .state
         .run("qvm-gui-input", &["work", "key", "NoSuchKey"]);
     assert!(code == 1 && err.contains("unknown key"), "{err}");
+    // An agent killed without closing is replaced: dom0 notices the new server and moves on.
+    let _ = guard.0.kill();
+    let _ = guard.0.wait();
+    std::fs::remove_file(&shot).unwrap();
+    let mut agent = sim.in_vm("work", "gui-test-agent");
+    agent.stdout(Stdio::piped());
+    let mut child = agent.spawn().unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let mut guard = Guard(child);
+    expect(&rx, "ready");
+    check_pixels(&shot, false).unwrap();
+    assert!(sim.log().contains("agent restarted"), "{}", sim.log());
     sim.ok("qvm-gui-input", &["work", "close"]);
     expect(&rx, "close");
     let end = Instant::now() + DEADLINE;
