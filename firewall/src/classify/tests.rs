@@ -252,6 +252,56 @@ fn icmp_error_translated_through_nat() {
 }
 
 #[test]
+fn icmp_error_from_client_translated_to_uplink() {
+    let mut f = fw();
+    let sent = out_via_uplink(&mut f, A, udp4("10.137.0.7", 6000, "8.8.4.4", 53));
+    // A says "port unreachable" about the reply it received from 8.8.4.4:53.
+    let quoted = udp4("8.8.4.4", 53, "10.137.0.7", 6000);
+    let mut err = alloc::vec![3, 3, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&quoted[14..14 + 28]);
+    let mut frame = ipv4("10.137.0.7", "8.8.4.4", 1, &err);
+    assert_eq!(f.handle_client(T0, A, &mut frame), Verdict::ToUplink);
+    let p = ip_of(&frame);
+    assert_eq!((p.src, p.dst), (ip(OWN), ip("8.8.4.4")));
+    match p.transport {
+        Transport::IcmpError(q) => assert_eq!(q.key, sent.reverse()),
+        t => panic!("{t:?}"),
+    }
+    assert_eq!(checksum::data(&frame[34..]), 0xffff);
+}
+
+#[test]
+fn icmpv6_error_translated_through_nat() {
+    let mut f = fw();
+    let mut out = ipv6(
+        "fd09:24ef:4179::a89:7",
+        "2001:db8::1",
+        17,
+        &udp(7000, 53, b"q"),
+    );
+    assert_eq!(f.handle_client(T0, A, &mut out), Verdict::ToUplink);
+    let sent = ip_of(&out).key().unwrap();
+    let mut err = alloc::vec![1, 4, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&out[14..14 + 48]);
+    let mut frame = ipv6("2001:db8::ff", OWN6, 58, &err);
+    assert_eq!(f.handle_uplink(T0, &mut frame), Verdict::ToClient(A));
+    let p = ip_of(&frame);
+    assert_eq!(p.dst, IpAddr::V6(a6()));
+    match p.transport {
+        Transport::IcmpError(q) => {
+            assert_eq!(
+                (q.key.src, q.key.sport, q.key.dst),
+                (IpAddr::V6(a6()), 7000, sent.dst)
+            )
+        }
+        t => panic!("{t:?}"),
+    }
+    let ip6 = smoltcp::wire::Ipv6Packet::new_checked(&frame[14..]).unwrap();
+    let icmp = smoltcp::wire::Icmpv6Packet::new_checked(ip6.payload()).unwrap();
+    assert!(icmp.verify_checksum(&ip6.src_addr(), &ip6.dst_addr()));
+}
+
+#[test]
 fn spoofed_client_source_dropped() {
     let mut f = fw();
     let mut frame = udp4("10.137.0.8", 1, "1.1.1.1", 53);
