@@ -38,6 +38,20 @@ impl QubesDbView for BTreeMap<String, Vec<u8>> {
     }
 }
 
+impl QubesDbView for qubes::qubesdb::Agent {
+    fn read(&self, key: &str) -> Option<&[u8]> {
+        qubes::qubesdb::Agent::read(self, key)
+    }
+
+    fn for_each_under(&self, prefix: &str, f: &mut dyn FnMut(&str, &[u8])) {
+        for (path, value) in self.list(prefix) {
+            if let Some(rest) = path.as_str().strip_prefix(prefix) {
+                f(rest, value);
+            }
+        }
+    }
+}
+
 /// A client that dom0 gives a fake IP (`net.fake-ip`): the netvm sees `real`, others see `visible`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MappedIp {
@@ -357,6 +371,25 @@ mod tests {
         // No directory at all: no rules, policy drop.
         let (set, err) = client_rules(&sample(), "10.137.0.9".parse().unwrap());
         assert_eq!((set, err), (RuleSet::deny_all(), None));
+    }
+
+    #[test]
+    fn reads_through_the_qubesdb_agent_copy() {
+        // Local writes stand in for dom0's dump here; give them room to queue.
+        let limits = qubes::qubesdb::Limits {
+            max_pending_writes: 64,
+            max_out: 64 * 1024,
+            ..qubes::qubesdb::Limits::DEFAULT
+        };
+        let mut agent = qubes::qubesdb::Agent::new(limits);
+        agent.connect();
+        for (k, v) in sample() {
+            agent.write(&k, &v).unwrap();
+        }
+        let direct = NetConfig::from_qubesdb(&sample()).unwrap();
+        assert_eq!(NetConfig::from_qubesdb(&agent), Ok(direct));
+        let ip = "10.137.0.7".parse().unwrap();
+        assert_eq!(client_rules(&agent, ip), client_rules(&sample(), ip));
     }
 
     #[test]
