@@ -14,6 +14,14 @@ lib=/usr/lib/xen-4.17/bin
 check() {  # check NAME OK? DETAIL
   if [ "$2" = 0 ]; then echo "XEN-TEST $MODE $1 ok $3"; else echo "XEN-TEST $MODE $1 FAIL $3"; fi
 }
+crashed() {  # crashed NAME: the domain is gone or crashed (on_crash=preserve keeps it)
+  local st
+  st=$(xl list "$1" 2>/dev/null | awk 'NR==2{print $5}')
+  [ -z "$st" ] || [[ "$st" == *c* ]]
+}
+guest_says() {  # guest_says PATTERN: the guest printed it, or will never print anything again
+  grep -q "$1" "$LOG" || crashed "$NAME"
+}
 wait_for() {  # wait_for SECONDS CMD...: poll CMD every 0.5 s
   local end=$((SECONDS + $1)); shift
   until "$@"; do [ $SECONDS -ge $end ] && return 1; sleep 0.5; done
@@ -83,7 +91,7 @@ vchan_peer() {  # vchan_peer ROLE-OF-GUEST PROXY-ARGS...: runs the proxy until t
   local role=$1; shift
   vchan-socket-proxy "$@" - < <(cat /tmp/vchan-tx; sleep 900) > /tmp/vchan-rx-$role 2> /tmp/vchan-err-$role &
   local pid=$!
-  wait_for 400 grep -q "xen-smoke: vchan-$role \(ok\|FAIL\)" "$LOG"
+  wait_for 400 guest_says "xen-smoke: vchan-$role \(ok\|FAIL\)"
   wait_for 10 sh -c "! kill -0 $pid 2>/dev/null"
   kill $pid 2>/dev/null; wait $pid 2>/dev/null
   local line rx got
@@ -94,17 +102,20 @@ vchan_peer() {  # vchan_peer ROLE-OF-GUEST PROXY-ARGS...: runs the proxy until t
   [ "$got" = "$TXCK" ] && [ "$sent" = "$rx" ] && [ "${rx#*/}" = $VTOTAL ]
   check vchan-$role $? "16 MiB each way vs dom0's libxenvchan; dom0->guest $TXCK guest saw ${got:-?}; guest->dom0 ${sent:-?} dom0 saw $rx; $(echo "$line" | grep -o 'in [0-9]* ms') $(head -c 200 /tmp/vchan-err-$role | tr '\n' ' ')"
 }
-if wait_for 120 xenstore-read /local/domain/$DOMID/data/vchan-srv/ring-ref >/dev/null 2>&1; then
+srv_ready() { xenstore-read /local/domain/$DOMID/data/vchan-srv/ring-ref >/dev/null 2>&1 || guest_says 'xen-smoke: vchan-server FAIL'; }
+if wait_for 120 srv_ready && ! guest_says 'xen-smoke: vchan-server FAIL'; then
   vchan_peer server -m client "$DOMID" "/local/domain/$DOMID/data/vchan-srv"
 else
-  check vchan-server 1 "guest never advertised data/vchan-srv"
+  check vchan-server 1 "guest did not advertise data/vchan-srv: $(tail -2 "$LOG" | tr '\n' ' ')"
 fi
 # vchan, guest as client: dom0's libxenvchan server (vchan-socket-proxy -m server).
 xenstore-rm /local/domain/0/data/vchan-cli 2>/dev/null
 vchan_peer client -m server "$DOMID" /local/domain/0/data/vchan-cli
 
-wait_for 120 grep -q 'xen-smoke: ready' "$LOG"
+wait_for 120 guest_says 'xen-smoke: ready'
+grep -q 'xen-smoke: ready' "$LOG"
 check boot $? "domid $DOMID ready after $((SECONDS - t0)) s (vchan checks included)"
+crashed "$NAME" && { sed 's/^/XEN-CONSOLE /' "$LOG"; echo "XEN-TEST $MODE guest-alive FAIL crashed"; finish; }
 sed 's/^/XEN-CONSOLE /' "$LOG"
 grep -q "xen-smoke: console ok mode=$MODE" "$LOG"; check console-ring $? "PV console ring via xenconsoled"
 grep -q 'cmdline="xen-test mode='"$MODE"' ip=10.137.99.2"' "$LOG"; check cmdline $? "command line passed"

@@ -4,7 +4,7 @@
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
 use platform_api::{DomId, GrantRef, Grants, Ordering, OutOfBounds, PlatformError, SharedMem};
 
@@ -24,6 +24,8 @@ pub struct XenGrants {
     mfn_list: Option<u64>,
     /// PVH: free slots of the 4-5 GiB window.
     window: Rc<RefCell<MapWindow>>,
+    /// Our domid, once the application has read it (see [`XenGrants::set_own_domid`]).
+    own: Rc<Cell<Option<DomId>>>,
 }
 
 impl XenGrants {
@@ -40,6 +42,7 @@ impl XenGrants {
             table: Rc::new(RefCell::new(GrantTable::new(frames))),
             mfn_list,
             window: Rc::new(RefCell::new(MapWindow::new(pages))),
+            own: Rc::new(Cell::new(None)),
         }
     }
 
@@ -49,6 +52,14 @@ impl XenGrants {
             Some(list) => mm::pv_pfn_to_mfn(list, pfn),
             None => pfn,
         }
+    }
+
+    /// Tells the grant layer our domid (read from xenstore), so that PVH can refuse to map
+    /// our own grants: Xen then takes the frame away from its original guest-physical address
+    /// (seen on Xen 4.17: writes there vanish, and the heap's free list in it broke), which
+    /// would corrupt whatever lives there once the mapping ends.
+    pub fn set_own_domid(&self, own: DomId) {
+        self.own.set(Some(own));
     }
 
     /// Refs still free.
@@ -215,6 +226,11 @@ impl Grants for XenGrants {
             return Err(PlatformError::Full {
                 what: "pages in one grant mapping",
             });
+        }
+        if self.mfn_list.is_none() && self.own.get() == Some(peer) {
+            return Err(PlatformError::Unsupported(
+                "PVH mapping a grant of our own domain",
+            ));
         }
         let raw: Vec<u32> = refs.iter().map(|r| r.0).collect();
         let mapped = match self.mfn_list {
