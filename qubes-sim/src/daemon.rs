@@ -354,15 +354,27 @@ impl Sim {
             }
         };
         self.start_gui(reg, name, domid, &stop, &mut helpers)?;
-        let (tx, rx) = mpsc::channel();
-        let thread = {
+        // A qube whose `qrexec` feature is off (a unikernel without an agent) runs at once, as
+        // qubesd does not wait for an agent it was told is not there.
+        let qrexec = reg
+            .get(name)?
+            .features
+            .get("qrexec")
+            .is_none_or(|v| crate::qdb::truthy(Some(v)));
+        let (cmd, thread) = if qrexec {
+            let (tx, rx) = mpsc::channel();
             let (sim, name, stop, user) = (
                 self.clone(),
                 name.to_string(),
                 stop.clone(),
                 user.to_string(),
             );
-            std::thread::spawn(move || crate::qrexecd::run(&sim, &name, domid, &user, &stop, &rx))
+            let t = std::thread::spawn(move || {
+                crate::qrexecd::run(&sim, &name, domid, &user, &stop, &rx)
+            });
+            (Some(tx), Some(t))
+        } else {
+            (None, None)
         };
         eprintln!(
             "qubes-sim: started qube '{name}' (domid {domid}, pid {})",
@@ -370,12 +382,16 @@ impl Sim {
         );
         Ok(Vm {
             domid,
-            power: Power::Starting,
+            power: if qrexec {
+                Power::Starting
+            } else {
+                Power::Running
+            },
             halting: false,
             child: Some(child),
-            cmd: Some(tx),
+            cmd,
             stop,
-            thread: Some(thread),
+            thread,
             helpers,
         })
     }

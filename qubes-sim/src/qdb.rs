@@ -105,7 +105,8 @@ fn sync_ops(master: &BTreeMap<String, String>, target: &BTreeMap<String, String>
     ops
 }
 
-fn truthy(v: Option<&String>) -> bool {
+/// Whether a feature value means on (Qubes' `1`/`True`).
+pub fn truthy(v: Option<&String>) -> bool {
     v.is_some_and(|v| matches!(v.as_str(), "1" | "True" | "true" | "yes" | "on"))
 }
 

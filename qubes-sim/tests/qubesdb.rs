@@ -411,3 +411,53 @@ fn a_client_that_never_reads_is_dropped_and_others_keep_up() {
     let (_, out, _) = sim.run_in("sys-net", "qubesdb-list", &["/qubes-firewall/10.137.0.2/"]);
     assert_eq!(out.lines().count(), 47, "46 rules and the policy");
 }
+
+#[test]
+fn a_netvm_without_qrexec_gets_its_clients_rules_over_its_own_connection() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = State::new("qdb-noqrexec");
+    // A stand-in for a hosted firewall unikernel: no qrexec agent, only QubesDB.
+    let script = state.path().join("fw.kernel");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} qubesdb-watch -n -1 /qubes-firewall/ >> \"$QUBES_SIM_VM_DIR/watch.log\"\n",
+            common::EXE
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    state.ok("qvm-create", &["--label", "red", "fw"]);
+    state.ok("qvm-prefs", &["fw", "provides_network", "True"]);
+    state.ok("qvm-prefs", &["fw", "kernel", script.to_str().unwrap()]);
+    state.ok("qvm-features", &["fw", "qrexec", "0"]);
+    state.ok("qvm-create", &["--label", "blue", "work"]);
+    state.ok("qvm-prefs", &["work", "netvm", "fw"]);
+    let sim = Sim::boot(state);
+    sim.ok("qvm-start", &["fw"]);
+    let ls = sim.ok("qvm-ls", &["fw"]);
+    assert!(ls.contains("Running"), "{ls}");
+    let log = sim.path().join("vms").join("fw").join("watch.log");
+    let commits_in_log = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "/qubes-firewall/10.137.0.2")
+            .count()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    sim.ok("qvm-start", &["work"]);
+    sim.ok(
+        "qvm-firewall",
+        &["work", "add", "action=drop", "proto=udp", "dstports=53"],
+    );
+    let end = Instant::now() + DEADLINE;
+    // One reload when the client started, one for the change.
+    while commits_in_log() < 2 {
+        assert!(Instant::now() < end, "{:?}", std::fs::read_to_string(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(commits_in_log(), 2);
+    sim.ok("qvm-kill", &["fw"]);
+}
