@@ -456,6 +456,26 @@ impl Firewall {
         }
     }
 
+    /// Builds in `out` the ICMP error for a client frame that got [`Verdict::Reject`], from the
+    /// gateway address the client uses; returns its length (0 when there is nothing to send).
+    pub fn emit_reject(
+        &self,
+        frame: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, packet::BufferTooSmall> {
+        let Ok(Parsed::Ip(p)) = packet::parse(frame) else {
+            return Ok(0);
+        };
+        let from = match p.src {
+            IpAddr::V4(_) => IpAddr::V4(self.cfg.client_gateway),
+            IpAddr::V6(_) => match self.cfg.client_gateway6 {
+                Some(g) => IpAddr::V6(g),
+                None => return Ok(0),
+            },
+        };
+        packet::make_reject(frame, &p, from, out)
+    }
+
     /// Classifies (and rewrites) a frame received from the uplink.
     pub fn handle_uplink(&mut self, now: Instant, frame: &mut [u8]) -> Verdict {
         let p = match packet::parse(frame) {

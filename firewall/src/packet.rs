@@ -541,6 +541,84 @@ pub fn make_neighbour_advert(frame: &mut [u8], p: &IpPacket, target: Ipv6Addr) -
     swap_macs(frame)
 }
 
+/// `out` cannot hold the frame to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferTooSmall {
+    pub needed: usize,
+}
+
+impl fmt::Display for BufferTooSmall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "buffer too small: {} bytes needed", self.needed)
+    }
+}
+
+impl core::error::Error for BufferTooSmall {}
+
+/// Largest IPv6 packet an ICMPv6 error may make (RFC 4443 §2.4: the minimum MTU).
+const MIN_MTU6: usize = 1280;
+
+/// Builds in `out` the ICMP error refusing `p` (IPv4: host prohibited, type 3 code 10, as Linux
+/// Qubes does; IPv6: administratively prohibited, type 1 code 1), sent from `from` back to the
+/// sender with source MAC `GATEWAY_MAC`; returns the frame length (0 if `from` is of the other
+/// family than `p`, as nothing sensible can be built).
+pub fn make_reject(
+    frame: &[u8],
+    p: &IpPacket,
+    from: IpAddr,
+    out: &mut [u8],
+) -> Result<usize, BufferTooSmall> {
+    let v6 = p.src.is_ipv6();
+    let (hl, quote_max) = if v6 {
+        (40, MIN_MTU6 - 48)
+    } else {
+        (20, p.l4_off - ETH_LEN + 8)
+    };
+    let quote = frame
+        .get(ETH_LEN..p.l4_end.min(ETH_LEN + quote_max))
+        .unwrap_or(&[]);
+    let icmp_len = 8 + quote.len();
+    let needed = ETH_LEN + hl + icmp_len;
+    let out = out.get_mut(..needed).ok_or(BufferTooSmall { needed })?;
+    out.fill(0);
+    out[..6].copy_from_slice(frame.get(6..12).unwrap_or(&[0; 6]));
+    out[6..12].copy_from_slice(&GATEWAY_MAC);
+    let (ip, icmp) = out[ETH_LEN..].split_at_mut(hl);
+    icmp[8..].copy_from_slice(quote);
+    match (from, p.src) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out[12..14].copy_from_slice(&ETH_IPV4.to_be_bytes());
+            let ip = &mut out[ETH_LEN..ETH_LEN + hl];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((hl + icmp_len) as u16).to_be_bytes());
+            ip[8] = 64;
+            ip[9] = IP_ICMP;
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&d.octets());
+            let c = !checksum::data(ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let icmp = &mut out[ETH_LEN + hl..];
+            icmp[0] = 3;
+            icmp[1] = 10;
+            let _ = fill_icmp_checksum(icmp, from, p.src);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
+            ip[6] = IP_ICMPV6;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&s.octets());
+            ip[24..40].copy_from_slice(&d.octets());
+            icmp[0] = 1;
+            icmp[1] = 1;
+            let _ = fill_icmp_checksum(icmp, from, p.src);
+            out[12..14].copy_from_slice(&ETH_IPV6.to_be_bytes());
+        }
+        _ => return Ok(0),
+    }
+    Ok(needed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

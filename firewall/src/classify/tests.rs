@@ -610,6 +610,36 @@ fn echo_to_gateway_answered_other_rejected() {
 }
 
 #[test]
+fn reject_builds_icmp_host_prohibited() {
+    let f = fw();
+    let frame = tcp4("10.137.0.7", 1234, OWN, 22);
+    let mut out = [0u8; 200];
+    assert_eq!(
+        f.emit_reject(&frame, &mut out[..40]),
+        Err(packet::BufferTooSmall {
+            needed: 14 + 20 + 8 + 28
+        })
+    );
+    let n = f.emit_reject(&frame, &mut out).unwrap();
+    let r = ip_of(&out[..n]);
+    assert_eq!((r.src, r.dst), (ip(OWN), IpAddr::V4(a4())));
+    match r.transport {
+        Transport::IcmpError(q) => assert_eq!((q.key.sport, q.key.dport), (1234, 22)),
+        t => panic!("{t:?}"),
+    }
+    assert_eq!(&out[..6], &CLIENT_MAC);
+    assert_eq!((out[34], out[35]), (3, 10));
+    assert_eq!(checksum::data(&out[34..n]), 0xffff);
+    let frame6 = ipv6("fd09:24ef:4179::a89:7", OWN6, 6, &tcp(1, 22));
+    let n = f.emit_reject(&frame6, &mut out).unwrap();
+    let r = ip_of(&out[..n]);
+    assert_eq!((r.src, r.dst), (ip(OWN6), IpAddr::V6(a6())));
+    let ip6 = smoltcp::wire::Ipv6Packet::new_checked(&out[14..n]).unwrap();
+    let icmp = smoltcp::wire::Icmpv6Packet::new_checked(ip6.payload()).unwrap();
+    assert!(icmp.verify_checksum(&ip6.src_addr(), &ip6.dst_addr()));
+}
+
+#[test]
 fn ipv6_nat_and_echo_and_ndp() {
     let mut f = fw();
     let mut frame = ipv6(
