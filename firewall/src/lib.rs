@@ -5,12 +5,16 @@
 //! * **Trust**: every frame (clients and uplink), every DNS answer and every QubesDB value is hostile:
 //!   parse errors are typed, nothing panics, a bad rule set becomes deny-all, tables are bounded.
 //! * **Unsafe**: none (`forbid(unsafe_code)`).
-//! * **Limits**: [`Limits`] bounds the NAT table, the DNS cache and the client count; when full, NAT
-//!   and DNS evict the least recently used entry. IPv4 fragments and IPv6 extension headers are dropped.
+//! * **Limits**: [`Limits`] bounds the NAT table (full: evict the least recently used flow), the
+//!   DNS cache (full: expired records, then the one closest to expiry) and the client count;
+//!   [`rules::MAX_RULES`] per client. IPv4 fragments and IPv6 extension headers are dropped.
 //!
-//! Modules: [`rules`] rule text -> `Rule`; [`config`] QubesDB keys -> `NetConfig`; [`packet`] frame
-//! parse and in-place rewrites; [`classify`]
-//! frame -> `Verdict`; [`nat`] bounded translation/conntrack table; [`dns`] resolver cache.
+//! Modules: [`rules`] rule text -> `Rule`; [`config`] QubesDB keys -> `NetConfig`; [`packet`]
+//! frame parse and in-place rewrites; [`classify`] frame -> `Verdict`; [`nat`] bounded
+//! translation/conntrack table; [`dns`] resolver cache.
+//!
+//! Frames are read through `smoltcp::wire` (not etherparse): its checked views over `&mut [u8]`
+//! let NAT rewrite addresses, ports and checksums in place, and STYLE.md takes its view/Repr shape.
 #![no_std]
 #![forbid(unsafe_code)]
 
