@@ -247,7 +247,7 @@ impl Sim {
             if let Err(e) = self.reload_firewall_in(&reg, name) {
                 eprintln!("qubes-sim: firewall of '{name}': {e:#}");
             }
-            self.plumb(&reg, name);
+            self.plumb(&reg);
             vms = self.vms();
         }
         let deadline = Instant::now() + timeout;

@@ -1,6 +1,7 @@
 //! dom0's per-qube daemons beside qrexec: QubesDB (served before the qube runs) and the GUI
 //! daemon (qubes with the `gui` feature), and the sim's calls into them.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Helpers {
     pub gui: Option<Sender<GuiInput>>,
     /// Its network namespace, if it has one.
     pub netns: Option<String>,
+    /// The netvm its `eth0` leads to.
+    pub linked: Option<String>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -64,6 +67,7 @@ impl Sim {
                 qdb: Some(qdb_tx),
                 gui: None,
                 netns: None,
+                linked: None,
                 threads: vec![t],
             }),
             r => {
@@ -171,46 +175,59 @@ impl Sim {
         Ok(Some(ns))
     }
 
-    /// Links a started qube to its running netvm and, if it is a netvm, its running clients.
-    pub(crate) fn plumb(&self, reg: &Registry, name: &str) {
+    /// Makes every running qube's link match the registry: linked to its netvm if both run
+    /// (after a start, a netvm change, a netvm restart), unlinked otherwise.
+    pub(crate) fn plumb(&self, reg: &Registry) {
         if !self.netns {
             return;
         }
-        let ns_of = |n: &str| {
-            self.vms()
-                .get(n)
-                .filter(|v| v.power != Power::Crashed)
-                .and_then(|v| v.helpers.netns.clone())
-        };
-        let Ok(d) = reg.get(name) else { return };
-        let mut pairs = Vec::new();
-        if !d.prefs.netvm.is_empty() {
-            pairs.push((d, d.prefs.netvm.as_str()));
-        }
-        if d.prefs.provides_network {
-            pairs.extend(reg.clients(name).into_iter().map(|c| (c, name)));
-        }
-        for (client, netvm) in pairs {
-            let (Some(cns), Some(nns), Ok(n)) = (ns_of(&client.name), ns_of(netvm), reg.get(netvm))
-            else {
+        let running: BTreeMap<String, (String, Option<String>)> = self
+            .vms()
+            .iter()
+            .filter(|(_, v)| v.power != Power::Crashed)
+            .filter_map(|(n, v)| {
+                let ns = v.helpers.netns.clone()?;
+                Some((n.clone(), (ns, v.helpers.linked.clone())))
+            })
+            .collect();
+        for (name, (cns, linked)) in &running {
+            let Ok(c) = reg.get(name) else { continue };
+            let want = Some(c.prefs.netvm.as_str())
+                .filter(|n| !n.is_empty() && !c.ip.is_empty())
+                .and_then(|n| Some((n, running.get(n)?, reg.get(n).ok()?)));
+            let up = crate::netns::has_link(cns);
+            let ok = match &want {
+                Some((n, ..)) => up && linked.as_deref() == Some(*n),
+                None => !up,
+            };
+            if ok {
                 continue;
-            };
-            let c = crate::netns::End {
-                ns: &cns,
-                domid: client.domid,
-                ip: &client.ip,
-            };
-            let nv = crate::netns::End {
-                ns: &nns,
-                domid: n.domid,
-                ip: &n.ip,
-            };
-            match crate::netns::connect(&self.state, &c, &crate::qdb::mac(client.domid), &nv) {
-                Ok(()) => eprintln!("qubes-sim: linked '{}' to netvm '{netvm}'", client.name),
-                Err(e) => eprintln!(
-                    "qubes-sim: cannot link '{}' to '{netvm}': {e:#}",
-                    client.name
-                ),
+            }
+            if up {
+                crate::netns::unlink(cns);
+            }
+            let mut now_linked = None;
+            if let Some((netvm, (nns, _), n)) = want {
+                let client = crate::netns::End {
+                    ns: cns,
+                    domid: c.domid,
+                    ip: &c.ip,
+                };
+                let nv = crate::netns::End {
+                    ns: nns,
+                    domid: n.domid,
+                    ip: &n.ip,
+                };
+                match crate::netns::connect(&self.state, &client, &crate::qdb::mac(c.domid), &nv) {
+                    Ok(()) => {
+                        eprintln!("qubes-sim: linked '{name}' to netvm '{netvm}'");
+                        now_linked = Some(netvm.to_string());
+                    }
+                    Err(e) => eprintln!("qubes-sim: cannot link '{name}' to '{netvm}': {e:#}"),
+                }
+            }
+            if let Some(v) = self.vms().get_mut(name) {
+                v.helpers.linked = now_linked;
             }
         }
     }
@@ -236,6 +253,7 @@ impl Sim {
                     .map_err(|_| anyhow!("QubesDB of '{name}' did not answer"))?;
             }
         }
+        self.plumb(&reg);
         Ok(())
     }
 }

@@ -80,6 +80,16 @@ pub fn wrap(ns: &str, program: &Path) -> Command {
     c
 }
 
+/// Whether `ns` has its `eth0` (a link to a netvm).
+pub fn has_link(ns: &str) -> bool {
+    ip(&["-n", ns, "link", "show", "eth0"]).is_ok()
+}
+
+/// Removes `ns`'s link (both ends of the veth pair go).
+pub fn unlink(ns: &str) {
+    let _ = ip(&["-n", ns, "link", "del", "eth0"]);
+}
+
 /// A qube's end of a link.
 #[derive(Debug, Clone)]
 pub struct End<'a> {

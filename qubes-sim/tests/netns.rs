@@ -114,6 +114,47 @@ fn a_client_reaches_its_netvm_and_an_offline_qube_reaches_nothing() {
         rx2.recv_timeout(DEADLINE).unwrap(),
         "got again from 10.137.0.2"
     );
+
+    // A restarted netvm gets its running client back; a netvm change moves the link.
+    sim.ok("qvm-shutdown", &["--wait", "sys-net"]);
+    sim.ok("qvm-start", &["sys-net"]);
+    let (_g3, rx3) = listen(&sim, "sys-net", "7779");
+    let out = sim.ok(
+        "qvm-run",
+        &[
+            "-p",
+            "work",
+            &format!("{EXE} net-probe connect 10.137.0.1 7779 back"),
+        ],
+    );
+    assert_eq!(out, "pong\n");
+    assert_eq!(
+        rx3.recv_timeout(DEADLINE).unwrap(),
+        "got back from 10.137.0.2"
+    );
+    sim.ok("qvm-create", &["--label", "red", "sys-net2"]);
+    sim.ok("qvm-prefs", &["sys-net2", "provides_network", "True"]);
+    sim.ok("qvm-start", &["sys-net2"]);
+    sim.ok("qvm-prefs", &["work", "netvm", "sys-net2"]);
+    let gw = sim.ok("qvm-run", &["-p", "work", "qubesdb-read /qubes-gateway"]);
+    assert_eq!(gw, "10.137.0.4\n");
+    let (_g4, rx4) = listen(&sim, "sys-net2", "7780");
+    let out = sim.ok(
+        "qvm-run",
+        &[
+            "-p",
+            "work",
+            &format!("{EXE} net-probe connect 10.137.0.4 7780 moved"),
+        ],
+    );
+    assert_eq!(out, "pong\n");
+    assert_eq!(
+        rx4.recv_timeout(DEADLINE).unwrap(),
+        "got moved from 10.137.0.2"
+    );
+    sim.ok("qvm-prefs", &["work", "netvm", ""]);
+    let devs = sim.ok("qvm-run", &["-p", "work", "ls /sys/class/net"]);
+    assert_eq!(devs, "lo\n");
     drop(sim);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
