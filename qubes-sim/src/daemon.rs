@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use platform_api::{Access, DomId, Perm, Store, Tx};
 use platform_hosted::store::{self as hstore, Daemon as Xenstored};
-use qubes::qrexec::RequestId;
 
 use crate::admin;
 use crate::agent::{ENV_TEMPLATE_DIRS, ENV_VM_DIR, ENV_VM_NAME};
@@ -50,41 +49,7 @@ impl Power {
     }
 }
 
-/// What a qube's qrexec daemon thread is asked to do.
-#[derive(Debug)]
-pub enum Cmd {
-    /// EXEC_CMDLINE to the agent, data channel to `peer`; answers the allocated port.
-    Exec {
-        /// The other end of the data channel.
-        peer: DomId,
-        /// `user:command`.
-        cmdline: String,
-        /// Where the port (or why not) goes.
-        reply: Sender<Result<u32, String>>,
-    },
-    /// SERVICE_CONNECT for the agent's call `id`.
-    Connect {
-        /// The service's domain.
-        peer: DomId,
-        /// The data port.
-        port: u32,
-        /// The agent's request.
-        id: RequestId,
-    },
-    /// Allocate a data port with dom0 as the peer and send SERVICE_CONNECT for call `id`
-    /// (a call to a dom0 service); answers the port.
-    ConnectDom0 {
-        /// The agent's request.
-        id: RequestId,
-        /// Where the port (or why not) goes.
-        reply: Sender<Result<u32, String>>,
-    },
-    /// SERVICE_REFUSED for the agent's call `id`.
-    Refuse {
-        /// The agent's request.
-        id: RequestId,
-    },
-}
+pub use crate::qrexecd::Cmd;
 
 #[derive(Debug)]
 pub(crate) struct Vm {
@@ -492,6 +457,11 @@ impl Sim {
                 dead.push(vm.domid);
             }
         }
+        // Released before a halted qube's entry goes: whoever waits for the entry to go
+        // (qvm-shutdown) then finds the domain's traces gone too.
+        for d in dead {
+            self.released(d);
+        }
         let halted: Vec<Vm> = {
             let mut vms = self.vms();
             let names: Vec<String> = vms
@@ -501,9 +471,6 @@ impl Sim {
                 .collect();
             names.iter().filter_map(|n| vms.remove(n)).collect()
         };
-        for d in dead {
-            self.released(d);
-        }
         // Joined without the lock; a halted qube leaves no entry (Halted).
         for vm in halted {
             reap(vm);

@@ -2,7 +2,7 @@
 //! routing of its calls: policy, then EXEC_CMDLINE to the target and SERVICE_CONNECT, or refusal.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,44 @@ use vchan::Interest;
 
 use crate::agent::{run_service, service_command};
 use crate::chan::{Hosted, TxQueue, Vchan, CONNECT_TIMEOUT, CONTROL_QUEUE, TICK};
-use crate::daemon::{Cmd, Sim};
+use crate::daemon::Sim;
 use crate::registry::Registry;
+
+/// What a qube's qrexec daemon thread is asked to do.
+#[derive(Debug)]
+pub enum Cmd {
+    /// EXEC_CMDLINE to the agent, data channel to `peer`; answers the allocated port.
+    Exec {
+        /// The other end of the data channel.
+        peer: DomId,
+        /// `user:command`.
+        cmdline: String,
+        /// Where the port (or why not) goes.
+        reply: Sender<Result<u32, String>>,
+    },
+    /// SERVICE_CONNECT for the agent's call `id`.
+    Connect {
+        /// The service's domain.
+        peer: DomId,
+        /// The data port.
+        port: u32,
+        /// The agent's request.
+        id: RequestId,
+    },
+    /// Allocate a data port with dom0 as the peer and send SERVICE_CONNECT for call `id`
+    /// (a call to a dom0 service); answers the port.
+    ConnectDom0 {
+        /// The agent's request.
+        id: RequestId,
+        /// Where the port (or why not) goes.
+        reply: Sender<Result<u32, String>>,
+    },
+    /// SERVICE_REFUSED for the agent's call `id`.
+    Refuse {
+        /// The agent's request.
+        id: RequestId,
+    },
+}
 
 /// Calls of one qube being routed at once; more are refused (a flooding agent cannot make
 /// dom0 spawn without bound).
