@@ -202,3 +202,84 @@ fn window_dump_becomes_an_exact_screenshot_and_input_reaches_the_agent() {
     assert_eq!((code, out.as_str()), (1, "False\n"));
     assert!(!sim.log().contains("panicked"), "{}", sim.log());
 }
+
+/// Serves port 6000 to dom0 as `vm` from this process and sends `bytes` once dom0 attached.
+fn hostile_agent(sim: &Sim, vm: &str, bytes: &[u8]) {
+    use platform_api::DomId;
+    use qubes_sim::chan::{Hosted, Vchan};
+    let domid: u32 = sim.domid(vm).parse().unwrap();
+    let mut h = Hosted::new(&sim.run_dir(), DomId::new(domid).unwrap()).unwrap();
+    let mut v = Vchan::serve(&mut h, DomId::DOM0, 6000, 4096, 4096).unwrap();
+    let end = Instant::now() + DEADLINE;
+    while v.peer_state().unwrap() == vchan::PeerState::Waiting {
+        assert!(Instant::now() < end, "dom0's GUI daemon never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    v.tidy(&mut h);
+    let mut off = 0;
+    while off < bytes.len() {
+        off += v.write(&bytes[off..]).unwrap();
+        assert!(Instant::now() < end, "dom0 does not read");
+    }
+    // dom0 gives up on us: its end closes.
+    while v.peer_state().unwrap() != vchan::PeerState::Closed {
+        assert!(Instant::now() < end, "dom0 kept a broken GUI connection");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn gui_msg(ty: u32, window: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = ty.to_le_bytes().to_vec();
+    v.extend_from_slice(&window.to_le_bytes());
+    v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[test]
+fn hostile_gui_agents_end_only_their_connection() {
+    let state = State::new("gui-hostile");
+    state.ok("qvm-create", &["--label", "green", "work"]);
+    state.ok("qvm-features", &["work", "gui", "1"]);
+    let sim = Sim::boot(state);
+    sim.ok("qvm-start", &["work"]);
+    let v18 = 0x0001_0008u32.to_le_bytes();
+    let create = |w: u32| {
+        let mut b = Vec::new();
+        for x in [0u32, 0, 4, 4, 0, 0] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        gui_msg(130, w, &b)
+    };
+    // A dump of grants that were never made.
+    let mut dump = Vec::new();
+    for x in [0u32, 4, 4, 32, 12345] {
+        dump.extend_from_slice(&x.to_le_bytes());
+    }
+    for bytes in [
+        // Protocol major 2.
+        0x0002_0000u32.to_le_bytes().to_vec(),
+        // A message for a window never created.
+        [v18.to_vec(), gui_msg(133, 7, &[])].concat(),
+        // Window 0 is the daemon's.
+        [v18.to_vec(), create(0)].concat(),
+        // A dump of grants that were never made.
+        [v18.to_vec(), create(1), gui_msg(147, 1, &dump)].concat(),
+    ] {
+        hostile_agent(&sim, "work", &bytes);
+    }
+    assert_eq!(
+        sim.log().matches("gui daemon of 'work'").count(),
+        4,
+        "{}",
+        sim.log()
+    );
+    // A proper agent is served afterwards.
+    let mut agent = sim.in_vm("work", "gui-test-agent");
+    agent.stdout(Stdio::piped());
+    let mut child = agent.spawn().unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let _guard = Guard(child);
+    expect(&rx, "ready");
+    check_pixels(&sim.run_dir().join("screenshots").join("work-1.png"), false).unwrap();
+}
