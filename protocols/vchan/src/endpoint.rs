@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use platform_api::Ordering::{Acquire, Release, SeqCst};
+use platform_api::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use platform_api::{GrantRef, Notify, SharedMem, PAGE_SIZE};
 use xen_rings::{ByteRing, RingError, Role};
 
@@ -263,7 +263,18 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
 
     /// `send_notify`: clear the bit in our own byte; signal only if the peer had asked.
     fn send_notify(&mut self, bit: u8) -> Result<(), Error> {
+        // Orders our index update before the look at the request bit; the peer posts its
+        // request, fences and re-reads our index, so one of us sees the other's write.
         self.ctrl.fence(SeqCst);
+        // A plain load first: the locked clear (which takes the control page's cache line
+        // from the peer) is only needed when the bit is set, i.e. when the peer waits.
+        let r = self
+            .ctrl
+            .load_u8(self.side.own_notify(), Relaxed)
+            .map_err(Error::from);
+        if self.sticky(r)? & bit == 0 {
+            return Ok(());
+        }
         let r = self
             .ctrl
             .fetch_and_u8(self.side.own_notify(), !bit, SeqCst)
@@ -276,53 +287,54 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
         Ok(())
     }
 
-    /// Ready bytes, requesting a WRITE notification and re-checking when fewer than `want`
-    /// (`fast_get_data_ready`).
-    fn ready_for(&mut self, want: usize) -> Result<usize, Error> {
-        let ready = self.raw_ready()?;
-        if ready >= want {
-            return Ok(ready);
-        }
-        self.request_notify(NOTIFY_WRITE)?;
-        self.raw_ready()
-    }
-
-    /// Free space, requesting a READ notification and re-checking when less than `want`
-    /// (`fast_get_buffer_space`).
-    fn space_for(&mut self, want: usize) -> Result<usize, Error> {
-        let space = self.raw_space()?;
-        if space >= want {
-            return Ok(space);
-        }
-        self.request_notify(NOTIFY_READ)?;
-        self.raw_space()
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        // Liveness first: a peer writes its last bytes before clearing its live byte, so
-        // once we see it closed, every byte it sent is already visible.
-        let peer = self.peer_state()?;
-        let ready = self.ready_for(buf.len())?;
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if ready == 0 {
-            return match peer {
-                PeerState::Closed => Err(Error::PeerClosed),
-                _ => Ok(0),
-            };
-        }
+    /// Copies out what is ready (the producer index is loaded and validated once).
+    fn rx_read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let ring = self.side.rx();
         let mem = Joined {
             ctrl: &self.ctrl,
             pages: ring_pages(&self.left, &self.right, ring),
         };
-        let n = ready.min(buf.len());
-        let r = self
-            .rx
-            .read(&mem, &mut buf[..n])
-            .map_err(|e| ring_error(ring, e));
-        let n = self.sticky(r)?;
+        let r = self.rx.read(&mem, buf).map_err(|e| ring_error(ring, e));
+        self.sticky(r)
+    }
+
+    /// Copies in what fits (the consumer index is loaded and validated once).
+    fn tx_write(&mut self, data: &[u8]) -> Result<usize, Error> {
+        let ring = self.side.tx();
+        let mem = Joined {
+            ctrl: &self.ctrl,
+            pages: ring_pages(&self.left, &self.right, ring),
+        };
+        let r = self.tx.write(&mem, data).map_err(|e| ring_error(ring, e));
+        self.sticky(r)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.check()?;
+        if buf.is_empty() {
+            self.peer_state()?;
+            return Ok(0);
+        }
+        // Copy what is ready (one index load). Only when nothing is, request a WRITE
+        // notification and re-check: libxenvchan also requests after a short read, which
+        // costs a locked operation on the shared line and a peer signal per chunk while
+        // streaming; callers sleep only after `Ok(0)` or `prepare_wait`, which both request.
+        let mut n = self.rx_read(buf)?;
+        if n == 0 {
+            self.request_notify(NOTIFY_WRITE)?;
+            n += self.rx_read(&mut buf[n..])?;
+        }
+        if n == 0 {
+            // A peer writes its last bytes before clearing its live byte: once we see it
+            // closed, one more look finds every byte it sent.
+            if self.peer_state()? != PeerState::Closed {
+                return Ok(0);
+            }
+            n = self.rx_read(buf)?;
+            if n == 0 {
+                return Err(Error::PeerClosed);
+            }
+        }
         self.send_notify(NOTIFY_READ)?;
         Ok(n)
     }
@@ -331,21 +343,18 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
         if self.peer_state()? == PeerState::Closed {
             return Err(Error::PeerClosed);
         }
-        let space = self.space_for(data.len())?;
-        let n = space.min(data.len());
+        if data.is_empty() {
+            return Ok(0);
+        }
+        // As in `read`: request a READ notification and re-check only when nothing fits.
+        let mut n = self.tx_write(data)?;
+        if n == 0 {
+            self.request_notify(NOTIFY_READ)?;
+            n += self.tx_write(&data[n..])?;
+        }
         if n == 0 {
             return Ok(0);
         }
-        let ring = self.side.tx();
-        let mem = Joined {
-            ctrl: &self.ctrl,
-            pages: ring_pages(&self.left, &self.right, ring),
-        };
-        let r = self
-            .tx
-            .write(&mem, &data[..n])
-            .map_err(|e| ring_error(ring, e));
-        let n = self.sticky(r)?;
         self.send_notify(NOTIFY_WRITE)?;
         Ok(n)
     }
@@ -427,14 +436,15 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
 macro_rules! endpoint_api {
     () => {
         /// Copies up to `buf.len()` bytes out of the ring. `Ok(0)`: nothing ready now (a WRITE
-        /// notification has been requested). `Err(PeerClosed)`: the peer closed and everything
-        /// it sent has been read.
+        /// notification has been requested; a read that returns data requests nothing, so
+        /// sleep only after `Ok(0)` or [`prepare_wait`](Self::prepare_wait)).
+        /// `Err(PeerClosed)`: the peer closed and everything it sent has been read.
         pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
             self.core.read(buf)
         }
 
         /// Copies as much of `data` as fits (a stream: partial writes happen). `Ok(0)`: the
-        /// ring is full (a READ notification has been requested).
+        /// ring is full (a READ notification has been requested; as for `read`, only then).
         pub fn write(&mut self, data: &[u8]) -> Result<usize, Error> {
             self.core.write(data)
         }

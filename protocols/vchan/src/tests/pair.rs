@@ -153,14 +153,28 @@ fn notify_bits_follow_libxenvchan() {
     assert_eq!((byte(field::CLI_NOTIFY), cn.take()), (0, 1));
     c.write(b"b").unwrap();
     assert_eq!(cn.take(), 0, "no request pending, no signal");
-    // The server reads everything; wanting more, it posts WRITE into the client's byte.
+    // The server reads everything. A short read posts nothing (fewer locked operations and
+    // signals while streaming); finding nothing, it posts WRITE into the client's byte.
     let mut buf = [0u8; 8];
     assert_eq!(s.read(&mut buf).unwrap(), 2);
+    assert_eq!(
+        byte(field::CLI_NOTIFY),
+        0,
+        "a read that got data asks nothing"
+    );
+    assert_eq!(s.read(&mut buf).unwrap(), 0);
     assert_eq!(byte(field::CLI_NOTIFY), NOTIFY_WRITE);
     assert_eq!(sn.take(), 0, "client never asked for READ");
-    // A full ring makes the writer post READ into the peer's byte; the reader then signals.
+    // A full ring makes the writer post READ into the peer's byte (on the write that finds no
+    // room); the reader then signals.
     let big = vec![0u8; 5000];
     assert_eq!(s.write(&big).unwrap(), 4096);
+    assert_eq!(
+        byte(field::CLI_NOTIFY) & NOTIFY_READ,
+        0,
+        "a write that fit data asks nothing"
+    );
+    assert_eq!(s.write(&big).unwrap(), 0);
     assert_eq!(
         byte(field::SRV_NOTIFY) & NOTIFY_READ,
         0,
