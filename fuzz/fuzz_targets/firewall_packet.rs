@@ -135,6 +135,13 @@ fn build(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, payload: &
 }
 
 fn check_out(v: Verdict, frame: &[u8], fw: &Firewall, last: &mut Option<Vec<u8>>) {
+    if let Verdict::Reject(_) = v {
+        let mut out = [0u8; 1600];
+        let n = fw.emit_reject(frame, &mut out).expect("1600 bytes hold any reject");
+        if n > 0 {
+            assert!(packet::parse(&out[..n]).is_ok(), "reject does not parse");
+        }
+    }
     if v == Verdict::ToUplink {
         // What leaves on the uplink parses and carries one of our own source addresses.
         let Ok(Parsed::Ip(p)) = packet::parse(frame) else { panic!("uplink frame does not parse") };
