@@ -91,7 +91,8 @@ vchan_peer() {  # vchan_peer ROLE-OF-GUEST PROXY-ARGS...: runs the proxy until t
   local role=$1; shift
   vchan-socket-proxy "$@" - < <(cat /tmp/vchan-tx; sleep 900) > /tmp/vchan-rx-$role 2> /tmp/vchan-err-$role &
   local pid=$!
-  wait_for 400 guest_says "xen-smoke: vchan-$role \(ok\|FAIL\)"
+  # The client role runs on vchan-socket-proxy's in-page rings (1 and 2 KiB): minutes of TCG.
+  wait_for 1500 guest_says "xen-smoke: vchan-$role \(ok\|FAIL\)"
   wait_for 10 sh -c "! kill -0 $pid 2>/dev/null"
   kill $pid 2>/dev/null; wait $pid 2>/dev/null
   local line rx got
