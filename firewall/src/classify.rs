@@ -391,6 +391,10 @@ impl Firewall {
                 return self.deliver_reply(frame, &p, &e);
             }
         }
+        if let Transport::Echo { request: false, .. } = p.transport {
+            // Nobody outside can have pinged the client: an echo reply never opens a flow.
+            return Verdict::Drop(DropReason::NoFlow);
+        }
         self.new_flow(now, frame, &p, key)
     }
 

@@ -210,6 +210,12 @@ fn nat_translates_icmp_echo_id() {
     // Checksum of the rewritten ICMP message is valid.
     let l4 = &back[34..];
     assert_eq!(checksum::data(l4), 0xffff);
+    // An unsolicited echo reply from the client opens nothing.
+    let mut frame = ipv4("10.137.0.7", "1.1.1.1", 1, &echo(0, 78));
+    assert_eq!(
+        f.handle_client(T0, A, &mut frame),
+        Verdict::Drop(DropReason::NoFlow)
+    );
 }
 
 #[test]
