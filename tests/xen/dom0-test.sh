@@ -152,6 +152,7 @@ timeout 60 xl shutdown -w "$NAME" > /tmp/shutdown.txt 2>&1
 rc=$?
 check shutdown $rc "xl shutdown -w rc=$rc in $((SECONDS - t1)) s $(tail -1 /tmp/shutdown.txt)"
 grep -q 'xen-smoke: shutdown ok request=poweroff' "$LOG"; check shutdown-acknowledged $? "guest saw control/shutdown=poweroff"
+grep -a 'xen-smoke: netfront' "$LOG" | sed 's/^/XEN-CONSOLE /'
 xl list "$NAME" >/dev/null 2>&1 && xl destroy "$NAME"
 
 # blkfront: the first boot wrote 1 MiB at sector 2048, flushed and read it back; dom0 reads the

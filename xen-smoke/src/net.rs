@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use platform_api::{
     Clock, DomId, Duration, Events, GrantRef, Grants, Notify, Port, SharedMem, Store, Tx,
 };
-use platform_xen::{GrantMem, XenClock, XenEvents, XenGrants, XenPort};
+use platform_xen::{println, GrantMem, XenClock, XenEvents, XenGrants, XenPort};
 use xen_rings::netif::{CopyFailed, FrontPages, Netfront, NetfrontLimits, RxEvent};
 
 use crate::echo::{respond, Reply};
@@ -94,6 +94,13 @@ pub struct Vif {
     reply: Vec<u8>,
     /// Answers sent, by kind: ARP, ping, UDP.
     pub answered: [u64; 3],
+    /// Frames not answered, dropped by the ring machine, replies refused for a full ring.
+    pub ignored: [u64; 3],
+}
+
+/// The first bytes of a frame in hex, for the console.
+fn hex_head(frame: &[u8]) -> String {
+    frame.iter().take(64).map(|b| format!("{b:02x}")).collect()
 }
 
 fn text(v: Vec<u8>) -> String {
@@ -233,6 +240,7 @@ pub fn connect<S: Store>(
         frame: vec![0; MAX_FRAME],
         reply: Vec::with_capacity(MAX_FRAME),
         answered: [0; 3],
+        ignored: [0; 3],
     }))
 }
 
@@ -263,11 +271,31 @@ impl Vif {
                                     }] += 1
                                 }
                                 Err(e) if e.is_fatal() => return Err(format!("tx: {e}")),
-                                Err(_) => {} // ring full: the peer retries
+                                Err(e) => {
+                                    // Ring full: the peer retries.
+                                    self.ignored[2] += 1;
+                                    if self.ignored[2] <= 3 {
+                                        println!("xen-smoke: netfront reply not sent: {e}");
+                                    }
+                                }
+                            }
+                        } else {
+                            self.ignored[0] += 1;
+                            if self.ignored[0] <= 3 {
+                                println!(
+                                    "xen-smoke: netfront unanswered frame len={len} {}",
+                                    hex_head(frame)
+                                );
                             }
                         }
                     }
-                    RxEvent::Dropped(_) => busy = true,
+                    RxEvent::Dropped(why) => {
+                        busy = true;
+                        self.ignored[1] += 1;
+                        if self.ignored[1] <= 3 {
+                            println!("xen-smoke: netfront rx dropped: {why:?}");
+                        }
+                    }
                     RxEvent::Idle => break,
                 }
             }

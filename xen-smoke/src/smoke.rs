@@ -233,7 +233,10 @@ pub fn main(mut xen: Xen) -> ! {
     };
     if let Some(v) = &vif {
         let [arp, ping, udp] = v.answered;
-        println!("xen-smoke: netfront answered arp={arp} ping={ping} udp={udp}");
+        let [other, dropped, full] = v.ignored;
+        println!(
+            "xen-smoke: netfront answered arp={arp} ping={ping} udp={udp}; unanswered={other} dropped={dropped} tx-full={full}"
+        );
     }
     // Acknowledge as Linux does: clear the request, then go.
     let _ = store.write(Tx::NONE, "control/shutdown", b"");
