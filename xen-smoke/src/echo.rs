@@ -36,6 +36,21 @@ pub fn inet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The UDP checksum of `udp` (header with a zero checksum field, and data) from `src` to `dst`;
+/// 0 comes out as 0xffff, since 0 means "no checksum".
+pub fn udp_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12 + udp.len());
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(udp);
+    match inet_checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 /// Builds the answer to `frame` into `out` (cleared first); `None` when the frame is not
 /// for us, malformed, or not something we answer. Lengths come from the frame and are checked
 /// against it before use.
@@ -105,9 +120,12 @@ pub fn respond(frame: &[u8], mac: [u8; 6], ip: [u8; 4], out: &mut Vec<u8>) -> Op
                     out.extend_from_slice(&payload[2..4]);
                     out.extend_from_slice(&payload[0..2]);
                     out.extend_from_slice(&payload[4..6]);
-                    // Checksum 0 = none (IPv4): the request's may be a partial offload sum.
                     out.extend_from_slice(&[0, 0]);
                     out.extend_from_slice(&payload[8..]);
+                    // A full checksum over the pseudo-header (the request's may be a partial
+                    // offload sum, and a zero one was not accepted by the lab's dom0).
+                    let c = udp_checksum(&ip, &packet[12..16], &out[l4..]);
+                    out[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
                 }
             }
             Some(kind)
@@ -202,8 +220,13 @@ mod tests {
         let mut out = vec![];
         assert_eq!(respond(&f, MAC, IP, &mut out), Some(Reply::Udp));
         assert_eq!(out[34..40], [0, 7, 0x9c, 0x40, 0, 12]);
-        assert_eq!(out[40..42], [0, 0], "no checksum");
         assert_eq!(out[42..], [1, 2, 3, 4]);
+        let mut pseudo = vec![];
+        pseudo.extend_from_slice(&out[26..34]);
+        pseudo.extend_from_slice(&[0, 17, 0, 12]);
+        pseudo.extend_from_slice(&out[34..]);
+        assert_eq!(inet_checksum(&pseudo), 0, "UDP checksum verifies");
+        assert_ne!(out[40..42], [0, 0]);
     }
 
     #[test]
