@@ -139,6 +139,7 @@ fstate=$(xenstore-read /local/domain/$DOMID/device/vif/0/state 2>&1)
 [ $? = 0 ] && [ "$bstate" = 4 ] && [ "$fstate" = 4 ]
 check netfront-connect $? "backend state $bstate, frontend state $fstate, $(ip -br link | grep -o "vif$DOMID.0 *[A-Z]*" | tr -s ' ')"
 python3 /usr/local/lib/xen-test/net-check.py 10.137.99.2 10000 2>&1 | tee /tmp/net.txt | sed 's/^/XEN-NET /'
+grep -A1 '^Udp:' /proc/net/snmp | sed 's/^/XEN-NET-SNMP /'
 for c in ping udp-echo; do
   line=$(grep "^NET $c " /tmp/net.txt)
   [ "$(echo "$line" | cut -d' ' -f3)" = ok ]; check $c $? "${line#NET $c * }"

@@ -264,6 +264,13 @@ impl Vif {
                         if let Some(kind) = respond(frame, self.mac, self.ip, &mut self.reply) {
                             match self.front.transmit(&mut self.pool, &self.reply) {
                                 Ok(()) => {
+                                    if kind == Reply::Udp && self.answered[2] == 0 {
+                                        println!(
+                                            "xen-smoke: netfront first udp in={} out={}",
+                                            hex_head(frame),
+                                            hex_head(&self.reply)
+                                        );
+                                    }
                                     self.answered[match kind {
                                         Reply::Arp => 0,
                                         Reply::Ping => 1,
