@@ -1,0 +1,588 @@
+//! Streaming decode: IDAT is inflated through a 32 KiB window, unfiltered row by row, and each
+//! row is sampled straight into a canvas that fits the window, so memory never scales with the image.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use miniz_oxide::inflate::core::inflate_flags::{
+    TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_IGNORE_ADLER32, TINFL_FLAG_PARSE_ZLIB_HEADER,
+};
+use miniz_oxide::inflate::core::{decompress, DecompressorOxide};
+use miniz_oxide::inflate::TINFLStatus;
+
+use crate::chunk::Chunks;
+use crate::error::{Limit, PngError};
+use crate::header::{ColorType, Header, Pass, ADAM7, FULL};
+
+/// Budgets checked before allocating; a file beyond them is refused with `TooLarge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest width or height accepted.
+    pub max_dimension: u32,
+    /// Largest width × height of the source image.
+    pub max_pixels: u64,
+    /// Largest decoded scanline in bytes (two are kept).
+    pub max_row_bytes: u64,
+    /// Largest inflated stream in bytes: bounds decode time, as there is no clock here.
+    pub max_decoded_bytes: u64,
+    /// Largest declared length of one chunk other than IDAT.
+    pub max_chunk_len: u32,
+    /// Largest total of ancillary chunk data.
+    pub max_ancillary_bytes: u64,
+    /// Largest peak heap use of one decode (canvas, rows, column map, inflate state).
+    pub max_memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_dimension: 1 << 20,
+            max_pixels: 1 << 32,
+            max_row_bytes: 64 << 20,
+            max_decoded_bytes: 1 << 30,
+            max_chunk_len: 16 << 20,
+            max_ancillary_bytes: 32 << 20,
+            max_memory: 128 << 20,
+        }
+    }
+}
+
+/// Decoded pixels, 4 bytes each in B, G, R, A order (A becomes X after compositing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canvas {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl Canvas {
+    /// Replaces alpha by compositing over an 8-pixel grey checkerboard; X is then 0xff.
+    pub fn composite_checkerboard(&mut self) {
+        let w = self.width as usize;
+        for (i, px) in self.pixels.chunks_exact_mut(4).enumerate() {
+            let (x, y) = (i % w.max(1), i / w.max(1));
+            let bg: u16 = if (x / 8 + y / 8) % 2 == 0 { 0x99 } else { 0x66 };
+            let a = u16::from(px[3]);
+            for c in &mut px[..3] {
+                *c = ((u16::from(*c) * a + bg * (255 - a) + 127) / 255) as u8;
+            }
+            px[3] = 0xff;
+        }
+    }
+}
+
+/// What a decode will cost, computed from IHDR alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub header: Header,
+    pub out_width: u32,
+    pub out_height: u32,
+    pub row_bytes: u64,
+    pub decoded_bytes: u64,
+    pub memory: u64,
+}
+
+const WINDOW: usize = 32 * 1024;
+
+/// Largest size with the image's aspect ratio that fits `max_w` × `max_h`, never enlarged.
+pub fn fit(width: u32, height: u32, max_w: u32, max_h: u32) -> (u32, u32) {
+    let (w, h, mw, mh) = (
+        u64::from(width),
+        u64::from(height),
+        u64::from(max_w.max(1)),
+        u64::from(max_h.max(1)),
+    );
+    if w <= mw && h <= mh {
+        return (width, height);
+    }
+    let (ow, oh) = if w * mh >= h * mw {
+        (mw, (h * mw / w).max(1))
+    } else {
+        ((w * mh / h).max(1), mh)
+    };
+    (ow as u32, oh as u32)
+}
+
+impl Plan {
+    /// Checks every budget against the header and the window before anything is allocated.
+    pub fn new(header: Header, limits: &Limits, max_w: u32, max_h: u32) -> Result<Self, PngError> {
+        let too = |what, needed: u64, max: u64| {
+            if needed > max {
+                Err(PngError::TooLarge { what, needed, max })
+            } else {
+                Ok(())
+            }
+        };
+        let dim = u64::from(header.width.max(header.height));
+        too(Limit::Dimension, dim, u64::from(limits.max_dimension))?;
+        too(
+            Limit::Pixels,
+            u64::from(header.width) * u64::from(header.height),
+            limits.max_pixels,
+        )?;
+        let row_bytes = header.row_bytes(u64::from(header.width)) + 1;
+        too(Limit::RowBytes, row_bytes, limits.max_row_bytes)?;
+        let decoded_bytes = header.raw_size();
+        too(Limit::DecodedBytes, decoded_bytes, limits.max_decoded_bytes)?;
+        let (out_width, out_height) = fit(header.width, header.height, max_w, max_h);
+        let canvas = u64::from(out_width) * u64::from(out_height) * 4;
+        let memory = canvas
+            + 2 * row_bytes
+            + u64::from(out_width) * 8
+            + WINDOW as u64
+            + core::mem::size_of::<DecompressorOxide>() as u64;
+        too(Limit::Memory, memory, limits.max_memory)?;
+        Ok(Self {
+            header,
+            out_width,
+            out_height,
+            row_bytes,
+            decoded_bytes,
+            memory,
+        })
+    }
+}
+
+fn try_zeroed<T: Clone + Default>(n: u64) -> Result<Vec<T>, PngError> {
+    let bytes = n.saturating_mul(core::mem::size_of::<T>() as u64);
+    let len = usize::try_from(n).map_err(|_| PngError::OutOfMemory { needed: bytes })?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| PngError::OutOfMemory { needed: bytes })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// Colour information a sample needs: palette expanded to RGBA, tRNS key.
+#[derive(Debug)]
+struct Format {
+    header: Header,
+    palette: [[u8; 4]; 256],
+    /// tRNS colour key for grey (all three equal) or truecolour, at the image's bit depth.
+    key: Option<[u16; 3]>,
+}
+
+impl Format {
+    #[inline]
+    fn sample(&self, row: &[u8], i: usize) -> [u8; 4] {
+        let d = self.header.bit_depth;
+        let key = |v: [u16; 3]| if self.key == Some(v) { 0 } else { 255 };
+        let at = |k: usize| row.get(k).copied().unwrap_or(0);
+        match (self.header.color, d) {
+            (ColorType::Gray | ColorType::Indexed, 1 | 2 | 4) => {
+                let bit = i * usize::from(d);
+                let mask = (1u8 << d) - 1;
+                let v = (at(bit / 8) >> (8 - usize::from(d) - bit % 8)) & mask;
+                if self.header.color == ColorType::Indexed {
+                    return self.palette[usize::from(v)];
+                }
+                let g = v * (255 / mask);
+                [g, g, g, key([u16::from(v); 3])]
+            }
+            (ColorType::Indexed, _) => self.palette[usize::from(at(i))],
+            (ColorType::Gray, 8) => {
+                let g = at(i);
+                [g, g, g, key([u16::from(g); 3])]
+            }
+            (ColorType::Gray, _) => {
+                let v = u16::from_be_bytes([at(2 * i), at(2 * i + 1)]);
+                let g = at(2 * i);
+                [g, g, g, key([v; 3])]
+            }
+            (ColorType::GrayAlpha, 8) => {
+                let g = at(2 * i);
+                [g, g, g, at(2 * i + 1)]
+            }
+            (ColorType::GrayAlpha, _) => {
+                let g = at(4 * i);
+                [g, g, g, at(4 * i + 2)]
+            }
+            (ColorType::Rgb, 8) => {
+                let (r, g, b) = (at(3 * i), at(3 * i + 1), at(3 * i + 2));
+                [r, g, b, key([u16::from(r), u16::from(g), u16::from(b)])]
+            }
+            (ColorType::Rgb, _) => {
+                let w = |k: usize| u16::from_be_bytes([at(6 * i + 2 * k), at(6 * i + 2 * k + 1)]);
+                [
+                    at(6 * i),
+                    at(6 * i + 2),
+                    at(6 * i + 4),
+                    key([w(0), w(1), w(2)]),
+                ]
+            }
+            (ColorType::Rgba, 8) => [at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3)],
+            (ColorType::Rgba, _) => [at(8 * i), at(8 * i + 2), at(8 * i + 4), at(8 * i + 6)],
+        }
+    }
+}
+
+/// Reassembles scanlines from inflated bytes, unfilters them and samples them into the canvas.
+#[derive(Debug)]
+struct Rows {
+    format: Format,
+    cur: Vec<u8>,
+    prev: Vec<u8>,
+    fill: usize,
+    /// Index into ADAM7 (or 0 with `FULL`), the pass's row count and the current row in it.
+    pass: usize,
+    pass_rows: u64,
+    row: u64,
+    row_len: usize,
+    done: bool,
+    canvas: Canvas,
+    /// Source x of each canvas column.
+    cols: Vec<u32>,
+}
+
+impl Rows {
+    fn pass_def(&self) -> Pass {
+        if self.format.header.interlaced {
+            ADAM7.get(self.pass).copied().unwrap_or(FULL)
+        } else {
+            FULL
+        }
+    }
+
+    /// Moves to the next pass with at least one pixel, or marks the image done.
+    fn start_pass(&mut self) {
+        let h = self.format.header;
+        let passes = if h.interlaced { ADAM7.len() } else { 1 };
+        while self.pass < passes {
+            let (w, rows) = self.pass_def().size(h.width, h.height);
+            if w > 0 && rows > 0 {
+                // Plan::new bounded the full row, and a pass row is never longer.
+                self.row_len = h.row_bytes(w) as usize + 1;
+                self.pass_rows = rows;
+                self.row = 0;
+                self.fill = 0;
+                self.prev[..self.row_len].fill(0);
+                return;
+            }
+            self.pass += 1;
+        }
+        self.done = true;
+    }
+
+    /// Consumes inflated bytes; returns once the image is complete or `data` is used up.
+    fn push(&mut self, mut data: &[u8]) -> Result<(), PngError> {
+        while !data.is_empty() && !self.done {
+            let want = self.row_len - self.fill;
+            let n = want.min(data.len());
+            self.cur[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill == self.row_len {
+                self.finish_row()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_row(&mut self) -> Result<(), PngError> {
+        let len = self.row_len;
+        let bpp = self.format.header.filter_bpp();
+        unfilter(&mut self.cur[..len], &self.prev[..len], bpp)?;
+        self.emit_row();
+        core::mem::swap(&mut self.cur, &mut self.prev);
+        self.fill = 0;
+        self.row += 1;
+        if self.row == self.pass_rows {
+            self.pass += 1;
+            self.start_pass();
+        }
+        Ok(())
+    }
+
+    /// Samples the unfiltered row into the canvas rows and columns that select it.
+    fn emit_row(&mut self) {
+        let p = self.pass_def();
+        let h = u64::from(self.format.header.height);
+        let oh = u64::from(self.canvas.height);
+        let y = p.y0 + self.row * p.dy;
+        // Canvas row ty shows source row floor(ty*h/oh); oh <= h, so at most one ty per y.
+        let ty = (y * oh).div_ceil(h);
+        if ty >= oh || ty * h / oh != y {
+            return;
+        }
+        let ow = self.canvas.width as usize;
+        let start = ty as usize * ow * 4;
+        let Some(line) = self.canvas.pixels.get_mut(start..start + ow * 4) else {
+            return;
+        };
+        let row = &self.cur[1..self.row_len];
+        for (px, &sx) in line.chunks_exact_mut(4).zip(&self.cols) {
+            let sx = u64::from(sx);
+            if sx < p.x0 || !(sx - p.x0).is_multiple_of(p.dx) {
+                continue;
+            }
+            let [r, g, b, a] = self.format.sample(row, ((sx - p.x0) / p.dx) as usize);
+            px.copy_from_slice(&[b, g, r, a]);
+        }
+    }
+}
+
+fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
+    let Some((filter, line)) = cur.split_first_mut() else {
+        return Ok(());
+    };
+    let filter = *filter;
+    let up = prev.get(1..).unwrap_or(&[]);
+    match filter {
+        0 => {}
+        1 => {
+            for i in bpp..line.len() {
+                line[i] = line[i].wrapping_add(line[i - bpp]);
+            }
+        }
+        2 => {
+            for (c, &u) in line.iter_mut().zip(up) {
+                *c = c.wrapping_add(u);
+            }
+        }
+        3 => {
+            for i in 0..line.len() {
+                let left = if i >= bpp {
+                    u16::from(line[i - bpp])
+                } else {
+                    0
+                };
+                let u = u16::from(up.get(i).copied().unwrap_or(0));
+                line[i] = line[i].wrapping_add(((left + u) / 2) as u8);
+            }
+        }
+        4 => {
+            for i in 0..line.len() {
+                let (a, c) = if i >= bpp {
+                    (line[i - bpp], up.get(i - bpp).copied().unwrap_or(0))
+                } else {
+                    (0, 0)
+                };
+                let b = up.get(i).copied().unwrap_or(0);
+                line[i] = line[i].wrapping_add(paeth(a, b, c));
+            }
+        }
+        f => return Err(PngError::BadFilter { filter: f }),
+    }
+    Ok(())
+}
+
+#[inline]
+fn paeth(a: u8, b: u8, c: u8) -> u8 {
+    let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
+    let p = ia + ib - ic;
+    let (pa, pb, pc) = ((p - ia).abs(), (p - ib).abs(), (p - ic).abs());
+    if pa <= pb && pa <= pc {
+        a
+    } else if pb <= pc {
+        b
+    } else {
+        c
+    }
+}
+
+/// Inflates IDAT data through a fixed 32 KiB wrapping window.
+struct Inflater {
+    core: Box<DecompressorOxide>,
+    window: Vec<u8>,
+    pos: usize,
+}
+
+impl core::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Inflater")
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inflater {
+    /// Feeds one IDAT's data; stops early once `rows` is complete (the rest is never inflated).
+    fn feed(&mut self, mut input: &[u8], rows: &mut Rows) -> Result<(), PngError> {
+        // Adler-32 is skipped: decoding stops at the last scanline, before the checksum.
+        let flags =
+            TINFL_FLAG_PARSE_ZLIB_HEADER | TINFL_FLAG_HAS_MORE_INPUT | TINFL_FLAG_IGNORE_ADLER32;
+        while !rows.done {
+            let (status, used, written) =
+                decompress(&mut self.core, input, &mut self.window, self.pos, flags);
+            let out = self
+                .window
+                .get(self.pos..self.pos + written)
+                .ok_or(PngError::Inflate)?;
+            rows.push(out)?;
+            self.pos = (self.pos + written) & (WINDOW - 1);
+            input = input.get(used..).unwrap_or(&[]);
+            match status {
+                TINFLStatus::HasMoreOutput => {}
+                TINFLStatus::NeedsMoreInput => {
+                    if input.is_empty() {
+                        return Ok(());
+                    }
+                    if used == 0 && written == 0 {
+                        return Err(PngError::Inflate);
+                    }
+                }
+                TINFLStatus::Done => {
+                    return if rows.done {
+                        Ok(())
+                    } else {
+                        Err(PngError::ImageDataShort)
+                    };
+                }
+                _ => return Err(PngError::Inflate),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `file` into a canvas no larger than `max_w` × `max_h` (aspect kept, never enlarged).
+pub fn decode(file: &[u8], limits: &Limits, max_w: u32, max_h: u32) -> Result<Canvas, PngError> {
+    let mut chunks = Chunks::new(file)?;
+    let first = chunks.next_chunk(limits.max_chunk_len)?;
+    if &first.kind != b"IHDR" {
+        return Err(PngError::ChunkOrder { kind: first.kind });
+    }
+    let header = Header::parse(first.data)?;
+    let mut palette: Option<[[u8; 4]; 256]> = None;
+    let mut key = None;
+    let mut trns_seen = false;
+    let mut ancillary = 0u64;
+    let mut state: Option<(Rows, Inflater)> = None;
+    let mut idat_ended = false;
+    loop {
+        let chunk = chunks.next_chunk(limits.max_chunk_len)?;
+        let in_idat = state.is_some();
+        match &chunk.kind {
+            b"IHDR" => return Err(PngError::ChunkOrder { kind: chunk.kind }),
+            b"PLTE" => {
+                if in_idat || palette.is_some() || trns_seen {
+                    return Err(PngError::ChunkOrder { kind: chunk.kind });
+                }
+                let n = chunk.data.len();
+                if n == 0
+                    || !n.is_multiple_of(3)
+                    || n / 3 > 256
+                    || n / 3 > (1usize << header.bit_depth.min(8))
+                {
+                    return Err(PngError::BadPalette);
+                }
+                if matches!(header.color, ColorType::Gray | ColorType::GrayAlpha) {
+                    return Err(PngError::ChunkOrder { kind: chunk.kind });
+                }
+                // Missing entries decode as opaque black, like the reference decoder.
+                let mut pal = [[0, 0, 0, 255]; 256];
+                for (e, c) in pal.iter_mut().zip(chunk.data.chunks_exact(3)) {
+                    *e = [c[0], c[1], c[2], 255];
+                }
+                palette = Some(pal);
+            }
+            b"tRNS" => {
+                if in_idat || trns_seen {
+                    return Err(PngError::ChunkOrder { kind: chunk.kind });
+                }
+                trns_seen = true;
+                let d = chunk.data;
+                let be = |k: usize| u16::from_be_bytes([d[k], d[k + 1]]);
+                match header.color {
+                    ColorType::Gray if d.len() == 2 => key = Some([be(0); 3]),
+                    ColorType::Rgb if d.len() == 6 => key = Some([be(0), be(2), be(4)]),
+                    ColorType::Indexed => {
+                        let pal = palette
+                            .as_mut()
+                            .ok_or(PngError::ChunkOrder { kind: chunk.kind })?;
+                        if d.len() > 256 {
+                            return Err(PngError::BadPalette);
+                        }
+                        for (e, &a) in pal.iter_mut().zip(d) {
+                            e[3] = a;
+                        }
+                    }
+                    _ => return Err(PngError::BadPalette),
+                }
+            }
+            b"IDAT" => {
+                if idat_ended {
+                    return Err(PngError::ChunkOrder { kind: chunk.kind });
+                }
+                if state.is_none() {
+                    let pal = match (header.color, palette) {
+                        (ColorType::Indexed, None) => return Err(PngError::MissingPalette),
+                        (_, p) => p.unwrap_or([[0, 0, 0, 255]; 256]),
+                    };
+                    state = Some(start(header, limits, max_w, max_h, pal, key)?);
+                }
+                if let Some((rows, inflater)) = state.as_mut() {
+                    if !rows.done {
+                        inflater.feed(chunk.data, rows)?;
+                    }
+                }
+            }
+            b"IEND" => {
+                let (rows, _) = state.ok_or(PngError::NoImageData)?;
+                if !rows.done {
+                    return Err(PngError::ImageDataShort);
+                }
+                return Ok(rows.canvas);
+            }
+            _ if chunk.is_critical() => return Err(PngError::UnknownCritical { kind: chunk.kind }),
+            _ => {
+                ancillary += chunk.data.len() as u64;
+                if ancillary > limits.max_ancillary_bytes {
+                    return Err(PngError::TooLarge {
+                        what: Limit::AncillaryBytes,
+                        needed: ancillary,
+                        max: limits.max_ancillary_bytes,
+                    });
+                }
+            }
+        }
+        if in_idat && &chunk.kind != b"IDAT" {
+            idat_ended = true;
+        }
+    }
+}
+
+fn start(
+    header: Header,
+    limits: &Limits,
+    max_w: u32,
+    max_h: u32,
+    palette: [[u8; 4]; 256],
+    key: Option<[u16; 3]>,
+) -> Result<(Rows, Inflater), PngError> {
+    let plan = Plan::new(header, limits, max_w, max_h)?;
+    let (ow, oh) = (u64::from(plan.out_width), u64::from(plan.out_height));
+    let w = u64::from(header.width);
+    let mut cols: Vec<u32> = try_zeroed(ow)?;
+    for (tx, c) in cols.iter_mut().enumerate() {
+        *c = (tx as u64 * w / ow) as u32;
+    }
+    let mut rows = Rows {
+        format: Format {
+            header,
+            palette,
+            key,
+        },
+        cur: try_zeroed(plan.row_bytes)?,
+        prev: try_zeroed(plan.row_bytes)?,
+        fill: 0,
+        pass: 0,
+        pass_rows: 0,
+        row: 0,
+        row_len: 0,
+        done: false,
+        canvas: Canvas {
+            width: plan.out_width,
+            height: plan.out_height,
+            pixels: try_zeroed(ow * oh * 4)?,
+        },
+        cols,
+    };
+    rows.start_pass();
+    let inflater = Inflater {
+        core: Box::default(),
+        window: try_zeroed(WINDOW as u64)?,
+        pos: 0,
+    };
+    Ok((rows, inflater))
+}

@@ -1,0 +1,16 @@
+//! Logic of the disposable PNG viewer: a bounded, streaming PNG decoder that scales rows into a
+//! window-sized BGRX canvas. No I/O; budgets are checked before anything is allocated.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod chunk;
+mod decode;
+mod error;
+mod header;
+
+pub use chunk::{crc32, Chunk, ChunkKind, Chunks, SIGNATURE};
+pub use decode::{decode, fit, Canvas, Limits, Plan};
+pub use error::{Limit, PngError};
+pub use header::{ColorType, Header};
