@@ -1,42 +1,12 @@
 //! PngSuite: every valid file decodes to exactly the `png` crate's pixels (EXPAND, 16→8 by high
 //! byte, to RGBA8); every `x*` file is refused with an error, never a panic.
 
+mod common;
+
+use common::{reference, sample_ref};
 use fb_viewer::{decode, Limits};
 
 const SUITE: &str = "/work/shared/corpora/pngsuite";
-
-/// Reference decode with the `png` crate, converted to BGRA8 the way fb-viewer converts.
-fn reference(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), png::DecodingError> {
-    let mut dec = png::Decoder::new(bytes);
-    dec.set_transformations(png::Transformations::EXPAND);
-    let mut reader = dec.read_info()?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf)?;
-    let (ct, bd) = (info.color_type, info.bit_depth);
-    let bytes_per_sample = if bd == png::BitDepth::Sixteen { 2 } else { 1 };
-    assert!(
-        bd == png::BitDepth::Eight || bd == png::BitDepth::Sixteen,
-        "EXPAND left {bd:?}"
-    );
-    let ch = ct.samples();
-    let mut out = Vec::with_capacity((info.width * info.height * 4) as usize);
-    for y in 0..info.height as usize {
-        let row = &buf[y * info.line_size..][..info.line_size];
-        for x in 0..info.width as usize {
-            // High byte of each sample: the 16→8 conversion fb-viewer uses.
-            let s = |k: usize| row[(x * ch + k) * bytes_per_sample];
-            let [r, g, b, a] = match ct {
-                png::ColorType::Grayscale => [s(0), s(0), s(0), 255],
-                png::ColorType::GrayscaleAlpha => [s(0), s(0), s(0), s(1)],
-                png::ColorType::Rgb => [s(0), s(1), s(2), 255],
-                png::ColorType::Rgba => [s(0), s(1), s(2), s(3)],
-                png::ColorType::Indexed => unreachable!("EXPAND removes indexed colour"),
-            };
-            out.extend_from_slice(&[b, g, r, a]);
-        }
-    }
-    Ok((info.width, info.height, out))
-}
 
 #[test]
 fn pngsuite_valid_files_match_reference_and_corrupt_files_are_refused() {
@@ -77,6 +47,8 @@ fn pngsuite_valid_files_match_reference_and_corrupt_files_are_refused() {
             Err(e) => failures.push(format!("{name}: refused valid file: {e}")),
         }
     }
+    let scaled = valid_files_downscaled_match_sampled_reference(&names);
+    println!("PngSuite valid files downscaled to 7x5 window exact: {scaled}/{valid}");
     println!("PngSuite valid files exact: {valid_ok}/{valid}");
     println!("PngSuite corrupt files refused: {corrupt_ok}/{corrupt}");
     assert!(failures.is_empty(), "{failures:#?}");
@@ -84,4 +56,21 @@ fn pngsuite_valid_files_match_reference_and_corrupt_files_are_refused() {
         valid > 150 && corrupt >= 14,
         "corpus incomplete: {valid} valid, {corrupt} corrupt"
     );
+}
+
+/// Every valid file decoded into a 7×5 window equals nearest-neighbour samples of the reference.
+fn valid_files_downscaled_match_sampled_reference(names: &[String]) -> usize {
+    let mut ok = 0;
+    for name in names.iter().filter(|n| !n.starts_with('x')) {
+        let bytes = std::fs::read(format!("{SUITE}/{name}")).unwrap();
+        let want = reference(&bytes).unwrap();
+        let c = decode(&bytes, &Limits::default(), 7, 5).unwrap();
+        assert_eq!(
+            c.pixels,
+            sample_ref(&want, c.width, c.height),
+            "{name} downscaled"
+        );
+        ok += 1;
+    }
+    ok
 }
