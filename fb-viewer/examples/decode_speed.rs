@@ -26,8 +26,19 @@ fn main() {
     for y in 0..h {
         for x in 0..w {
             let n = noise() % 9;
-            photo.extend_from_slice(&[((x / 16 + n) % 256) as u8, ((y / 12 + n) % 256) as u8, ((x + y) / 28 % 256) as u8, 255]);
-            let c: u8 = if (x / 200 + y / 150) % 3 == 0 { 0xf0 } else if (x % 37 < 2) && (y % 19 < 12) { 0x20 } else { 0xd8 };
+            photo.extend_from_slice(&[
+                ((x / 16 + n) % 256) as u8,
+                ((y / 12 + n) % 256) as u8,
+                ((x + y) / 28 % 256) as u8,
+                255,
+            ]);
+            let c: u8 = if (x / 200 + y / 150) % 3 == 0 {
+                0xf0
+            } else if (x % 37 < 2) && (y % 19 < 12) {
+                0x20
+            } else {
+                0xd8
+            };
             shot.extend_from_slice(&[c, c, c.wrapping_add(8), 255]);
         }
     }
@@ -41,7 +52,10 @@ fn main() {
         let mut buf = vec![0; r.output_buffer_size()];
         r.next_frame(&mut buf).unwrap();
         let png_s = t.elapsed().as_secs_f64();
-        let limits = fb_viewer::Limits { max_memory: 256 << 20, ..Default::default() };
+        let limits = fb_viewer::Limits {
+            max_memory: 256 << 20,
+            ..Default::default()
+        };
         let t = Instant::now();
         let c = fb_viewer::decode(&f, &limits, w, h).unwrap();
         let ours_s = t.elapsed().as_secs_f64();

@@ -82,7 +82,7 @@ pub struct Plan {
     pub memory: u64,
 }
 
-const WINDOW: usize = 32 * 1024;
+const WINDOW: usize = 128 * 1024;
 
 /// Largest size with the image's aspect ratio that fits `max_w` × `max_h`, never enlarged.
 pub fn fit(width: u32, height: u32, max_w: u32, max_h: u32) -> (u32, u32) {
@@ -310,6 +310,28 @@ impl Rows {
             return;
         };
         let row = &self.cur[1..self.row_len];
+        if p.dx == 1 && self.format.header.bit_depth == 8 {
+            // Whole-row fast paths for the common 8-bit truecolour layouts.
+            match self.format.header.color {
+                ColorType::Rgba => {
+                    for (px, &sx) in line.chunks_exact_mut(4).zip(&self.cols) {
+                        if let Some(s) = row.get(sx as usize * 4..sx as usize * 4 + 4) {
+                            px.copy_from_slice(&[s[2], s[1], s[0], s[3]]);
+                        }
+                    }
+                    return;
+                }
+                ColorType::Rgb if self.format.key.is_none() => {
+                    for (px, &sx) in line.chunks_exact_mut(4).zip(&self.cols) {
+                        if let Some(s) = row.get(sx as usize * 3..sx as usize * 3 + 3) {
+                            px.copy_from_slice(&[s[2], s[1], s[0], 255]);
+                        }
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
         for (px, &sx) in line.chunks_exact_mut(4).zip(&self.cols) {
             let sx = u64::from(sx);
             if sx < p.x0 || !(sx - p.x0).is_multiple_of(p.dx) {
@@ -326,7 +348,11 @@ fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
         return Ok(());
     };
     let filter = *filter;
-    let up = prev.get(1..).unwrap_or(&[]);
+    let up = prev.get(1..=line.len()).unwrap_or(&[]);
+    if up.len() != line.len() {
+        // Both buffers are sized from the same row length; a mismatch is a decoder bug, not input.
+        return Err(PngError::Inflate);
+    }
     match filter {
         0 => {}
         1 => {
@@ -340,37 +366,50 @@ fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
             }
         }
         3 => {
-            for i in 0..line.len() {
-                let left = if i >= bpp {
-                    u16::from(line[i - bpp])
-                } else {
-                    0
-                };
-                let u = u16::from(up.get(i).copied().unwrap_or(0));
-                line[i] = line[i].wrapping_add(((left + u) / 2) as u8);
+            for (c, &u) in line.iter_mut().zip(up).take(bpp) {
+                *c = c.wrapping_add(u / 2);
+            }
+            for i in bpp..line.len() {
+                line[i] =
+                    line[i].wrapping_add(((u16::from(line[i - bpp]) + u16::from(up[i])) / 2) as u8);
             }
         }
-        4 => {
-            for i in 0..line.len() {
-                let (a, c) = if i >= bpp {
-                    (line[i - bpp], up.get(i - bpp).copied().unwrap_or(0))
-                } else {
-                    (0, 0)
-                };
-                let b = up.get(i).copied().unwrap_or(0);
-                line[i] = line[i].wrapping_add(paeth(a, b, c));
-            }
-        }
+        4 => match bpp {
+            1 => paeth_row::<1>(line, up),
+            2 => paeth_row::<2>(line, up),
+            3 => paeth_row::<3>(line, up),
+            4 => paeth_row::<4>(line, up),
+            6 => paeth_row::<6>(line, up),
+            _ => paeth_row::<8>(line, up),
+        },
         f => return Err(PngError::BadFilter { filter: f }),
     }
     Ok(())
 }
 
-#[inline]
+/// Paeth unfilter with the pixel stride known at compile time, so the loop is unrolled per pixel.
+fn paeth_row<const BPP: usize>(line: &mut [u8], up: &[u8]) {
+    let n = line.len().min(up.len());
+    let (line, up) = (&mut line[..n], &up[..n]);
+    for (c, &u) in line.iter_mut().zip(up).take(BPP) {
+        *c = c.wrapping_add(u);
+    }
+    let mut i = BPP;
+    while i + BPP <= n {
+        for k in 0..BPP {
+            let j = i + k;
+            line[j] = line[j].wrapping_add(paeth(line[j - BPP], up[j], up[j - BPP]));
+        }
+        i += BPP;
+    }
+}
+
+#[inline(always)]
 fn paeth(a: u8, b: u8, c: u8) -> u8 {
     let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
-    let p = ia + ib - ic;
-    let (pa, pb, pc) = ((p - ia).abs(), (p - ib).abs(), (p - ic).abs());
+    let pa = (ib - ic).abs();
+    let pb = (ia - ic).abs();
+    let pc = (ia + ib - 2 * ic).abs();
     if pa <= pb && pa <= pc {
         a
     } else if pb <= pc {
