@@ -625,3 +625,102 @@ fn start(
     };
     Ok((rows, inflater))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::ColorType;
+
+    fn header(w: u32, h: u32) -> Header {
+        Header {
+            width: w,
+            height: h,
+            bit_depth: 8,
+            color: ColorType::Rgba,
+            interlaced: false,
+        }
+    }
+
+    #[test]
+    fn fit_keeps_aspect_and_never_enlarges() {
+        assert_eq!(fit(100, 50, 1920, 1080), (100, 50));
+        assert_eq!(fit(4000, 3000, 1920, 1080), (1440, 1080));
+        assert_eq!(fit(100_000, 1, 1920, 1080), (1920, 1));
+        assert_eq!(fit(1, 100_000, 1920, 1080), (1, 1080));
+        assert_eq!(fit(5, 5, 0, 0), (1, 1));
+    }
+
+    #[test]
+    fn plan_refuses_rows_beyond_row_budget() {
+        let limits = Limits {
+            max_row_bytes: 1000,
+            ..Limits::default()
+        };
+        let r = Plan::new(header(1000, 1), &limits, 64, 64);
+        assert_eq!(
+            r,
+            Err(PngError::TooLarge {
+                what: Limit::RowBytes,
+                needed: 4001,
+                max: 1000
+            })
+        );
+    }
+
+    #[test]
+    fn plan_memory_is_independent_of_image_height() {
+        let a = Plan::new(header(2000, 2000), &Limits::default(), 500, 500).unwrap();
+        let b = Plan::new(header(2000, 100_000), &Limits::default(), 500, 500).unwrap();
+        assert!(b.memory <= a.memory, "{} > {}", b.memory, a.memory);
+    }
+
+    #[test]
+    fn checkerboard_composite_blends_alpha_and_sets_x() {
+        let mut c = Canvas {
+            width: 9,
+            height: 1,
+            pixels: [[10, 20, 30, 255], [0, 0, 0, 0]].repeat(4).concat(),
+        };
+        c.pixels.extend_from_slice(&[255, 255, 255, 128]);
+        c.composite_checkerboard();
+        assert_eq!(&c.pixels[..4], &[10, 20, 30, 255]);
+        assert_eq!(&c.pixels[4..8], &[0x99, 0x99, 0x99, 255]);
+        // x = 8 is on the dark square: 255*128/255 + 0x66*127/255, rounded.
+        assert_eq!(&c.pixels[32..36], &[179, 179, 179, 255]);
+    }
+
+    #[test]
+    fn filter_type_above_four_is_refused() {
+        let mut cur = [5u8, 1, 2];
+        assert_eq!(
+            unfilter(&mut cur, &[0, 0, 0], 1),
+            Err(PngError::BadFilter { filter: 5 })
+        );
+    }
+
+    #[test]
+    fn paeth_predictor_matches_spec_definition() {
+        for (a, b, c) in [
+            (0u8, 0u8, 0u8),
+            (10, 200, 30),
+            (255, 0, 128),
+            (7, 7, 200),
+            (100, 50, 75),
+        ] {
+            let p = i16::from(a) + i16::from(b) - i16::from(c);
+            let (pa, pb, pc) = (
+                (p - i16::from(a)).abs(),
+                (p - i16::from(b)).abs(),
+                (p - i16::from(c)).abs(),
+            );
+            let want = if pa <= pb && pa <= pc {
+                a
+            } else if pb <= pc {
+                b
+            } else {
+                c
+            };
+            assert_eq!(paeth(a, b, c), want, "{a} {b} {c}");
+        }
+    }
+}

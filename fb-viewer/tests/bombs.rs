@@ -225,3 +225,43 @@ fn errors_display_on_one_line() {
     let s = e.to_string();
     assert!(!s.contains('\n') && s.contains("Pixels"), "{s}");
 }
+
+#[test]
+fn apng_shows_its_default_image() {
+    let (w, h) = (8u32, 4u32);
+    let mut out = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut out, w, h);
+        e.set_color(png::ColorType::Rgb);
+        e.set_depth(png::BitDepth::Eight);
+        e.set_animated(2, 0).unwrap();
+        let mut wr = e.write_header().unwrap();
+        wr.write_image_data(&[10u8; 8 * 4 * 3]).unwrap();
+        wr.write_image_data(&[200u8; 8 * 4 * 3]).unwrap();
+        wr.finish().unwrap();
+    }
+    assert!(
+        out.windows(4).any(|k| k == b"fdAT"),
+        "second frame not written as fdAT"
+    );
+    let c = decode(&out, &Limits::default(), 64, 64).unwrap();
+    assert!(c.pixels.chunks_exact(4).all(|p| p == [10, 10, 10, 255]));
+}
+
+#[test]
+fn unknown_critical_chunk_is_refused() {
+    let f = file(&ihdr(1, 1, 8, 0, 0), &[chunk(b"ABCD", &[])], &zlib_zeros(2));
+    assert_eq!(
+        decode(&f, &Limits::default(), 8, 8),
+        Err(PngError::UnknownCritical { kind: *b"ABCD" })
+    );
+}
+
+#[test]
+fn indexed_image_without_palette_is_refused() {
+    let f = file(&ihdr(1, 1, 8, 3, 0), &[], &zlib_zeros(2));
+    assert_eq!(
+        decode(&f, &Limits::default(), 8, 8),
+        Err(PngError::MissingPalette)
+    );
+}
