@@ -62,9 +62,20 @@ const CRC_TABLES: [[u32; 256]; 8] = {
 
 /// CRC-32 (ISO 3309) over the concatenation of `parts`, as PNG chunks use it.
 pub fn crc32(parts: &[&[u8]]) -> u32 {
-    let t = &CRC_TABLES;
-    let mut c = 0xffff_ffffu32;
+    let mut c = CRC_INIT;
     for part in parts {
+        c = crc32_update(c, part);
+    }
+    c ^ 0xffff_ffff
+}
+
+/// Running CRC state before any byte; the final CRC is the state XOR 0xffff_ffff.
+pub const CRC_INIT: u32 = 0xffff_ffff;
+
+/// Advances a running CRC state over `part`.
+pub fn crc32_update(mut c: u32, part: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
+    {
         let mut blocks = part.chunks_exact(8);
         for b in &mut blocks {
             let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -81,7 +92,7 @@ pub fn crc32(parts: &[&[u8]]) -> u32 {
             c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
         }
     }
-    c ^ 0xffff_ffff
+    c
 }
 
 impl<'a> Chunks<'a> {

@@ -10,7 +10,7 @@ use miniz_oxide::inflate::core::inflate_flags::{
 use miniz_oxide::inflate::core::{decompress, DecompressorOxide};
 use miniz_oxide::inflate::TINFLStatus;
 
-use crate::chunk::Chunks;
+use crate::chunk::{crc32_update, ChunkKind, CRC_INIT, SIGNATURE};
 use crate::error::{Limit, PngError};
 use crate::header::{ColorType, Header, Pass, ADAM7, FULL};
 
@@ -476,108 +476,275 @@ impl Inflater {
 
 /// Decodes `file` into a canvas no larger than `max_w` × `max_h` (aspect kept, never enlarged).
 pub fn decode(file: &[u8], limits: &Limits, max_w: u32, max_h: u32) -> Result<Canvas, PngError> {
-    let mut chunks = Chunks::new(file)?;
-    let first = chunks.next_chunk(limits.max_chunk_len)?;
-    if &first.kind != b"IHDR" {
-        return Err(PngError::ChunkOrder { kind: first.kind });
+    let mut d = Decoder::new(*limits, max_w, max_h);
+    d.push(file)?;
+    d.finish()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Signature,
+    ChunkHeader,
+    ChunkData,
+    ChunkCrc,
+    End,
+}
+
+/// Push decoder: the file may arrive in pieces of any size; only IHDR, PLTE and tRNS are
+/// buffered (at most 768 bytes), IDAT is inflated as it arrives and other chunks are skipped.
+#[derive(Debug)]
+pub struct Decoder {
+    limits: Limits,
+    max_w: u32,
+    max_h: u32,
+    stage: Stage,
+    /// Signature, chunk header or CRC bytes gathered so far.
+    head: [u8; 8],
+    head_len: usize,
+    kind: ChunkKind,
+    left: u32,
+    crc: u32,
+    small: Vec<u8>,
+    header: Option<Header>,
+    palette: Option<[[u8; 4]; 256]>,
+    key: Option<[u16; 3]>,
+    trns_seen: bool,
+    ancillary: u64,
+    image: Option<(Rows, Inflater)>,
+    idat_ended: bool,
+}
+
+impl Decoder {
+    /// A decoder that will fit the image into `max_w` × `max_h` within `limits`.
+    pub fn new(limits: Limits, max_w: u32, max_h: u32) -> Self {
+        Self {
+            limits,
+            max_w,
+            max_h,
+            stage: Stage::Signature,
+            head: [0; 8],
+            head_len: 0,
+            kind: [0; 4],
+            left: 0,
+            crc: CRC_INIT,
+            small: Vec::new(),
+            header: None,
+            palette: None,
+            key: None,
+            trns_seen: false,
+            ancillary: 0,
+            image: None,
+            idat_ended: false,
+        }
     }
-    let header = Header::parse(first.data)?;
-    let mut palette: Option<[[u8; 4]; 256]> = None;
-    let mut key = None;
-    let mut trns_seen = false;
-    let mut ancillary = 0u64;
-    let mut state: Option<(Rows, Inflater)> = None;
-    let mut idat_ended = false;
-    loop {
-        let chunk = chunks.next_chunk(limits.max_chunk_len)?;
-        let in_idat = state.is_some();
-        match &chunk.kind {
-            b"IHDR" => return Err(PngError::ChunkOrder { kind: chunk.kind }),
-            b"PLTE" => {
-                if in_idat || palette.is_some() || trns_seen {
-                    return Err(PngError::ChunkOrder { kind: chunk.kind });
-                }
-                let n = chunk.data.len();
-                if n == 0
-                    || !n.is_multiple_of(3)
-                    || n / 3 > 256
-                    || n / 3 > (1usize << header.bit_depth.min(8))
-                {
-                    return Err(PngError::BadPalette);
-                }
-                if matches!(header.color, ColorType::Gray | ColorType::GrayAlpha) {
-                    return Err(PngError::ChunkOrder { kind: chunk.kind });
-                }
-                // Missing entries decode as opaque black, like the reference decoder.
-                let mut pal = [[0, 0, 0, 255]; 256];
-                for (e, c) in pal.iter_mut().zip(chunk.data.chunks_exact(3)) {
-                    *e = [c[0], c[1], c[2], 255];
-                }
-                palette = Some(pal);
-            }
-            b"tRNS" => {
-                if in_idat || trns_seen {
-                    return Err(PngError::ChunkOrder { kind: chunk.kind });
-                }
-                trns_seen = true;
-                let d = chunk.data;
-                let be = |k: usize| u16::from_be_bytes([d[k], d[k + 1]]);
-                match header.color {
-                    ColorType::Gray if d.len() == 2 => key = Some([be(0); 3]),
-                    ColorType::Rgb if d.len() == 6 => key = Some([be(0), be(2), be(4)]),
-                    ColorType::Indexed => {
-                        let pal = palette
-                            .as_mut()
-                            .ok_or(PngError::ChunkOrder { kind: chunk.kind })?;
-                        if d.len() > 256 {
-                            return Err(PngError::BadPalette);
-                        }
-                        for (e, &a) in pal.iter_mut().zip(d) {
-                            e[3] = a;
+
+    /// The validated IHDR, once it has been read.
+    pub fn header(&self) -> Option<Header> {
+        self.header
+    }
+
+    /// Consumes the next piece of the file. After an error the decoder must be dropped.
+    pub fn push(&mut self, mut input: &[u8]) -> Result<(), PngError> {
+        while !input.is_empty() {
+            match self.stage {
+                Stage::Signature | Stage::ChunkHeader | Stage::ChunkCrc => {
+                    let need = if self.stage == Stage::ChunkCrc { 4 } else { 8 };
+                    let n = (need - self.head_len).min(input.len());
+                    self.head[self.head_len..self.head_len + n].copy_from_slice(&input[..n]);
+                    self.head_len += n;
+                    input = &input[n..];
+                    if self.head_len == need {
+                        self.head_len = 0;
+                        match self.stage {
+                            Stage::Signature if self.head != SIGNATURE => {
+                                return Err(PngError::BadSignature)
+                            }
+                            Stage::Signature => self.stage = Stage::ChunkHeader,
+                            Stage::ChunkHeader => self.begin_chunk()?,
+                            _ => self.end_chunk()?,
                         }
                     }
-                    _ => return Err(PngError::BadPalette),
                 }
-            }
-            b"IDAT" => {
-                if idat_ended {
-                    return Err(PngError::ChunkOrder { kind: chunk.kind });
-                }
-                if state.is_none() {
-                    let pal = match (header.color, palette) {
-                        (ColorType::Indexed, None) => return Err(PngError::MissingPalette),
-                        (_, p) => p.unwrap_or([[0, 0, 0, 255]; 256]),
-                    };
-                    state = Some(start(header, limits, max_w, max_h, pal, key)?);
-                }
-                if let Some((rows, inflater)) = state.as_mut() {
-                    if !rows.done {
-                        inflater.feed(chunk.data, rows)?;
+                Stage::ChunkData => {
+                    let n = (self.left as usize).min(input.len());
+                    let (part, rest) = input.split_at(n);
+                    input = rest;
+                    self.crc = crc32_update(self.crc, part);
+                    self.left -= n as u32;
+                    if &self.kind == b"IDAT" {
+                        if let Some((rows, inflater)) = self.image.as_mut() {
+                            if !rows.done {
+                                inflater.feed(part, rows)?;
+                            }
+                        }
+                    } else if matches!(&self.kind, b"IHDR" | b"PLTE" | b"tRNS") {
+                        // begin_chunk capped these lengths at 768 bytes.
+                        self.small.extend_from_slice(part);
+                    }
+                    if self.left == 0 {
+                        self.stage = Stage::ChunkCrc;
                     }
                 }
+                // Bytes after IEND are ignored, as other decoders do.
+                Stage::End => return Ok(()),
             }
-            b"IEND" => {
-                let (rows, _) = state.ok_or(PngError::NoImageData)?;
-                if !rows.done {
-                    return Err(PngError::ImageDataShort);
-                }
-                return Ok(rows.canvas);
+        }
+        Ok(())
+    }
+
+    /// Ends the file: returns the canvas if IEND was read and every scanline decoded.
+    pub fn finish(self) -> Result<Canvas, PngError> {
+        if self.stage != Stage::End {
+            return Err(PngError::Truncated);
+        }
+        match self.image {
+            Some((rows, _)) if rows.done => Ok(rows.canvas),
+            Some(_) => Err(PngError::ImageDataShort),
+            None => Err(PngError::NoImageData),
+        }
+    }
+
+    /// Checks a chunk's length, type and position from its header alone, before its data.
+    fn begin_chunk(&mut self) -> Result<(), PngError> {
+        let h = self.head;
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let kind: ChunkKind = [h[4], h[5], h[6], h[7]];
+        let order = Err(PngError::ChunkOrder { kind });
+        if len > 0x7fff_ffff {
+            return Err(PngError::BadChunkLength { kind });
+        }
+        if &kind != b"IDAT" && len > self.limits.max_chunk_len {
+            return Err(PngError::TooLarge {
+                what: Limit::ChunkLength,
+                needed: u64::from(len),
+                max: u64::from(self.limits.max_chunk_len),
+            });
+        }
+        if (self.header.is_none()) != (&kind == b"IHDR") {
+            return order;
+        }
+        if self.image.is_some() && &kind != b"IDAT" {
+            self.idat_ended = true;
+        }
+        match &kind {
+            b"IHDR" if len != 13 => {
+                return Err(PngError::BadHeader {
+                    what: "length is not 13",
+                })
             }
-            _ if chunk.is_critical() => return Err(PngError::UnknownCritical { kind: chunk.kind }),
+            b"PLTE" if len > 768 => return Err(PngError::BadPalette),
+            b"tRNS" if len > 256 => return Err(PngError::BadPalette),
+            b"PLTE" | b"tRNS" if self.image.is_some() => return order,
+            b"IDAT" if self.idat_ended => return order,
+            b"IDAT" if self.image.is_none() => {
+                let header = self.header.ok_or(PngError::ChunkOrder { kind })?;
+                let pal = match (header.color, self.palette) {
+                    (ColorType::Indexed, None) => return Err(PngError::MissingPalette),
+                    (_, p) => p.unwrap_or([[0, 0, 0, 255]; 256]),
+                };
+                self.image = Some(start(
+                    header,
+                    &self.limits,
+                    self.max_w,
+                    self.max_h,
+                    pal,
+                    self.key,
+                )?);
+            }
+            b"IHDR" | b"PLTE" | b"tRNS" | b"IDAT" | b"IEND" => {}
+            _ if kind[0] & 0x20 == 0 => return Err(PngError::UnknownCritical { kind }),
             _ => {
-                ancillary += chunk.data.len() as u64;
-                if ancillary > limits.max_ancillary_bytes {
+                self.ancillary += u64::from(len);
+                if self.ancillary > self.limits.max_ancillary_bytes {
                     return Err(PngError::TooLarge {
                         what: Limit::AncillaryBytes,
-                        needed: ancillary,
-                        max: limits.max_ancillary_bytes,
+                        needed: self.ancillary,
+                        max: self.limits.max_ancillary_bytes,
                     });
                 }
             }
         }
-        if in_idat && &chunk.kind != b"IDAT" {
-            idat_ended = true;
+        self.kind = kind;
+        self.left = len;
+        self.crc = crc32_update(CRC_INIT, &kind);
+        self.small.clear();
+        self.stage = if len == 0 {
+            Stage::ChunkCrc
+        } else {
+            Stage::ChunkData
+        };
+        Ok(())
+    }
+
+    /// Checks the CRC, then acts on the buffered chunks.
+    fn end_chunk(&mut self) -> Result<(), PngError> {
+        let kind = self.kind;
+        let want = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]);
+        // Fuzzers cannot forge CRCs, so under cfg(fuzzing) the check is skipped to reach deeper code.
+        if !cfg!(fuzzing) && self.crc ^ 0xffff_ffff != want {
+            return Err(PngError::BadCrc { kind });
         }
+        self.stage = Stage::ChunkHeader;
+        let d = core::mem::take(&mut self.small);
+        match &kind {
+            b"IHDR" => self.header = Some(Header::parse(&d)?),
+            b"PLTE" => self.palette_chunk(&d)?,
+            b"tRNS" => self.trns_chunk(&d)?,
+            b"IEND" => self.stage = Stage::End,
+            _ => {}
+        }
+        self.small = d;
+        Ok(())
+    }
+
+    fn palette_chunk(&mut self, d: &[u8]) -> Result<(), PngError> {
+        let header = self.header.ok_or(PngError::ChunkOrder { kind: *b"PLTE" })?;
+        if self.palette.is_some() || self.trns_seen {
+            return Err(PngError::ChunkOrder { kind: *b"PLTE" });
+        }
+        let n = d.len();
+        if n == 0 || !n.is_multiple_of(3) || n / 3 > (1usize << header.bit_depth.min(8)) {
+            return Err(PngError::BadPalette);
+        }
+        if matches!(header.color, ColorType::Gray | ColorType::GrayAlpha) {
+            return Err(PngError::ChunkOrder { kind: *b"PLTE" });
+        }
+        // Missing entries decode as opaque black, like the reference decoder.
+        let mut pal = [[0, 0, 0, 255]; 256];
+        for (e, c) in pal.iter_mut().zip(d.chunks_exact(3)) {
+            *e = [c[0], c[1], c[2], 255];
+        }
+        self.palette = Some(pal);
+        Ok(())
+    }
+
+    fn trns_chunk(&mut self, d: &[u8]) -> Result<(), PngError> {
+        let header = self.header.ok_or(PngError::ChunkOrder { kind: *b"tRNS" })?;
+        if self.trns_seen {
+            return Err(PngError::ChunkOrder { kind: *b"tRNS" });
+        }
+        self.trns_seen = true;
+        let be = |k: usize| {
+            u16::from_be_bytes([
+                d.get(k).copied().unwrap_or(0),
+                d.get(k + 1).copied().unwrap_or(0),
+            ])
+        };
+        match header.color {
+            ColorType::Gray if d.len() == 2 => self.key = Some([be(0); 3]),
+            ColorType::Rgb if d.len() == 6 => self.key = Some([be(0), be(2), be(4)]),
+            ColorType::Indexed => {
+                let pal = self
+                    .palette
+                    .as_mut()
+                    .ok_or(PngError::ChunkOrder { kind: *b"tRNS" })?;
+                for (e, &a) in pal.iter_mut().zip(d) {
+                    e[3] = a;
+                }
+            }
+            _ => return Err(PngError::BadPalette),
+        }
+        Ok(())
     }
 }
 

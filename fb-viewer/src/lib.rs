@@ -10,7 +10,7 @@ mod decode;
 mod error;
 mod header;
 
-pub use chunk::{crc32, Chunk, ChunkKind, Chunks, SIGNATURE};
-pub use decode::{decode, fit, Canvas, Limits, Plan};
+pub use chunk::{crc32, crc32_update, Chunk, ChunkKind, Chunks, CRC_INIT, SIGNATURE};
+pub use decode::{decode, fit, Canvas, Decoder, Limits, Plan};
 pub use error::{Limit, PngError};
 pub use header::{ColorType, Header};

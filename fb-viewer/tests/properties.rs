@@ -4,7 +4,7 @@
 mod common;
 
 use common::{chunk, encode, ihdr, reference, sample_ref};
-use fb_viewer::{decode, Limits, SIGNATURE};
+use fb_viewer::{decode, Decoder, Limits, SIGNATURE};
 use proptest::prelude::*;
 
 fn small_limits() -> Limits {
@@ -91,5 +91,32 @@ proptest! {
         let got = decode(&f, &small_limits(), mw, mh).unwrap();
         prop_assert!(got.width <= mw && got.height <= mh && got.width <= w && got.height <= h);
         prop_assert_eq!(got.pixels, sample_ref(&want, got.width, got.height));
+    }
+
+    #[test]
+    fn pushing_in_pieces_gives_the_same_result_as_whole(
+        (w, h, c, d, data) in image(), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        damage in proptest::option::of((any::<prop::sample::Index>(), 1u8..=255)),
+    ) {
+        let mut f = encode(w, h, c, d, &data);
+        if let Some((at, x)) = damage {
+            let i = at.index(f.len());
+            f[i] ^= x;
+        }
+        let whole = decode(&f, &small_limits(), 20, 20);
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(f.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(f.len());
+        cuts.sort_unstable();
+        let mut dec = Decoder::new(small_limits(), 20, 20);
+        let mut r = Ok(());
+        for pair in cuts.windows(2) {
+            r = dec.push(&f[pair[0]..pair[1]]);
+            if r.is_err() {
+                break;
+            }
+        }
+        let pieces = r.and_then(|()| dec.finish());
+        prop_assert_eq!(pieces, whole);
     }
 }
