@@ -51,12 +51,12 @@ for i in range(count):
         except socket.timeout:
             lost += 1
             break
-    if lost > 50 and lost > i // 2:
-        count = i + 1  # mostly lost: stop instead of timing out 10,000 times
-        break
         if data == msg and addr == (ip, 7):
             break
         bad += 1  # a late answer to an earlier datagram; keep waiting for this one
+    if lost > 50 and lost > i // 2:
+        count = i + 1  # mostly lost: stop instead of timing out 10,000 times
+        break
 dt = time.time() - t0
 print("NET udp-echo %s %d datagrams lockstep, %d lost, %d stray, %.1f s (%.0f/s)"
       % ("ok" if lost == 0 else "FAIL", count, lost, bad, dt, count / dt), flush=True)
