@@ -450,6 +450,12 @@ impl Inflater {
             rows.push(out)?;
             self.pos = (self.pos + written) & (WINDOW - 1);
             input = input.get(used..).unwrap_or(&[]);
+            if rows.done {
+                // What the stream holds after the last scanline is never used, so neither its
+                // errors nor its length matter; ignoring them keeps results independent of how
+                // the input was split.
+                return Ok(());
+            }
             match status {
                 TINFLStatus::HasMoreOutput => {}
                 TINFLStatus::NeedsMoreInput => {

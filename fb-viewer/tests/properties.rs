@@ -120,3 +120,32 @@ proptest! {
         prop_assert_eq!(pieces, whole);
     }
 }
+
+/// Found by fuzzing: the zlib stream fails right after the last scanline in the same call; the
+/// result must not depend on whether that failure arrived in the same piece.
+#[test]
+fn stream_error_after_last_scanline_does_not_depend_on_split() {
+    let idat = [
+        0x78, 0x9c, 0x63, 0x62, 0x1e, 0x00, 0x02, 0xfb, 0xff, 0x0c, 0x5d, 0x0c, 0x56, 0xab, 0x19,
+        0x18, 0x2c, 0xa3, 0x81, 0x58, 0x1a, 0x42, 0xc3, 0x29, 0x6a, 0x43, 0x7f, 0x00, 0x00, 0x00,
+        0x4b,
+    ];
+    let plte = [
+        0x00, 0x27, 0x00, 0x00, 0x77, 0xff, 0xff, 0x00, 0xff, 0xff, 0x77, 0x00,
+    ];
+    let f = common::file(
+        &common::ihdr(9, 16, 2, 3, 0),
+        &[common::chunk(b"PLTE", &plte)],
+        &idat,
+    );
+    let whole = decode(&f, &small_limits(), 8, 8);
+    for piece in 1..f.len() {
+        let mut d = Decoder::new(small_limits(), 8, 8);
+        let r = f
+            .chunks(piece)
+            .try_for_each(|p| d.push(p))
+            .and_then(|()| d.finish());
+        assert_eq!(r, whole, "piece size {piece}");
+    }
+    assert!(whole.is_ok(), "{whole:?}");
+}
