@@ -84,6 +84,9 @@ pub struct Plan {
 
 const WINDOW: usize = 128 * 1024;
 
+/// Largest chunk the decoder buffers (PLTE: 256 entries of 3 bytes).
+const SMALL_CHUNK_MAX: u64 = 768;
+
 /// Largest size with the image's aspect ratio that fits `max_w` × `max_h`, never enlarged.
 pub fn fit(width: u32, height: u32, max_w: u32, max_h: u32) -> (u32, u32) {
     let (w, h, mw, mh) = (
@@ -130,7 +133,8 @@ impl Plan {
             + 2 * row_bytes
             + u64::from(out_width) * 8
             + WINDOW as u64
-            + core::mem::size_of::<DecompressorOxide>() as u64;
+            + core::mem::size_of::<DecompressorOxide>() as u64
+            + SMALL_CHUNK_MAX;
         too(Limit::Memory, memory, limits.max_memory)?;
         Ok(Self {
             header,
@@ -638,7 +642,7 @@ impl Decoder {
                     what: "length is not 13",
                 })
             }
-            b"PLTE" if len > 768 => return Err(PngError::BadPalette),
+            b"PLTE" if u64::from(len) > SMALL_CHUNK_MAX => return Err(PngError::BadPalette),
             b"tRNS" if len > 256 => return Err(PngError::BadPalette),
             b"PLTE" | b"tRNS" if self.image.is_some() => return order,
             b"IDAT" if self.idat_ended => return order,
