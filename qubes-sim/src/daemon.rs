@@ -434,7 +434,8 @@ impl Sim {
     /// One supervisor pass: a qube process that exited is a crash.
     pub(crate) fn supervise(&self) {
         let mut dead = Vec::new();
-        for (name, vm) in self.vms().iter_mut() {
+        let mut vms = self.vms();
+        for (name, vm) in vms.iter_mut() {
             let Some(child) = vm.child.as_mut() else {
                 continue;
             };
@@ -457,13 +458,14 @@ impl Sim {
                 dead.push(vm.domid);
             }
         }
-        // Released before a halted qube's entry goes: whoever waits for the entry to go
-        // (qvm-shutdown) then finds the domain's traces gone too.
+        // Released before the lock goes: whoever sees Crashed (qvm-ls, a restart in
+        // start_vm that reuses the domid) or waits for a halted qube's entry to go
+        // (qvm-shutdown) finds the domain's traces gone, and a late release cannot remove a
+        // restarted instance's fresh xenstore home, ports and grants.
         for d in dead {
             self.released(d);
         }
         let halted: Vec<Vm> = {
-            let mut vms = self.vms();
             let names: Vec<String> = vms
                 .iter()
                 .filter(|(_, v)| v.halting && v.power == Power::Crashed)
@@ -471,6 +473,7 @@ impl Sim {
                 .collect();
             names.iter().filter_map(|n| vms.remove(n)).collect()
         };
+        drop(vms);
         // Joined without the lock; a halted qube leaves no entry (Halted).
         for vm in halted {
             reap(vm);
