@@ -3,47 +3,21 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use common::{encode, file, ihdr, zlib_zeros};
 use fb_viewer::{decode, Chunks, Header, Limits, Plan};
+use platform_hosted::alloc_meter::AllocMeter;
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// Tests in this file run one at a time so their counts do not mix.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-// SAFETY: every call is forwarded unchanged to the System allocator; only counters are added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds GlobalAlloc::alloc's contract, which System requires.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), SeqCst) + layout.size();
-            PEAK.fetch_max(now, SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: ptr was returned by System.alloc with this layout (see alloc above).
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), SeqCst);
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: AllocMeter = AllocMeter::new();
 
 /// Peak bytes allocated above the level at the start of `f`.
 fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = CURRENT.load(SeqCst);
-    PEAK.store(base, SeqCst);
-    let r = f();
-    (r, PEAK.load(SeqCst) - base)
+    ALLOC.peak_during(f)
 }
 
 fn plan_of(f: &[u8], limits: &Limits, w: u32, h: u32) -> Plan {
