@@ -164,6 +164,19 @@ pub fn need_notify(new: u32, old: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
 }
 
+/// Publishes a producer index after the entries, then reads the peer's event index: the common
+/// half of `RING_PUSH_{REQUESTS,RESPONSES}_AND_CHECK_NOTIFY`.
+fn publish_and_read_event<M: SharedMem + ?Sized>(
+    mem: &M,
+    prod_off: usize,
+    event_off: usize,
+    new: u32,
+) -> Result<u32, OutOfBounds> {
+    mem.store_u32(prod_off, new, Release)?;
+    mem.fence(SeqCst);
+    mem.load_u32(event_off, Acquire)
+}
+
 fn write_slot<M: SharedMem + ?Sized>(
     mem: &M,
     layout: SringLayout,
@@ -289,12 +302,8 @@ impl FrontRing {
     ) -> Result<bool, SharedRingError> {
         self.check()?;
         let (old, new) = (self.req_prod, self.req_prod_pvt);
-        let r = (|| {
-            mem.store_u32(REQ_PROD, new, Release)?;
-            mem.fence(SeqCst);
-            mem.load_u32(REQ_EVENT, Acquire)
-        })();
-        let event = r.map_err(|e| self.fail(e.into()))?;
+        let event = publish_and_read_event(mem, REQ_PROD, REQ_EVENT, new)
+            .map_err(|e| self.fail(e.into()))?;
         self.req_prod = new;
         Ok(need_notify(new, old, event))
     }
@@ -567,12 +576,8 @@ impl BackRing {
     ) -> Result<bool, SharedRingError> {
         self.check()?;
         let (old, new) = (self.rsp_prod, self.rsp_prod_pvt);
-        let r = (|| {
-            mem.store_u32(RSP_PROD, new, Release)?;
-            mem.fence(SeqCst);
-            mem.load_u32(RSP_EVENT, Acquire)
-        })();
-        let event = r.map_err(|e| self.fail(e.into()))?;
+        let event = publish_and_read_event(mem, RSP_PROD, RSP_EVENT, new)
+            .map_err(|e| self.fail(e.into()))?;
         self.rsp_prod = new;
         Ok(need_notify(new, old, event))
     }
