@@ -19,9 +19,11 @@ pub use core::time::Duration;
 
 pub mod heap_mem;
 mod ids;
+mod platform;
 
 pub use heap_mem::HeapMem;
 pub use ids::{DomId, EvtchnPort, GrantRef, IdError, PortSet, MAX_PORTS};
+pub use platform::{BlockDevice, Env, NetDevice, Platform, WatchEvent, Watches};
 
 /// Size of one Xen page; every grant and ring page has this size.
 pub const PAGE_SIZE: usize = 4096;

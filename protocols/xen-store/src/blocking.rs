@@ -17,6 +17,10 @@ pub trait Transport {
     /// Reads into `buf`, waiting at most `timeout` (`None`: forever) for the first byte;
     /// `Ok(0)` means the time ran out. A closed stream is `Err(Disconnected)`.
     fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize, StoreError>;
+    /// The event channel (or hosted pseudo-port) that signals incoming bytes, if any.
+    fn port(&self) -> Option<platform_api::EvtchnPort> {
+        None
+    }
 }
 
 /// A blocking xenstore client: sends one request at a time and waits for its reply, queueing
@@ -285,4 +289,26 @@ where
         }
     }
     Err(last)
+}
+
+impl<T: Transport> platform_api::Watches for BlockingStore<T> {
+    fn watch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
+        BlockingStore::watch(self, path, token)
+    }
+
+    fn unwatch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
+        BlockingStore::unwatch(self, path, token)
+    }
+
+    fn poll_watch(&mut self) -> Result<Option<platform_api::WatchEvent>, StoreError> {
+        let e = self.wait_watch(Some(Duration::ZERO))?;
+        Ok(e.map(|e| platform_api::WatchEvent {
+            path: e.path,
+            token: e.token,
+        }))
+    }
+
+    fn port(&self) -> Option<platform_api::EvtchnPort> {
+        self.transport.port()
+    }
 }

@@ -1,0 +1,2 @@
+//! passman unikernel (being written).
+#![forbid(unsafe_code)]

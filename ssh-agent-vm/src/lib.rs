@@ -1,0 +1,2 @@
+//! ssh-agent-vm unikernel (being written).
+#![forbid(unsafe_code)]
