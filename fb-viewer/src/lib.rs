@@ -9,6 +9,8 @@ mod chunk;
 mod decode;
 mod error;
 mod header;
+pub mod openinvm;
+pub mod view;
 
 pub use chunk::{crc32, crc32_update, Chunk, ChunkKind, Chunks, CRC_INIT, SIGNATURE};
 pub use decode::{decode, fit, Canvas, Decoder, Limits, Plan};
