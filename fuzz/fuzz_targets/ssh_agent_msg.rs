@@ -5,7 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use platform_api::Instant;
-use ssh_agent_wire::agent::{Agent, Config, Event, Identity, Keyring, MemoryKeyring, Session};
+use ssh_agent_wire::agent::{
+    Agent, Config, Event, Identity, Keyring, MemoryKeyring, OwnerRequest, Session,
+};
 use ssh_agent_wire::wire::codec::Reader;
 use ssh_agent_wire::wire::{Frame, FrameReader, Request, Response};
 use ssh_agent_wire::PrivateKey;
@@ -58,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         keyring(),
         Config {
             allow_rsa: ctl & 0x80 != 0,
+            confirm_all: ctl & 0x40 != 0,
         },
     );
     let mut sess = Session::new(admin);
@@ -73,9 +76,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(took <= part.len());
         rest = &rest[took..];
         stalls = if took == 0 { stalls + 1 } else { 0 };
-        while let Some(Event::ConfirmRequest(req)) = sess.poll_event() {
+        while let Some(ev) = sess.poll_event() {
             allow = !allow;
-            sess.confirm(now, &mut agent, req.id, allow);
+            match ev {
+                Event::ConfirmRequest(req) => sess.confirm(now, &mut agent, req.id, allow),
+                Event::Owner(OwnerRequest { id, .. }) => {
+                    let resp = if allow { Response::Success } else { Response::ExtensionFailure };
+                    sess.answer(id, &resp);
+                }
+            }
         }
         while let Some(n) = sess.poll_transmit(&mut buf) {
             assert!(n > 0 && n <= buf.len());

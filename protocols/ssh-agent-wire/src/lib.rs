@@ -13,6 +13,9 @@
 //! an RSA SIGN_REQUEST without a SHA-2 flag (`ssh-rsa`, SHA-1) is answered FAILURE, where
 //! OpenSSH would sign; unknown extensions get EXTENSION_FAILURE, a failed `session-bind` gets
 //! FAILURE (as OpenSSH), and `query` gets EXTENSION_RESPONSE listing `query` and `session-bind`.
+//! In admin sessions, UNLOCK of an unlocked agent and unknown extensions go to the owner as
+//! [`agent::Event::Owner`] (the vault uses them to open its store); the keyring may refuse a
+//! change ([`agent::KeyringError`]) and the request is then answered FAILURE.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -22,6 +25,9 @@ pub mod agent;
 pub mod key;
 pub mod wire;
 
-pub use agent::{Agent, Config, Event, Identity, Keyring, MemoryKeyring, Session};
+pub use agent::{
+    Agent, Config, Event, Identity, Keyring, KeyringError, MemoryKeyring, OwnerKind, OwnerRequest,
+    Session,
+};
 pub use key::{KeyBlob, PrivateKey};
 pub use wire::{Request, Response, WireError};

@@ -194,7 +194,13 @@ fn openssh_ssh_add_and_sign_interop() {
         println!("SKIPPED: ssh-keygen/ssh-add not installed (apt-get install openssh-client)");
         return;
     }
-    let s = serve("interop", Config { allow_rsa: true });
+    let s = serve(
+        "interop",
+        Config {
+            allow_rsa: true,
+            ..Config::DEFAULT
+        },
+    );
     let ed = keygen(&s.dir, "ed", &["-t", "ed25519"]);
     let p256 = keygen(&s.dir, "p256", &["-t", "ecdsa", "-b", "256"]);
     let p384 = keygen(&s.dir, "p384", &["-t", "ecdsa", "-b", "384"]);

@@ -19,7 +19,8 @@ use crate::key::{KeyBlob, PrivateKey};
 use crate::wire::{DestConstraint, Passphrase};
 
 pub use session::{
-    ConfirmId, ConfirmRequest, Event, Session, MAX_SESSION_BINDS, MAX_SESSION_ID_LEN,
+    ConfirmId, ConfirmRequest, Event, OwnerKind, OwnerRequest, Session, MAX_SESSION_BINDS,
+    MAX_SESSION_ID_LEN,
 };
 
 /// Policy and bounds, fixed at construction.
@@ -28,11 +29,16 @@ pub struct Config {
     /// Serve RSA keys (add, list, sign). Off by default: the `rsa` crate's private-key operations
     /// are not constant-time (RUSTSEC-2023-0071).
     pub allow_rsa: bool,
+    /// Every signature needs the owner's confirmation, whatever the key's own constraints.
+    pub confirm_all: bool,
 }
 
 impl Config {
-    /// RSA off.
-    pub const DEFAULT: Self = Self { allow_rsa: false };
+    /// RSA off, confirmation per key.
+    pub const DEFAULT: Self = Self {
+        allow_rsa: false,
+        confirm_all: false,
+    };
 }
 
 impl Default for Config {
@@ -61,19 +67,32 @@ impl Identity {
     pub fn public(&self) -> &KeyBlob {
         self.key.public_blob()
     }
-}
 
-/// The keyring refused a new key: it holds its maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyringFull;
-
-impl fmt::Display for KeyringFull {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("keyring full")
+    /// Whether its lifetime ended at or before `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|t| t <= now)
     }
 }
 
-impl core::error::Error for KeyringFull {}
+/// The keyring refused a change; the request is answered FAILURE and nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringError {
+    /// It holds its maximum number of keys.
+    Full,
+    /// The change could not be made durable (the store behind the keyring failed).
+    Storage,
+}
+
+impl fmt::Display for KeyringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full => "keyring full",
+            Self::Storage => "keyring store failed",
+        })
+    }
+}
+
+impl core::error::Error for KeyringError {}
 
 /// Where keys live; the vault implements it to persist them.
 pub trait Keyring {
@@ -86,11 +105,12 @@ pub trait Keyring {
     /// The key at `index` (order is the listing order).
     fn get(&self, index: usize) -> Option<&Identity>;
     /// Adds a key, replacing one with the same public blob; refuses past the store's bound.
-    fn insert(&mut self, identity: Identity) -> Result<(), KeyringFull>;
-    /// Removes and returns the key at `index`.
-    fn remove(&mut self, index: usize) -> Option<Identity>;
-    /// Removes every key.
-    fn clear(&mut self);
+    /// On error the keyring is unchanged.
+    fn insert(&mut self, identity: Identity) -> Result<(), KeyringError>;
+    /// Removes and returns the key at `index` (`Ok(None)`: no such index); on error it stays.
+    fn remove(&mut self, index: usize) -> Result<Option<Identity>, KeyringError>;
+    /// Removes every key; on error none is removed.
+    fn clear(&mut self) -> Result<(), KeyringError>;
     /// Index of the key whose public blob is exactly `key`.
     fn position(&self, key: &KeyBlob) -> Option<usize> {
         (0..self.len()).find(|&i| self.get(i).is_some_and(|id| id.public() == key))
@@ -124,7 +144,7 @@ impl Keyring for MemoryKeyring {
     fn get(&self, index: usize) -> Option<&Identity> {
         self.ids.get(index)
     }
-    fn insert(&mut self, identity: Identity) -> Result<(), KeyringFull> {
+    fn insert(&mut self, identity: Identity) -> Result<(), KeyringError> {
         if let Some(i) = self.position(identity.public()) {
             if let Some(slot) = self.ids.get_mut(i) {
                 *slot = identity;
@@ -132,16 +152,17 @@ impl Keyring for MemoryKeyring {
             return Ok(());
         }
         if self.ids.len() >= self.max {
-            return Err(KeyringFull);
+            return Err(KeyringError::Full);
         }
         self.ids.push(identity);
         Ok(())
     }
-    fn remove(&mut self, index: usize) -> Option<Identity> {
-        (index < self.ids.len()).then(|| self.ids.remove(index))
+    fn remove(&mut self, index: usize) -> Result<Option<Identity>, KeyringError> {
+        Ok((index < self.ids.len()).then(|| self.ids.remove(index)))
     }
-    fn clear(&mut self) {
+    fn clear(&mut self) -> Result<(), KeyringError> {
         self.ids.clear();
+        Ok(())
     }
 }
 
@@ -151,6 +172,13 @@ struct LockHash(Zeroizing<[u8; 32]>);
 impl fmt::Debug for LockHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LockHash(..)")
+    }
+}
+
+impl<K: Keyring> Agent<K> {
+    /// Replaces the policy (e.g. when the owner reconfigures the keyring).
+    pub fn set_config(&mut self, config: Config) {
+        self.config = config;
     }
 }
 
@@ -199,15 +227,15 @@ impl<K: Keyring> Agent<K> {
         self.failed_unlocks
     }
 
-    /// Removes keys whose lifetime ended at or before `now`.
+    /// Removes keys whose lifetime ended at or before `now` (a key the store fails to remove
+    /// is skipped now and signs nothing: [`Identity::expired`] is checked before each use).
     pub fn expire(&mut self, now: Instant) {
         let mut i = 0;
         while let Some(id) = self.keyring.get(i) {
-            if id.expires.is_some_and(|t| t <= now) {
-                let _ = self.keyring.remove(i);
-            } else {
-                i += 1;
+            if id.expired(now) && matches!(self.keyring.remove(i), Ok(Some(_))) {
+                continue;
             }
+            i += 1;
         }
     }
 

@@ -1,5 +1,5 @@
 //! One client connection: frames in, one response per request out, in order; a signature with a
-//! confirm-constrained key waits for the owner's answer as an [`Event`].
+//! confirm-constrained key, and an admin request only the owner can answer, wait as an [`Event`].
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -15,8 +15,8 @@ use crate::key::{sign, KeyBlob};
 use crate::wire::constraint::Constraint;
 use crate::wire::message::{QUERY, SESSION_BIND};
 use crate::wire::{
-    Extension, Frame, FrameReader, IdentityEntry, Request, Response, SessionBind, SignFlags,
-    MAX_MESSAGE_LEN,
+    Extension, Frame, FrameReader, IdentityEntry, Passphrase, Request, Response, SessionBind,
+    SignFlags, MAX_MESSAGE_LEN,
 };
 
 /// Most session bindings on one connection (OpenSSH's `AGENT_MAX_SESSION_IDS`).
@@ -41,11 +41,37 @@ pub struct ConfirmRequest {
     pub host: Option<Fingerprint>,
 }
 
+/// An admin request the session cannot answer alone: the owner answers with
+/// [`Session::answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRequest {
+    /// Pass to [`Session::answer`].
+    pub id: ConfirmId,
+    /// What is asked.
+    pub kind: OwnerKind,
+}
+
+/// The admin requests handed to the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerKind {
+    /// UNLOCK while the agent is not locked (e.g. the passphrase of the store behind it).
+    Unlock(Passphrase),
+    /// An extension the session does not know.
+    Extension {
+        /// Its name.
+        name: String,
+        /// Its contents.
+        contents: Vec<u8>,
+    },
+}
+
 /// What the session asks of its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Allow or deny one signature; input is held until [`Session::confirm`] answers.
     ConfirmRequest(ConfirmRequest),
+    /// Answer an admin request; input is held until [`Session::answer`].
+    Owner(OwnerRequest),
 }
 
 #[derive(Debug, Clone)]
@@ -56,11 +82,16 @@ pub(super) struct Binding {
 }
 
 #[derive(Debug)]
-struct Pending {
-    id: ConfirmId,
-    key: KeyBlob,
-    data: Vec<u8>,
-    flags: SignFlags,
+enum Pending {
+    Sign {
+        id: ConfirmId,
+        key: KeyBlob,
+        data: Vec<u8>,
+        flags: SignFlags,
+    },
+    Owner {
+        id: ConfirmId,
+    },
 }
 
 /// One connection's machine. Admin sessions (the vault owner's) may add, remove, lock and
@@ -98,7 +129,7 @@ impl Session {
         self.admin
     }
 
-    /// Whether a signature waits for the owner.
+    /// Whether a signature or an admin request waits for the owner.
     pub fn is_waiting(&self) -> bool {
         self.pending.is_some()
     }
@@ -153,19 +184,44 @@ impl Session {
         id: ConfirmId,
         allow: bool,
     ) {
-        if self.pending.as_ref().is_none_or(|p| p.id != id) {
+        if !matches!(&self.pending, Some(Pending::Sign { id: p, .. }) if *p == id) {
             return;
         }
-        let Some(p) = self.pending.take() else {
+        let Some(Pending::Sign {
+            key, data, flags, ..
+        }) = self.pending.take()
+        else {
             return;
         };
         agent.expire(now);
         let resp = if allow && !agent.is_locked() {
-            self.sign_now(agent, &p.key, &p.data, p.flags)
+            self.sign_now(now, agent, &key, &data, flags)
         } else {
             Response::Failure
         };
         self.respond(&resp);
+    }
+
+    /// The owner's answer to an [`OwnerRequest`], sent as is. An unknown or stale id is ignored.
+    pub fn answer(&mut self, id: ConfirmId, resp: &Response) {
+        if !matches!(&self.pending, Some(Pending::Owner { id: p }) if *p == id) {
+            return;
+        }
+        self.pending = None;
+        self.respond(resp);
+    }
+
+    fn next_id(&mut self) -> ConfirmId {
+        let id = ConfirmId(self.next_confirm);
+        self.next_confirm = self.next_confirm.wrapping_add(1);
+        id
+    }
+
+    fn ask_owner(&mut self, kind: OwnerKind) {
+        let id = self.next_id();
+        self.events
+            .push_back(Event::Owner(OwnerRequest { id, kind }));
+        self.pending = Some(Pending::Owner { id });
     }
 
     fn respond(&mut self, resp: &Response) {
@@ -185,6 +241,17 @@ impl Session {
             self.respond(&Response::Failure);
             return;
         };
+        if self.admin {
+            match req {
+                Request::Unlock(p) if !agent.is_locked() => {
+                    return self.ask_owner(OwnerKind::Unlock(p));
+                }
+                Request::Extension(Extension::Other { name, contents }) => {
+                    return self.ask_owner(OwnerKind::Extension { name, contents });
+                }
+                _ => {}
+            }
+        }
         if agent.is_locked() && !matches!(req, Request::Unlock(_)) {
             // As OpenSSH: a locked agent lists nothing and refuses everything else.
             let resp = match req {
@@ -195,9 +262,9 @@ impl Session {
             return;
         }
         let resp = match req {
-            Request::RequestIdentities => self.list(agent),
+            Request::RequestIdentities => self.list(now, agent),
             Request::SignRequest { key, data, flags } => {
-                match self.begin_sign(agent, key, data, flags) {
+                match self.begin_sign(now, agent, key, data, flags) {
                     Some(r) => r,
                     None => return,
                 }
@@ -208,16 +275,10 @@ impl Session {
                 constraints,
             } if self.admin => add(now, agent, key, comment, constraints),
             Request::RemoveIdentity { key } if self.admin => match agent.keyring.position(&key) {
-                Some(i) => {
-                    let _ = agent.keyring.remove(i);
-                    Response::Success
-                }
+                Some(i) => status(matches!(agent.keyring.remove(i), Ok(Some(_)))),
                 None => Response::Failure,
             },
-            Request::RemoveAllIdentities if self.admin => {
-                agent.keyring.clear();
-                Response::Success
-            }
+            Request::RemoveAllIdentities if self.admin => status(agent.keyring.clear().is_ok()),
             Request::Lock(p) if self.admin => status(agent.lock(&p)),
             Request::Unlock(p) if self.admin => status(agent.unlock(&p)),
             Request::Extension(Extension::SessionBind(b)) => status(self.bind(&b)),
@@ -241,10 +302,12 @@ impl Session {
         agent.config.allow_rsa || !id.key.is_rsa()
     }
 
-    fn list<K: Keyring>(&self, agent: &Agent<K>) -> Response {
+    fn list<K: Keyring>(&self, now: Instant, agent: &Agent<K>) -> Response {
         let keys = (0..agent.keyring.len())
             .filter_map(|i| agent.keyring.get(i))
-            .filter(|id| Self::served(agent, id) && permitted(id, &self.binds, None))
+            .filter(|id| {
+                !id.expired(now) && Self::served(agent, id) && permitted(id, &self.binds, None)
+            })
             .map(|id| IdentityEntry {
                 key: id.public().clone(),
                 comment: id.comment.clone(),
@@ -256,6 +319,7 @@ impl Session {
     /// Checks a sign request; `None` when it now waits for confirmation.
     fn begin_sign<K: Keyring>(
         &mut self,
+        now: Instant,
         agent: &Agent<K>,
         key: KeyBlob,
         data: Vec<u8>,
@@ -268,19 +332,19 @@ impl Session {
         else {
             return Some(Response::Failure);
         };
-        if !Self::served(agent, id) || !self.sign_permitted(id, &data) {
+        if id.expired(now) || !Self::served(agent, id) || !self.sign_permitted(id, &data) {
             return Some(Response::Failure);
         }
-        if id.confirm {
-            let cid = ConfirmId(self.next_confirm);
-            self.next_confirm = self.next_confirm.wrapping_add(1);
+        if id.confirm || agent.config.confirm_all {
+            let comment = id.comment.clone();
+            let cid = self.next_id();
             self.events.push_back(Event::ConfirmRequest(ConfirmRequest {
                 id: cid,
                 fingerprint: key.fingerprint(),
-                comment: id.comment.clone(),
+                comment,
                 host: self.binds.last().and_then(|b| b.host_key.fingerprint()),
             }));
-            self.pending = Some(Pending {
+            self.pending = Some(Pending::Sign {
                 id: cid,
                 key,
                 data,
@@ -288,11 +352,12 @@ impl Session {
             });
             return None;
         }
-        Some(self.sign_now(agent, &key, &data, flags))
+        Some(self.sign_now(now, agent, &key, &data, flags))
     }
 
     fn sign_now<K: Keyring>(
         &self,
+        now: Instant,
         agent: &Agent<K>,
         key: &KeyBlob,
         data: &[u8],
@@ -305,7 +370,7 @@ impl Session {
         else {
             return Response::Failure;
         };
-        if !Self::served(agent, id) || !self.sign_permitted(id, data) {
+        if id.expired(now) || !Self::served(agent, id) || !self.sign_permitted(id, data) {
             return Response::Failure;
         }
         match sign(id.key.keypair(), data, flags, agent.config.allow_rsa) {

@@ -266,11 +266,139 @@ fn lock_hides_keys_and_refuses_all_but_unlock() {
     assert_eq!(list(&mut h, &mut client).len(), 1);
     let r = h.call(&mut client, &sign_body(&SEED, b"x"));
     verify_ed25519(&SEED, b"x", &r[0]);
+    // Unlocking an unlocked agent is the owner's business (the vault's store passphrase).
+    assert_eq!(h.call(&mut admin, &cat(&[&[23], &s(b"pw")])), []);
+    let Some(Event::Owner(OwnerRequest {
+        id,
+        kind: OwnerKind::Unlock(p),
+    })) = admin.poll_event()
+    else {
+        panic!("expected an owner unlock request")
+    };
+    assert_eq!(p.as_bytes(), b"pw");
+    admin.answer(id, &Response::Failure);
+    assert_eq!(drain(&mut admin), [Response::Failure], "not locked");
+}
+
+#[test]
+fn admin_extensions_and_unlock_wait_for_the_owner_in_order() {
+    let mut h = Harness::new();
+    let mut admin = Session::new(true);
+    let stream = cat(&[
+        &frame(&cat(&[&[27], &s(b"vault-x@example.org"), b"abc"])),
+        &frame(&[11]),
+    ]);
+    let took = admin.handle_input(h.now, &mut h.agent, &stream);
+    assert!(took < stream.len(), "input after an owner request is held");
+    assert!(admin.is_waiting());
+    let Some(Event::Owner(OwnerRequest {
+        id,
+        kind: OwnerKind::Extension { name, contents },
+    })) = admin.poll_event()
+    else {
+        panic!("expected an owner extension request")
+    };
     assert_eq!(
-        h.call(&mut admin, &cat(&[&[23], &s(b"pw")])),
-        [Response::Failure],
-        "not locked"
+        (name.as_str(), contents.as_slice()),
+        ("vault-x@example.org", &b"abc"[..])
     );
+    admin.answer(ConfirmId(id.0 + 1), &Response::Success); // stale id ignored
+    assert!(admin.is_waiting());
+    admin.answer(id, &Response::Success);
+    let rest = &stream[took..];
+    assert_eq!(admin.handle_input(h.now, &mut h.agent, rest), rest.len());
+    assert_eq!(
+        drain(&mut admin),
+        [Response::Success, Response::IdentitiesAnswer(vec![])]
+    );
+    // A client's unknown extension is answered at once, never handed to the owner.
+    let mut client = Session::new(false);
+    assert_eq!(
+        h.call(&mut client, &cat(&[&[27], &s(b"vault-x@example.org")])),
+        [Response::ExtensionFailure]
+    );
+    assert!(client.poll_event().is_none());
+}
+
+#[test]
+fn keyring_wide_confirm_asks_for_every_key() {
+    let mut h = Harness::new();
+    h.agent.set_config(Config {
+        confirm_all: true,
+        ..Config::DEFAULT
+    });
+    let mut admin = Session::new(true);
+    let mut client = Session::new(false);
+    assert_eq!(
+        h.call(&mut admin, &add_body(&SEED, b"k", &[])),
+        [Response::Success]
+    );
+    assert_eq!(h.call(&mut client, &sign_body(&SEED, b"x")), []);
+    let Some(Event::ConfirmRequest(req)) = client.poll_event() else {
+        panic!("expected a confirmation")
+    };
+    client.confirm(h.now, &mut h.agent, req.id, false);
+    assert_eq!(drain(&mut client), [Response::Failure]);
+}
+
+#[derive(Debug)]
+struct FailingKeyring(MemoryKeyring, bool);
+
+impl Keyring for FailingKeyring {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, index: usize) -> Option<&Identity> {
+        self.0.get(index)
+    }
+    fn insert(&mut self, identity: Identity) -> Result<(), KeyringError> {
+        if self.1 {
+            return Err(KeyringError::Storage);
+        }
+        self.0.insert(identity)
+    }
+    fn remove(&mut self, index: usize) -> Result<Option<Identity>, KeyringError> {
+        if self.1 {
+            return Err(KeyringError::Storage);
+        }
+        self.0.remove(index)
+    }
+    fn clear(&mut self) -> Result<(), KeyringError> {
+        if self.1 {
+            return Err(KeyringError::Storage);
+        }
+        self.0.clear()
+    }
+}
+
+#[test]
+fn store_failures_answer_failure_and_keep_the_keyring() {
+    let mut agent = Agent::new(
+        FailingKeyring(MemoryKeyring::new(4), false),
+        Config::DEFAULT,
+    );
+    let now = Instant(SEC);
+    let mut admin = Session::new(true);
+    let mut call = |agent: &mut Agent<FailingKeyring>, body: &[u8]| {
+        let f = frame(body);
+        assert_eq!(admin.handle_input(now, agent, &f), f.len());
+        drain(&mut admin)
+    };
+    assert_eq!(
+        call(&mut agent, &add_body(&SEED, b"k", &[])),
+        [Response::Success]
+    );
+    agent.keyring_mut().1 = true;
+    assert_eq!(
+        call(&mut agent, &add_body(&[4; 32], b"k", &[])),
+        [Response::Failure]
+    );
+    assert_eq!(
+        call(&mut agent, &cat(&[&[18], &s(&ed25519_blob(&SEED))])),
+        [Response::Failure]
+    );
+    assert_eq!(call(&mut agent, &[19]), [Response::Failure]);
+    assert_eq!(agent.keyring().len(), 1);
 }
 
 #[test]
@@ -363,7 +491,7 @@ fn confirm_after_key_removed_fails() {
 #[test]
 fn malformed_and_oversized_messages_get_failure_and_the_session_continues() {
     let mut h = Harness::new();
-    let mut admin = Session::new(true);
+    let mut admin = Session::new(false);
     let mut stream = Vec::new();
     stream.extend(frame(&[]));
     stream.extend(frame(&[13, 0, 0]));
@@ -843,7 +971,13 @@ fn rsa_key_refused_unless_configured_and_inconsistent_rsa_refused_always() {
     let mut admin = Session::new(true);
     assert_eq!(h.call(&mut admin, &body), [Response::Failure]);
     let mut h = Harness::new();
-    h.agent = Agent::new(MemoryKeyring::new(8), Config { allow_rsa: true });
+    h.agent = Agent::new(
+        MemoryKeyring::new(8),
+        Config {
+            allow_rsa: true,
+            ..Config::DEFAULT
+        },
+    );
     assert_eq!(
         h.call(&mut admin, &body),
         [Response::Failure],
