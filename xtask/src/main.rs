@@ -12,6 +12,7 @@ mod build;
 mod demo;
 mod deps;
 mod interop;
+mod rpm;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -22,6 +23,8 @@ commands:
                   libxenvchan interop, the QEMU boot test of every image, fuzz corpus replay
   interop         Debian's real libxenvchan against our vchan over the hosted shims, both roles
   bench vchan     vchan throughput table: ours/ours, ours/libxenvchan, libxenvchan/libxenvchan
+  rpm             build the dom0 and template RPMs into target/rpm/ (reproducible) and print
+                  the sha256 of every kernel; `rpm check`: the package checks of `test`
   build           build every unikernel image into target/unikernels/<name>/vmlinuz
   boot-test       boot every image under QEMU's PVH loader (no Xen) and check its serial output
   xen-test        boot the images on real Xen 4.17 (Debian dom0) under QEMU TCG; slow, not in CI
@@ -42,6 +45,8 @@ fn main() -> Result<()> {
         Some("xen-test") => build::xen_test(&root),
         Some("interop") => interop::run(&root),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("rpm") if args.get(1).map(String::as_str) == Some("check") => rpm::check(&root),
+        Some("rpm") => rpm::rpm(&root),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -87,6 +92,7 @@ fn test(root: &Path) -> Result<()> {
     run(cargo().args(["test", "--workspace"]))?;
     interop::run(root)?;
     build::boot_test(root)?;
+    rpm::check(root)?;
     fuzz_replay(root)?;
     Ok(())
 }
