@@ -15,6 +15,8 @@ const TEST_PACKAGES: &[&str] = &[
     "pkg-config",
     "qemu-system-x86",
     "openssh-client",
+    "rpm",
+    "python3",
 ];
 
 fn have_packages(pkgs: &[&str]) -> bool {

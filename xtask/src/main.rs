@@ -89,10 +89,13 @@ fn test(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))?;
-    interop::run(root)?;
+    // Images and packages first: the flow tests install the RPMs the package checks built.
     build::boot_test(root)?;
     rpm::check(root)?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("FLOWS_RPM_DIR", root.join(rpm::CHECK_DIR)))?;
+    interop::run(root)?;
     fuzz_replay(root)?;
     Ok(())
 }

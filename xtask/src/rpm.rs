@@ -18,6 +18,8 @@ pub const DOM0: &str = "qubes-unikernel-bundle";
 /// The template-side package.
 pub const VM: &str = "qubes-unikernel-bundle-vm";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Where the package checks leave the first of their two builds (the flow tests install it).
+pub const CHECK_DIR: &str = "target/rpm-check/a";
 
 /// Image (workspace package) → kernel directory under /var/lib/qubes/vm-kernels.
 pub const KERNELS: &[(&str, &str)] = &[
@@ -408,7 +410,7 @@ pub fn check(root: &Path) -> Result<()> {
         passed: 0,
         failed: 0,
     };
-    let a = root.join("target/rpm-check/a");
+    let a = root.join(CHECK_DIR);
     let b = root.join("target/rpm-check/b");
     for d in [&a, &b] {
         if d.exists() {
