@@ -1,13 +1,14 @@
 //! Hosted event channels: each handle owns a Unix datagram socket; each port is an entry
 //! `<run>/evtchn/d<dom>/<port>` that binding cross-links with its peer's; notify = one datagram.
+//!
+//! Pseudo-ports ([`FIRST_PSEUDO_PORT`] and up, never handed out as event channels) stand for
+//! raw fds (a TAP device, the xenstore socket): `wait` reports one while its fd is readable.
 #![deny(unsafe_code)]
 
-mod poll;
-
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use platform_api::{
     DomId, Duration, Events, EvtchnPort, Notify, PlatformError, Port, PortSet, MAX_PORTS,
 };
+
+use crate::sys::{self, PollFd};
+
+/// The first pseudo-port; event channels are allocated below it, pseudo-ports from it up to
+/// `MAX_PORTS - 1` (96 of them per handle).
+pub const FIRST_PSEUDO_PORT: u32 = 4000;
 
 /// Environment variable holding the simulated domain's id.
 pub const ENV_DOMID: &str = "QUBES_HOSTED_DOMID";
@@ -166,6 +173,9 @@ struct Inner {
     sock_path: PathBuf,
     /// Our open ports and the domain each belongs to.
     ports: Mutex<HashMap<u32, DomId>>,
+    /// Pseudo-ports and our duplicate of the fd each stands for (shared so that `wait` can
+    /// poll it without holding the lock while an owner unregisters).
+    fds: Mutex<BTreeMap<u32, Arc<OwnedFd>>>,
 }
 
 impl Inner {
@@ -177,6 +187,10 @@ impl Inner {
         port_dir(&self.run_dir, self.me)
     }
 
+    fn fds(&self) -> MutexGuard<'_, BTreeMap<u32, Arc<OwnedFd>>> {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Registers `entry` under the lowest free port (atomic: write a private file, then
     /// `link` it to the port name, which fails if the port is taken).
     fn alloc_port(&self, entry: &Entry) -> Result<EvtchnPort, PlatformError> {
@@ -186,7 +200,7 @@ impl Inner {
         let mut res = Err(PlatformError::Full {
             what: "event channel ports",
         });
-        for p in 1..MAX_PORTS {
+        for p in 1..FIRST_PSEUDO_PORT {
             match fs::hard_link(&tmp, dir.join(p.to_string())) {
                 Ok(()) => {
                     res = EvtchnPort::new(p).map_err(|_| PlatformError::Full {
@@ -239,6 +253,7 @@ impl HostedEvents {
             send,
             sock_path,
             ports: Mutex::default(),
+            fds: Mutex::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -254,6 +269,72 @@ impl HostedEvents {
     /// Our domain id.
     pub fn domid(&self) -> DomId {
         self.inner.me
+    }
+
+    /// Registers `fd` as a pseudo-port: [`Events::wait`] wakes and reports the port while the
+    /// fd is readable (or hung up). Level-triggered: the owner drains the fd after a wakeup.
+    /// The handle keeps a duplicate of the fd until the returned [`FdPort`] is dropped.
+    pub fn register_fd(&self, fd: BorrowedFd<'_>) -> Result<FdPort, PlatformError> {
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| os("duplicate fd for a pseudo-port", &e))?;
+        let mut fds = self.inner.fds();
+        let free = (FIRST_PSEUDO_PORT..MAX_PORTS).find(|p| !fds.contains_key(p));
+        let port = free
+            .and_then(|p| EvtchnPort::new(p).ok())
+            .ok_or(PlatformError::Full {
+                what: "fd pseudo-ports",
+            })?;
+        fds.insert(port.get(), Arc::new(dup));
+        Ok(FdPort {
+            inner: self.inner.clone(),
+            port,
+        })
+    }
+
+    /// Adds to `set` every pseudo-port whose fd is ready within `timeout` (`ZERO`: now).
+    fn ready_fds(&self, set: &mut PortSet, timeout: Option<Duration>) -> Result<(), PlatformError> {
+        let fds: Vec<(u32, Arc<OwnedFd>)> = self
+            .inner
+            .fds()
+            .iter()
+            .map(|(p, fd)| (*p, fd.clone()))
+            .collect();
+        if fds.is_empty() {
+            return Ok(());
+        }
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|(_, fd)| PollFd {
+                fd: fd.as_fd(),
+                ready: false,
+            })
+            .collect();
+        if sys::poll(&mut polled, timeout).map_err(|e| os("poll pseudo-ports", &e))? > 0 {
+            for ((p, _), r) in fds.iter().zip(&polled) {
+                if let (true, Ok(port)) = (r.ready, EvtchnPort::new(*p)) {
+                    set.insert(port);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains every queued notification datagram into `set`; true if there was any.
+    fn drain(&self, set: &mut PortSet) -> Result<bool, PlatformError> {
+        let mut buf = [0u8; 64];
+        let mut got = false;
+        loop {
+            match self.inner.recv.recv(&mut buf) {
+                Ok(n) => {
+                    got = true;
+                    self.accept(buf.get(..n).unwrap_or(&[]), set);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+                Err(e) => return Err(os("receive event", &e)),
+            }
+        }
     }
 
     /// Adds the port a datagram names to `set` if it is ours and came from its peer domain.
@@ -361,35 +442,28 @@ impl Events for HostedEvents {
         result
     }
 
-    /// Blocks on the socket, then drains every queued datagram. A datagram for a port we
+    /// Drains queued notifications and looks at the pseudo-ports' fds; if nothing is there,
+    /// sleeps in poll(2) on the socket and every fd, then looks again. A datagram for a port we
     /// closed meanwhile (or from the wrong domain) is dropped, so the set may come back empty
     /// before `timeout`; callers loop anyway.
     fn wait(&mut self, timeout: Option<Duration>) -> Result<PortSet, PlatformError> {
         let mut set = PortSet::new();
-        let mut buf = [0u8; 64];
-        // The socket is non-blocking: drain what is queued; sleep in poll(2) only if nothing
-        // was, then drain again. One wakeup reports every pending port.
-        for round in 0..2 {
-            let mut got = false;
-            loop {
-                match self.inner.recv.recv(&mut buf) {
-                    Ok(n) => {
-                        got = true;
-                        self.accept(buf.get(..n).unwrap_or(&[]), &mut set);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(os("receive event", &e)),
-                }
-            }
-            if got || round == 1 || timeout == Some(Duration::ZERO) {
-                break;
-            }
-            let ready = poll::readable(self.inner.recv.as_fd(), timeout)
-                .map_err(|e| os("poll event socket", &e))?;
-            if !ready {
-                break;
-            }
+        let got = self.drain(&mut set)?;
+        self.ready_fds(&mut set, Some(Duration::ZERO))?;
+        if got || !set.is_empty() || timeout == Some(Duration::ZERO) {
+            return Ok(set);
+        }
+        // Sleep on everything at once; the fds' own readiness is re-read right after.
+        let fds: Vec<Arc<OwnedFd>> = self.inner.fds().values().cloned().collect();
+        let mut polled: Vec<PollFd<'_>> = core::iter::once(self.inner.recv.as_fd())
+            .chain(fds.iter().map(|f| f.as_fd()))
+            .map(|fd| PollFd { fd, ready: false })
+            .collect();
+        let n = sys::poll(&mut polled, timeout).map_err(|e| os("poll event socket", &e))?;
+        drop(polled);
+        if n > 0 {
+            self.drain(&mut set)?;
+            self.ready_fds(&mut set, Some(Duration::ZERO))?;
         }
         Ok(set)
     }
@@ -444,6 +518,26 @@ impl Drop for HostedPort {
     fn drop(&mut self) {
         self.inner.ports().remove(&self.port.get());
         let _ = fs::remove_file(self.inner.dir().join(self.port.get().to_string()));
+    }
+}
+
+/// A registered fd's pseudo-port; dropping it unregisters the fd (and closes our duplicate).
+#[derive(Debug)]
+pub struct FdPort {
+    inner: Arc<Inner>,
+    port: EvtchnPort,
+}
+
+impl FdPort {
+    /// The pseudo-port number [`Events::wait`] reports.
+    pub fn port(&self) -> EvtchnPort {
+        self.port
+    }
+}
+
+impl Drop for FdPort {
+    fn drop(&mut self) {
+        self.inner.fds().remove(&self.port.get());
     }
 }
 

@@ -17,9 +17,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use platform_api::{DomId, PlatformError, StoreError};
+use platform_api::{DomId, EvtchnPort, PlatformError, StoreError};
 use xen_store::blocking::{BlockingStore, Transport};
 use xen_store::server::{ConnId, Limits, Server};
+
+use crate::events::{FdPort, HostedEvents};
 
 pub use xen_store::blocking::with_transaction;
 pub use xen_store::client::WatchEvent;
@@ -55,12 +57,26 @@ fn os(what: &'static str, e: &io::Error) -> PlatformError {
 #[derive(Debug)]
 pub struct UnixTransport {
     stream: UnixStream,
+    /// The socket as a pseudo-port of the domain's events, so watches wake `Events::wait`.
+    pseudo: Option<FdPort>,
 }
 
 impl UnixTransport {
-    /// Wraps a connected stream.
+    /// Wraps a connected stream (no pseudo-port: [`Transport::port`] is `None`).
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            pseudo: None,
+        }
+    }
+
+    /// Wraps a connected stream and registers it as a pseudo-port of `events`.
+    pub fn with_events(stream: UnixStream, events: &HostedEvents) -> Result<Self, PlatformError> {
+        let pseudo = events.register_fd(stream.as_fd())?;
+        Ok(Self {
+            stream,
+            pseudo: Some(pseudo),
+        })
     }
 }
 
@@ -115,6 +131,10 @@ impl Transport for UnixTransport {
         }
         r
     }
+
+    fn port(&self) -> Option<EvtchnPort> {
+        self.pseudo.as_ref().map(FdPort::port)
+    }
 }
 
 /// The hosted store client: `platform_api::Store` plus watches
@@ -124,12 +144,32 @@ pub type HostedStore = BlockingStore<UnixTransport>;
 /// Connects to the daemon as `domid`, asking for the socket on demand (a `.want` file) and
 /// waiting up to [`CONNECT_WAIT`] for it.
 pub fn connect(run_dir: &Path, domid: DomId) -> Result<HostedStore, PlatformError> {
+    Ok(BlockingStore::new(UnixTransport::new(connect_stream(
+        run_dir, domid,
+    )?)))
+}
+
+/// [`connect`] for the domain of `events`, with the socket registered as a pseudo-port of it,
+/// so `Watches::port` is `Some` and fired watches wake `events.wait`. The run loop must still
+/// drain `poll_watch` after every wakeup: a watch event read while awaiting a reply is queued
+/// in the client, not in the socket.
+pub fn connect_with_events(
+    run_dir: &Path,
+    events: &HostedEvents,
+) -> Result<HostedStore, PlatformError> {
+    let stream = connect_stream(run_dir, events.domid())?;
+    Ok(BlockingStore::new(UnixTransport::with_events(
+        stream, events,
+    )?))
+}
+
+fn connect_stream(run_dir: &Path, domid: DomId) -> Result<UnixStream, PlatformError> {
     let sock = socket_path(run_dir, domid);
     let deadline = Instant::now() + CONNECT_WAIT;
     let mut asked = false;
     loop {
         match UnixStream::connect(&sock) {
-            Ok(s) => return Ok(BlockingStore::new(UnixTransport::new(s))),
+            Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(os("connect to xenstored", &e)),
             Err(_) => {
                 if !asked {
