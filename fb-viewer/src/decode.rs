@@ -507,6 +507,9 @@ pub struct Decoder {
     limits: Limits,
     max_w: u32,
     max_h: u32,
+    /// When set, the box is chosen from IHDR: the whole image if it has at most this many
+    /// pixels, else the same aspect within that many (see [`crate::view::canvas_box`]).
+    canvas_pixels: Option<u64>,
     stage: Stage,
     /// Signature, chunk header or CRC bytes gathered so far.
     head: [u8; 8],
@@ -531,6 +534,7 @@ impl Decoder {
             limits,
             max_w,
             max_h,
+            canvas_pixels: None,
             stage: Stage::Signature,
             head: [0; 8],
             head_len: 0,
@@ -546,6 +550,14 @@ impl Decoder {
             image: None,
             idat_ended: false,
         }
+    }
+
+    /// A decoder whose canvas holds at most `pixels` pixels: the image at full size when it
+    /// fits, else downscaled keeping its aspect.
+    pub fn with_canvas_pixels(limits: Limits, pixels: u64) -> Self {
+        let mut d = Self::new(limits, u32::MAX, u32::MAX);
+        d.canvas_pixels = Some(pixels);
+        d
     }
 
     /// The validated IHDR, once it has been read.
@@ -652,14 +664,11 @@ impl Decoder {
                     (ColorType::Indexed, None) => return Err(PngError::MissingPalette),
                     (_, p) => p.unwrap_or([[0, 0, 0, 255]; 256]),
                 };
-                self.image = Some(start(
-                    header,
-                    &self.limits,
-                    self.max_w,
-                    self.max_h,
-                    pal,
-                    self.key,
-                )?);
+                let (max_w, max_h) = match self.canvas_pixels {
+                    Some(p) => crate::view::canvas_box(header.width, header.height, p),
+                    None => (self.max_w, self.max_h),
+                };
+                self.image = Some(start(header, &self.limits, max_w, max_h, pal, self.key)?);
             }
             b"IHDR" | b"PLTE" | b"tRNS" | b"IDAT" | b"IEND" => {}
             _ if kind[0] & 0x20 == 0 => return Err(PngError::UnknownCritical { kind }),

@@ -5,9 +5,11 @@
 
 extern crate alloc;
 
+pub mod app;
 mod chunk;
 mod decode;
 mod error;
+mod font;
 mod header;
 pub mod openinvm;
 pub mod view;

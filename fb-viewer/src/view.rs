@@ -164,7 +164,10 @@ impl View {
                 pan.clamp(0, z - win)
             }
         };
-        self.pan = (axis(self.pan.0, zw, self.win.0), axis(self.pan.1, zh, self.win.1));
+        self.pan = (
+            axis(self.pan.0, zw, self.win.0),
+            axis(self.pan.1, zh, self.win.1),
+        );
     }
 
     fn set_scale(&mut self, scale: u64) {
