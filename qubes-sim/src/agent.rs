@@ -400,9 +400,14 @@ fn serve_call(
 /// its templates') whose `qubes-rpc` has `service+arg`, or else `service` with the argument
 /// as `$1`; `Err(127)` when none has it.
 pub fn service_command(dirs: &[PathBuf], call: &ServiceCall) -> Result<Command, i32> {
+    let rpc: Vec<PathBuf> = dirs.iter().map(|d| d.join("qubes-rpc")).collect();
+    service_command_in(&rpc, call)
+}
+
+/// [`service_command`] over `qubes-rpc` directories themselves (dom0's are configured).
+pub fn service_command_in(rpc_dirs: &[PathBuf], call: &ServiceCall) -> Result<Command, i32> {
     let arg = call.argument();
-    let found = dirs.iter().find_map(|dir| {
-        let rpc = dir.join("qubes-rpc");
+    let found = rpc_dirs.iter().find_map(|rpc| {
         let specific = rpc.join(format!("{}+{arg}", call.service));
         let general = rpc.join(&call.service);
         if !arg.is_empty() && specific.is_file() {

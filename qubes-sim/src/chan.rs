@@ -78,11 +78,18 @@ type Cli = vchan::Client<GrantMem, HostedPort>;
 
 /// Either end of a vchan; closed on drop.
 #[derive(Debug)]
-pub enum Vchan {
+enum End {
     /// We advertised it; the xenstore directory is removed once the client is there.
     Server(Srv, Option<XsDir>),
     /// We mapped a peer's.
     Client(Cli),
+}
+
+/// One vchan end, with its capture tap when the sim records traffic.
+#[derive(Debug)]
+pub struct Vchan {
+    end: End,
+    tap: Option<crate::capture::Tap>,
 }
 
 /// How long a connect retries while the server has not advertised its vchan.
@@ -112,7 +119,10 @@ impl Vchan {
             write_min,
         )
         .with_context(|| format!("vchan server for domain {peer} port {port}"))?;
-        Ok(Vchan::Server(s, Some(dir)))
+        Ok(Vchan {
+            end: End::Server(s, Some(dir)),
+            tap: crate::capture::Tap::for_vchan(h.me, peer, port),
+        })
     }
 
     /// A client of `server`'s vchan on `port`, retrying while it is not advertised yet, until
@@ -138,7 +148,12 @@ impl Vchan {
             let r = client_init(&mut h.grants, &mut h.events, &mut h.store, server, port);
             drop(locks);
             match r {
-                Ok(c) => return Ok(Vchan::Client(c)),
+                Ok(c) => {
+                    return Ok(Vchan {
+                        end: End::Client(c),
+                        tap: crate::capture::Tap::for_vchan(h.me, server, port),
+                    })
+                }
                 Err(SetupError::Store(StoreError::Xs(XsErrno::Enoent))) => {}
                 Err(e) => bail!("vchan client of domain {server} port {port}: {e}"),
             }
@@ -154,40 +169,48 @@ impl Vchan {
 
     /// See `vchan::Server::read`.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, vchan::Error> {
-        match self {
-            Vchan::Server(s, _) => s.read(buf),
-            Vchan::Client(c) => c.read(buf),
+        let n = match &mut self.end {
+            End::Server(s, _) => s.read(buf),
+            End::Client(c) => c.read(buf),
+        }?;
+        if let Some(t) = &self.tap {
+            t.record(crate::capture::Dir::ToDom0, buf.get(..n).unwrap_or(&[]));
         }
+        Ok(n)
     }
 
     /// See `vchan::Server::write`.
     pub fn write(&mut self, data: &[u8]) -> Result<usize, vchan::Error> {
-        match self {
-            Vchan::Server(s, _) => s.write(data),
-            Vchan::Client(c) => c.write(data),
+        let n = match &mut self.end {
+            End::Server(s, _) => s.write(data),
+            End::Client(c) => c.write(data),
+        }?;
+        if let Some(t) = &self.tap {
+            t.record(crate::capture::Dir::FromDom0, data.get(..n).unwrap_or(&[]));
         }
+        Ok(n)
     }
 
     /// See `vchan::Server::prepare_wait`.
     pub fn prepare_wait(&mut self, interest: Interest) -> Result<bool, vchan::Error> {
-        match self {
-            Vchan::Server(s, _) => s.prepare_wait(interest),
-            Vchan::Client(c) => c.prepare_wait(interest),
+        match &mut self.end {
+            End::Server(s, _) => s.prepare_wait(interest),
+            End::Client(c) => c.prepare_wait(interest),
         }
     }
 
     /// The peer's state.
     pub fn peer_state(&mut self) -> Result<PeerState, vchan::Error> {
-        match self {
-            Vchan::Server(s, _) => s.peer_state(),
-            Vchan::Client(c) => c.peer_state(),
+        match &mut self.end {
+            End::Server(s, _) => s.peer_state(),
+            End::Client(c) => c.peer_state(),
         }
     }
 
     /// Removes a server's xenstore directory once its client has attached, so that a later
     /// client of the same port cannot find this one.
     pub fn tidy(&mut self, h: &mut Hosted) {
-        if let Vchan::Server(s, dir) = self {
+        if let End::Server(s, dir) = &mut self.end {
             if dir.is_some() && !matches!(s.peer_state(), Ok(PeerState::Waiting)) {
                 if let Some(d) = dir.take() {
                     remove_dir(&mut h.store, &d);
@@ -198,7 +221,7 @@ impl Vchan {
 
     /// Closes and removes a server's directory if still there.
     pub fn shutdown(mut self, h: &mut Hosted) {
-        if let Vchan::Server(_, dir) = &mut self {
+        if let End::Server(_, dir) = &mut self.end {
             if let Some(d) = dir.take() {
                 remove_dir(&mut h.store, &d);
             }
@@ -254,9 +277,9 @@ fn remove_dir(store: &mut HostedStore, dir: &XsDir) {
 
 impl Drop for Vchan {
     fn drop(&mut self) {
-        let _ = match self {
-            Vchan::Server(s, _) => s.close(),
-            Vchan::Client(c) => c.close(),
+        let _ = match &mut self.end {
+            End::Server(s, _) => s.close(),
+            End::Client(c) => c.close(),
         };
     }
 }

@@ -80,6 +80,10 @@ pub struct Sim {
     pub(crate) admin_busy: AtomicUsize,
     /// Networked qubes get network namespaces (`QUBES_SIM_NETNS=1`, as root).
     pub(crate) netns: bool,
+    /// The vif entries written for running links with a unikernel end, by client name.
+    vifs: Mutex<BTreeMap<String, crate::devices::Vif>>,
+    /// Frames between qubes and dom0, when `QUBES_SIM_CAPTURE` names a file.
+    pub(crate) capture: Option<Arc<crate::capture::Capture>>,
 }
 
 impl Sim {
@@ -102,6 +106,7 @@ impl Sim {
             std::os::unix::fs::symlink(&exe, run.join("bin").join(tool))?;
         }
         let xs = Xenstored::spawn(&run, &[DomId::DOM0]).context("start xenstored")?;
+        let capture = crate::capture::from_env()?;
         let netns = crate::netns::wanted();
         if netns {
             crate::netns::delete_all(state);
@@ -116,6 +121,8 @@ impl Sim {
             stop: AtomicBool::new(false),
             admin_busy: AtomicUsize::new(0),
             netns,
+            vifs: Mutex::new(BTreeMap::new()),
+            capture,
         }))
     }
 
@@ -213,6 +220,7 @@ impl Sim {
                 eprintln!("qubes-sim: firewall of '{name}': {e:#}");
             }
             self.plumb(&reg);
+            self.sync_vifs();
             vms = self.vms();
         }
         let deadline = Instant::now() + timeout;
@@ -256,6 +264,9 @@ impl Sim {
             xs.add_domain(domid)?;
             xs.with_server(|s| s.introduce_domain(domid));
         }
+        if let Some(c) = &self.capture {
+            c.tap_xenstore(&self.run, domid)?;
+        }
         self.with_store(|s| -> Result<(), platform_api::StoreError> {
             let home = format!("/local/domain/{domid}");
             s.write(Tx::NONE, &format!("{home}/name"), name.as_bytes())?;
@@ -272,6 +283,14 @@ impl Sim {
             Ok(())
         })
         .ok_or_else(|| anyhow!("cannot reach xenstored"))??;
+        let d = reg.get(name)?;
+        let unikernel = crate::devices::is_unikernel(d);
+        if unikernel {
+            if let Some((image, size)) = crate::devices::ensure_private_image(&self.state, d)? {
+                self.with_store(|s| crate::devices::write_vbd(s, domid, &image, size))
+                    .ok_or_else(|| anyhow!("cannot reach xenstored"))??;
+            }
+        }
         let vm_dir = self.state.join("vms").join(name);
         std::fs::create_dir_all(vm_dir.join("qubes-rpc"))?;
         std::fs::write(alive_marker(&self.run, domid), name)?;
@@ -297,16 +316,27 @@ impl Sim {
             None => Command::new(&program),
         };
         cmd.args(args);
+        // A unikernel's console goes to its log, as xenconsoled writes guest-NAME.log.
+        let (out, err) = if unikernel {
+            let log = console_log(&self.state, name)?;
+            (Stdio::from(log.try_clone()?), Stdio::from(log))
+        } else {
+            (console()?, Stdio::inherit())
+        };
         let child = cmd
             .env(platform_hosted::events::ENV_DIR, &self.run)
             .env(platform_hosted::events::ENV_DOMID, domid.get().to_string())
+            .env(ENV_HOSTED_NAME, name)
+            .env(ENV_HOSTED_CMDLINE, &d.prefs.kernelopts)
+            .env_remove(crate::capture::ENV_CAPTURE)
             .env(ENV_VM_DIR, &vm_dir)
             .env(ENV_VM_NAME, name)
             .env(ENV_TEMPLATE_DIRS, std::env::join_paths(templates)?)
             .env("PATH", path)
             .env_remove(crate::cli::ENV_STATE)
             .stdin(Stdio::null())
-            .stdout(console()?)
+            .stdout(out)
+            .stderr(err)
             .process_group(0)
             .spawn()
             .context("spawn the qube's process");
@@ -361,6 +391,44 @@ impl Sim {
         })
     }
 
+    /// Makes the vif entries in xenstore match the running links that have a unikernel end:
+    /// written when both ends run, removed when either goes or the netvm changes.
+    pub(crate) fn sync_vifs(&self) {
+        let Ok(reg) = Registry::load(&self.state) else {
+            return;
+        };
+        let running: BTreeMap<String, (DomId, Option<String>)> = self
+            .vms()
+            .iter()
+            .filter(|(_, v)| v.power != Power::Crashed)
+            .map(|(n, v)| (n.clone(), (v.domid, v.helpers.netns.clone())))
+            .collect();
+        let want = crate::devices::wanted_vifs(&reg, &running);
+        let mut have = self.vifs.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<String> = have
+            .iter()
+            .filter(|(n, v)| want.get(*n) != Some(*v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stale {
+            if let Some(v) = have.remove(&n) {
+                let _ = self.with_store(|s| crate::devices::remove_vif(s, &v));
+            }
+        }
+        for (n, v) in want {
+            if have.contains_key(&n) {
+                continue;
+            }
+            match self.with_store(|s| crate::devices::write_vif(s, &v)) {
+                Some(Ok(())) => {
+                    have.insert(n, v);
+                }
+                Some(Err(e)) => eprintln!("qubes-sim: vif of '{n}': {e:#}"),
+                None => eprintln!("qubes-sim: vif of '{n}': cannot reach xenstored"),
+            }
+        }
+    }
+
     /// The qube's qrexec daemon gave up on its agent (protocol violation, no HELLO): the
     /// qube is killed; the supervisor then reports it and releases the domain.
     pub fn agent_failed(&self, name: &str) {
@@ -376,6 +444,7 @@ impl Sim {
         let domid = vm.domid;
         reap(vm);
         self.released(domid);
+        self.sync_vifs();
         self.changed.notify_all();
         true
     }
@@ -443,8 +512,14 @@ impl Sim {
                 if vm.halting {
                     eprintln!("qubes-sim: qube '{name}' (domid {}) halted", vm.domid);
                 } else {
+                    let tail = console_tail(&self.state, name);
+                    let tail = if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; console: {tail}")
+                    };
                     eprintln!(
-                        "qubes-sim: qube '{name}' (domid {}) crashed: {st}",
+                        "qubes-sim: qube '{name}' (domid {}) crashed: {st}{tail}",
                         vm.domid
                     );
                 }
@@ -462,6 +537,7 @@ impl Sim {
         // start_vm that reuses the domid) or waits for a halted qube's entry to go
         // (qvm-shutdown) finds the domain's traces gone, and a late release cannot remove a
         // restarted instance's fresh xenstore home, ports and grants.
+        let crashed_now = !dead.is_empty();
         for d in dead {
             self.released(d);
         }
@@ -475,8 +551,12 @@ impl Sim {
         };
         drop(vms);
         // Joined without the lock; a halted qube leaves no entry (Halted).
+        let gone = !halted.is_empty() || crashed_now;
         for vm in halted {
             reap(vm);
+        }
+        if gone {
+            self.sync_vifs();
         }
         self.changed.notify_all();
     }
@@ -541,6 +621,9 @@ impl Sim {
             self.kill_vm(&n);
         }
         drop(self.xs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(c) = &self.capture {
+            c.stop();
+        }
         if self.netns {
             crate::netns::delete_all(&self.state);
         }
@@ -564,6 +647,37 @@ impl Sim {
             Err(_) => bail!("qube '{vm}': its qrexec daemon did not answer"),
         }
     }
+}
+
+/// The name a hosted unikernel finds itself under (contract §2).
+pub const ENV_HOSTED_NAME: &str = "QUBES_HOSTED_NAME";
+/// Its command line, the `kernelopts` property.
+pub const ENV_HOSTED_CMDLINE: &str = "QUBES_HOSTED_CMDLINE";
+
+/// `<state>/vms/<name>/console.log`: a hosted unikernel's stdout and stderr.
+pub fn console_log_path(state: &Path, name: &str) -> PathBuf {
+    state.join("vms").join(name).join("console.log")
+}
+
+/// Opens a fresh console log for a starting qube.
+fn console_log(state: &Path, name: &str) -> Result<std::fs::File> {
+    let p = console_log_path(state, name);
+    std::fs::File::create(&p).with_context(|| format!("cannot create {}", p.display()))
+}
+
+/// The last lines of a unikernel's console, for a crash report.
+fn console_tail(state: &Path, name: &str) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(console_log_path(state, name)) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(2048)));
+    let mut buf = Vec::new();
+    let _ = f.take(2048).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 /// A qube's console: our stderr (our stdout is the `ready` line for whoever started us).

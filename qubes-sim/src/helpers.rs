@@ -192,6 +192,14 @@ impl Sim {
             .collect();
         for (name, (cns, linked)) in &running {
             let Ok(c) = reg.get(name) else { continue };
+            // A unikernel end makes its own TAP device (contract §3): the sim neither links
+            // nor unlinks that client's `eth0`.
+            let netvm_unikernel = reg
+                .get(&c.prefs.netvm)
+                .is_ok_and(crate::devices::is_unikernel);
+            if crate::devices::is_unikernel(c) || netvm_unikernel {
+                continue;
+            }
             let want = Some(c.prefs.netvm.as_str())
                 .filter(|n| !n.is_empty() && !c.ip.is_empty())
                 .and_then(|n| Some((n, running.get(n)?, reg.get(n).ok()?)));
@@ -254,6 +262,7 @@ impl Sim {
             }
         }
         self.plumb(&reg);
+        self.sync_vifs();
         Ok(())
     }
 }

@@ -14,10 +14,12 @@
 
 pub mod admin;
 pub mod agent;
+pub mod capture;
 pub mod chan;
 pub mod cli;
 pub mod client_vm;
 pub mod daemon;
+pub mod devices;
 pub mod dom0call;
 pub mod firewall;
 pub mod gui;

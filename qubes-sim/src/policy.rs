@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qubes::policy::{
     CallTarget, Limits, Policy, PolicyError, PolicySource, Qube, QubeType, SourceError, System,
@@ -47,10 +47,55 @@ impl PolicySource for FsSource {
     }
 }
 
-/// Loads `<state>/policy.d`.
+/// Extra policy directories, `:`-separated (empty: none); unset means the project's
+/// `qubes-rpc/policy.d` when it exists.
+pub const ENV_POLICY_DIRS: &str = "QUBES_SIM_POLICY_DIRS";
+/// dom0's service directories, `:`-separated; unset means the project's
+/// `qubes-rpc/dom0-services` when it exists. `<state>/dom0/qubes-rpc` is searched last.
+pub const ENV_DOM0_RPC: &str = "QUBES_SIM_DOM0_RPC";
+
+/// The project's `qubes-rpc/` directory (policy files and per-app service files).
+pub fn project_rpc_dir() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).join("qubes-rpc")
+}
+
+fn dirs_from_env(var: &str, default: PathBuf) -> Vec<PathBuf> {
+    match std::env::var_os(var) {
+        Some(v) => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        None => Some(default).filter(|d| d.is_dir()).into_iter().collect(),
+    }
+}
+
+/// The policy directories: `<state>/policy.d` first (its files shadow same-named ones), then
+/// [`ENV_POLICY_DIRS`] or the project's `qubes-rpc/policy.d`. Files of all of them are
+/// evaluated in file-name order, as in `/etc/qubes/policy.d`.
+pub fn policy_dirs(state: &Path) -> Vec<PathBuf> {
+    let mut v = vec![state.join(POLICY_DIR)];
+    v.extend(dirs_from_env(
+        ENV_POLICY_DIRS,
+        project_rpc_dir().join(POLICY_DIR),
+    ));
+    v
+}
+
+/// dom0's `qubes-rpc` directories, first found wins.
+pub fn dom0_rpc_dirs(state: &Path) -> Vec<PathBuf> {
+    let mut v = dirs_from_env(ENV_DOM0_RPC, project_rpc_dir().join("dom0-services"));
+    v.push(state.join("dom0").join("qubes-rpc"));
+    v
+}
+
+/// Loads the policy from [`policy_dirs`].
 pub fn load(state: &Path) -> Result<Policy, PolicyError> {
-    let dir = state.join(POLICY_DIR);
-    Policy::load(&FsSource, &[&dir.to_string_lossy()], Limits::DEFAULT)
+    let dirs: Vec<String> = policy_dirs(state)
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    let refs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    Policy::load(&FsSource, &refs, Limits::DEFAULT)
 }
 
 fn kind(c: Class) -> QubeType {

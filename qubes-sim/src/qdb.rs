@@ -197,9 +197,10 @@ pub fn entries(reg: &Registry, name: &str, now: u64) -> Result<BTreeMap<String, 
     Ok(e)
 }
 
-/// A qube's MAC, from its qid as Qubes numbers them.
-pub fn mac(qid: u32) -> String {
-    format!("00:16:3e:5e:6c:{:02x}", qid & 0xff)
+/// A qube's MAC: Qubes 4's default for every qube (`qubesvm.py`, property `mac`), since each
+/// link is its own point-to-point network.
+pub fn mac(_qid: u32) -> String {
+    "00:16:3e:5e:6c:00".to_string()
 }
 
 /// The keys of one client's firewall after a reload: policy, rules, commit marker.
@@ -514,7 +515,7 @@ mod tests {
         assert_eq!(w["/qubes-gateway"], "10.137.0.1");
         assert_eq!(w["/qubes-primary-dns"], "10.139.1.1");
         assert_eq!(w["/qubes-secondary-dns"], "10.139.1.2");
-        assert_eq!(w["/qubes-mac"], "00:16:3e:5e:6c:02");
+        assert_eq!(w["/qubes-mac"], "00:16:3e:5e:6c:00");
         assert!(!w.keys().any(|k| k.starts_with("/qubes-netvm")));
         let n = entries(&r, "net", 0).unwrap();
         assert_eq!(n["/qubes-netvm-gateway"], "10.137.0.1");

@@ -15,7 +15,7 @@ use qubes::qrexec::data::{Handshake, Limits as DataLimits, Role};
 use qubes::qrexec::{Daemon, DataChannel, RequestId, CONTROL_PORT, DAEMON_VERSION};
 use vchan::Interest;
 
-use crate::agent::{run_service, service_command};
+use crate::agent::{run_service, service_command_in};
 use crate::chan::{Hosted, TxQueue, Vchan, CONNECT_TIMEOUT, CONTROL_QUEUE, TICK};
 use crate::daemon::Sim;
 use crate::registry::Registry;
@@ -251,7 +251,8 @@ enum Routed {
     Dom0(String),
 }
 
-/// Runs a dom0 service (`<state>/dom0/qubes-rpc/`) for the caller: its daemon allocates the
+/// Runs a dom0 service (from [`crate::policy::dom0_rpc_dirs`], as Qubes runs
+/// `/etc/qubes-rpc/<service>` in dom0) for the caller: its daemon allocates the
 /// port and sends SERVICE_CONNECT with dom0 as the peer; dom0 is the data-vchan client and
 /// reads the caller's HELLO first, as the C daemon does.
 fn dom0_service(sim: &Arc<Sim>, call: &Call, user: String) -> Result<()> {
@@ -276,7 +277,7 @@ fn dom0_service(sim: &Arc<Sim>, call: &Call, user: String) -> Result<()> {
         argument: Some(call.argument.clone()),
         source: call.source.clone(),
     };
-    let dir = [sim.state.join("dom0")];
+    let dirs = crate::policy::dom0_rpc_dirs(&sim.state);
     let run = || -> Result<()> {
         let mut h = Hosted::new(&sim.run, DomId::DOM0)?;
         let stop = || sim.stopping();
@@ -287,7 +288,7 @@ fn dom0_service(sim: &Arc<Sim>, call: &Call, user: String) -> Result<()> {
             DAEMON_VERSION,
             DataLimits::DEFAULT,
         );
-        let cmd = service_command(&dir, &sc);
+        let cmd = service_command_in(&dirs, &sc);
         run_service(h, v, call.source_id, chan, false, cmd, &sim.state)
     };
     if let Err(e) = run() {

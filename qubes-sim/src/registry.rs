@@ -197,6 +197,10 @@ pub struct Domain {
 }
 
 const GIB: u64 = 1 << 30;
+/// A new qube's private volume (Qubes' default).
+const DEFAULT_PRIVATE: u64 = 2 * GIB;
+/// A hosted unikernel's private volume unless resized (contract §3).
+pub const UNIKERNEL_PRIVATE: u64 = 64 << 20;
 
 fn default_volumes(class: Class) -> BTreeMap<String, Volume> {
     let vol = |size, rw, snap_on_start| Volume {
@@ -210,13 +214,16 @@ fn default_volumes(class: Class) -> BTreeMap<String, Volume> {
         Class::AdminVM => {}
         Class::AppVM | Class::DispVM => {
             v.insert("root".into(), vol(20 * GIB, true, true));
-            v.insert("private".into(), vol(2 * GIB, true, class == Class::DispVM));
+            v.insert(
+                "private".into(),
+                vol(DEFAULT_PRIVATE, true, class == Class::DispVM),
+            );
             v.insert("volatile".into(), vol(10 * GIB, true, true));
             v.insert("kernel".into(), vol(0, false, false));
         }
         Class::TemplateVM | Class::StandaloneVM => {
             v.insert("root".into(), vol(20 * GIB, true, false));
-            v.insert("private".into(), vol(2 * GIB, true, false));
+            v.insert("private".into(), vol(DEFAULT_PRIVATE, true, false));
             v.insert("volatile".into(), vol(10 * GIB, true, true));
             v.insert("kernel".into(), vol(0, false, false));
         }
@@ -552,7 +559,20 @@ impl Registry {
         match prop {
             "label" if LABELS.contains(&value) => d.label = value.into(),
             "label" => return Err(bad()),
-            "kernel" => p.kernel = value.into(),
+            "kernel" => {
+                // A hosted unikernel's private volume starts small (the vaults' 64 MiB) unless
+                // it was resized already; the image file is made at start.
+                if value.starts_with('/') {
+                    if let Some(v) = d
+                        .volumes
+                        .get_mut("private")
+                        .filter(|v| v.size == DEFAULT_PRIVATE)
+                    {
+                        v.size = UNIKERNEL_PRIVATE;
+                    }
+                }
+                p.kernel = value.into()
+            }
             "kernelopts" => p.kernelopts = value.into(),
             "virt_mode" if matches!(value, "pv" | "pvh" | "hvm") => p.virt_mode = value.into(),
             "virt_mode" => return Err(bad()),

@@ -66,7 +66,7 @@ fn a_client_reaches_its_netvm_and_an_offline_qube_reaches_nothing() {
         "qvm-run",
         &["-p", "work", "cat /sys/class/net/eth0/address"],
     );
-    assert_eq!(mac, "00:16:3e:5e:6c:02\n");
+    assert_eq!(mac, "00:16:3e:5e:6c:00\n");
 
     let (_g, rx) = listen(&sim, "sys-net", "7777");
     let out = sim.ok(

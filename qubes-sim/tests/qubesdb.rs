@@ -34,7 +34,7 @@ fn qubes_read_the_entries_dom0_writes() {
     );
     assert_eq!(
         out,
-        "work\nAppVM\n10.137.0.2\n10.137.0.1\n255.255.255.255\n10.139.1.1\n00:16:3e:5e:6c:02\nFalse\n"
+        "work\nAppVM\n10.137.0.2\n10.137.0.1\n255.255.255.255\n10.139.1.1\n00:16:3e:5e:6c:00\nFalse\n"
     );
     let (code, out, _) = sim.run_in("sys-net", "qubesdb-list", &["/qubes-netvm-"]);
     assert_eq!(code, 0);
