@@ -8,11 +8,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use platform_api::{
-    Clock, DomId, Duration, Events, Grants, Notify, PlatformError, Port, SharedMem, Store, Tx,
+    Clock, DomId, Duration, Entropy, Events, Grants, NetDevice, Notify, Platform, PlatformError,
+    Port, SharedMem, Store, StoreError, Tx,
 };
 use platform_xen::abi::ShutdownReason;
-use platform_xen::{println, Mode, Xen, XenGrants};
-use xen_store::blocking::BlockingStore;
+use platform_xen::{println, Mode, Xen, XenGrants, XenPlatform};
+
+use crate::net::{mac_text, parse_ip, Link};
 
 fn text(v: Vec<u8>) -> String {
     String::from_utf8_lossy(&v).into_owned()
@@ -55,17 +57,27 @@ pub fn main(mut xen: Xen) -> ! {
         );
     }
 
-    let Some(ring) = xen.take_store() else {
-        println!("xen-smoke: xenstore FAIL no ring");
-        xen.shutdown(ShutdownReason::Crash)
+    let mut env = match platform_xen::env(&mut xen) {
+        Ok(env) => env,
+        Err(e) => {
+            println!("xen-smoke: env FAIL {e}");
+            xen.shutdown(ShutdownReason::Crash)
+        }
     };
-    let mut store = BlockingStore::new(ring);
-    let name = store.read(Tx::NONE, "name").map(text);
-    let domid = store.read(Tx::NONE, "domid").map(text);
-    match (&name, &domid) {
-        (Ok(n), Ok(d)) => println!("xen-smoke: xenstore-read ok name={n} domid={d}"),
-        _ => println!("xen-smoke: xenstore-read FAIL {name:?} {domid:?}"),
-    }
+    let mut rnd = [0u8; 8];
+    env.entropy.fill(&mut rnd);
+    println!(
+        "xen-smoke: env ok domid={} name={} rdrand={:016x}",
+        env.domid,
+        env.name,
+        u64::from_le_bytes(rnd)
+    );
+    println!(
+        "xen-smoke: xenstore-read ok name={} domid={}",
+        env.name, env.domid
+    );
+    let domid: Result<String, StoreError> = Ok(alloc::format!("{}", env.domid));
+    let store = &mut env.store;
     match store.write(Tx::NONE, "data/smoke", b"hello from xen-smoke") {
         Ok(()) => println!("xen-smoke: xenstore-write ok data/smoke"),
         Err(e) => println!("xen-smoke: xenstore-write FAIL {e}"),
@@ -173,32 +185,37 @@ pub fn main(mut xen: Xen) -> ! {
     // `blk=verify`: a later boot that only reads back what the first one wrote.
     let verify = xen.cmdline().split(' ').any(|w| w == "blk=verify");
     if !verify {
-        crate::vchan_check::server(&xen, &mut store);
-        crate::vchan_check::client(&xen, &mut store);
+        crate::vchan_check::server(&xen, &mut env.store);
+        crate::vchan_check::client(&xen, &mut env.store);
     }
-    crate::blk::check(&xen, &mut store, !verify);
+    crate::blk::check(&mut env, !verify);
 
-    let ip = crate::net::parse_ip(xen.cmdline()).unwrap_or([10, 137, 99, 2]);
-    let mut vif = match xen.grants() {
-        Some(mut g) => {
-            match crate::net::connect(&mut g, xen.events(), xen.clock(), &mut store, ip) {
-                Ok(Some(v)) => {
-                    let m = v.mac();
-                    println!(
-                        "xen-smoke: netfront ok connected to netback, mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} ip={}.{}.{}.{}",
-                        m[0], m[1], m[2], m[3], m[4], m[5], ip[0], ip[1], ip[2], ip[3]
-                    );
-                    Some(v)
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    println!("xen-smoke: netfront FAIL {e}");
-                    None
-                }
+    let ip = parse_ip(xen.cmdline(), "ip").unwrap_or([10, 137, 99, 2]);
+    let back_ip = parse_ip(xen.cmdline(), "backip").unwrap_or([10, 137, 98, 1]);
+    let has_vif = env.store.read(Tx::NONE, "device/vif/0/backend").is_ok();
+    let mut vif = if has_vif {
+        match XenPlatform::netfront(&mut env, 0) {
+            Ok(dev) => {
+                println!(
+                    "xen-smoke: netfront ok connected to netback, mac={} ip={}.{}.{}.{}",
+                    mac_text(dev.mac()),
+                    ip[0],
+                    ip[1],
+                    ip[2],
+                    ip[3]
+                );
+                Some(Link::new(dev, "netfront", ip))
+            }
+            Err(e) => {
+                println!("xen-smoke: netfront FAIL {e}");
+                None
             }
         }
-        None => None,
+    } else {
+        None
     };
+    let mut back: Option<Link<platform_xen::XenNet>> = None;
+    let mut tried_back = false;
 
     let (free, total) = xen.heap_stats();
     println!(
@@ -208,20 +225,25 @@ pub fn main(mut xen: Xen) -> ! {
     );
     println!("xen-smoke: ready, waiting for control/shutdown");
     let reason = loop {
-        // With a vif, answer frames and look at control/shutdown every 200 ms (one polled
-        // event set serves both); without one, sleep on a watch.
-        match vif.as_mut() {
-            Some(v) => {
-                if let Err(e) = v.serve(Duration::from_millis(200)) {
-                    println!("xen-smoke: netfront FAIL {e}");
-                    vif = None;
+        // One wait serves the vif, the netback and the store (all bound in env.events); look
+        // at control/shutdown and for a new client vif at least every 200 ms.
+        let _ = env.events.wait(Some(Duration::from_millis(200)));
+        for (link, what) in [(&mut vif, "netfront"), (&mut back, "netback")] {
+            if let Some(l) = link.as_mut() {
+                if let Err(e) = l.serve() {
+                    println!("xen-smoke: {what} FAIL {e}");
+                    l.summary();
+                    *link = None;
                 }
             }
-            None => {
-                let _ = evs.wait(Some(Duration::from_millis(200)));
+        }
+        if back.is_none() && !tried_back {
+            if let Some(found) = find_client(&mut env, back_ip) {
+                (back, tried_back) = (found, true);
             }
         }
-        let req = store
+        let req = env
+            .store
             .read(Tx::NONE, "control/shutdown")
             .map(text)
             .unwrap_or_default();
@@ -231,17 +253,58 @@ pub fn main(mut xen: Xen) -> ! {
             _ => {}
         }
     };
-    if let Some(v) = &vif {
-        let [arp, ping, udp] = v.answered;
-        let [other, dropped, full] = v.ignored;
-        println!(
-            "xen-smoke: netfront answered arp={arp} ping={ping} udp={udp}; unanswered={other} dropped={dropped} tx-full={full}"
-        );
+    for l in [&vif, &back].into_iter().flatten() {
+        l.summary();
     }
+    if let Some(platform_xen::XenNet::Back(b)) = back.as_ref().map(|l| &l.dev) {
+        println!("xen-smoke: netback drops {:?}", b.drops());
+    }
+    let (free, total) = xen.heap_stats();
+    println!(
+        "xen-smoke: heap in use at the end {} KiB of {} KiB",
+        (total - free) / 1024,
+        total / 1024
+    );
+    let store = &mut env.store;
     // Acknowledge as Linux does: clear the request, then go.
     let _ = store.write(Tx::NONE, "control/shutdown", b"");
     println!("xen-smoke: shutdown ok request={}", reason.0);
     xen.shutdown(reason.1)
+}
+
+/// Serves the first client vif the toolstack put under our `backend/vif` (the lab's Linux
+/// domU whose vif names us as its backend); `None` while there is none, `Some(None)` when
+/// connecting to it failed.
+fn find_client(
+    env: &mut platform_api::Env<XenPlatform>,
+    ip: [u8; 4],
+) -> Option<Option<Link<platform_xen::XenNet>>> {
+    let fe = env.store.directory(Tx::NONE, "backend/vif").ok()?;
+    let fe = fe.first()?;
+    let devs = env
+        .store
+        .directory(Tx::NONE, &alloc::format!("backend/vif/{fe}"))
+        .ok()?;
+    let devid: u32 = devs.first()?.parse().ok()?;
+    let frontend = DomId::parse(fe).ok()?;
+    println!("xen-smoke: netback serving domain {frontend} vif {devid}");
+    match XenPlatform::netback(env, frontend, devid) {
+        Ok(dev) => {
+            println!(
+                "xen-smoke: netback ok connected to domain {frontend}'s netfront, our mac={} ip={}.{}.{}.{}",
+                mac_text(dev.mac()),
+                ip[0],
+                ip[1],
+                ip[2],
+                ip[3]
+            );
+            Some(Some(Link::new(dev, "netback", ip)))
+        }
+        Err(e) => {
+            println!("xen-smoke: netback FAIL domain {frontend} vif {devid}: {e}");
+            Some(None)
+        }
+    }
 }
 
 /// Grants two pages to ourselves and maps them: bytes written on one side appear on the other;

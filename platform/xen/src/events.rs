@@ -133,6 +133,12 @@ impl XenEvents {
         }
     }
 
+    /// A new, empty set over the same shared_info: a blocking driver waits on its own port
+    /// there without taking the pending bits of the loop's ports.
+    pub fn sibling(&self) -> Self {
+        Self::new(self.shared, self.clock)
+    }
+
     /// The clock `wait` measures timeouts with.
     pub fn clock(&self) -> XenClock {
         self.clock

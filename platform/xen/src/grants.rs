@@ -8,7 +8,11 @@ use core::cell::{Cell, RefCell};
 
 use platform_api::{DomId, GrantRef, Grants, Ordering, OutOfBounds, PlatformError, SharedMem};
 
+use xen_rings::netif::{CopyFailed, GuestCopy};
+
+use crate::abi::GnttabCopy;
 use crate::grant_table::{GrantError, GrantTable};
+use crate::hypercall;
 use crate::map_window::MapWindow;
 use crate::mm::{self, HeapPages};
 use crate::shared::{GrantMapping, RawPages};
@@ -46,7 +50,7 @@ impl XenGrants {
         }
     }
 
-    fn frame(&self, addr: usize) -> u64 {
+    pub(crate) fn frame(&self, addr: usize) -> u64 {
         let pfn = addr as u64 >> 12;
         match self.mfn_list {
             Some(list) => mm::pv_pfn_to_mfn(list, pfn),
@@ -242,5 +246,92 @@ impl Grants for XenGrants {
         Ok(GrantMem {
             inner: Inner::Mapped(m),
         })
+    }
+}
+
+/// Copies between one peer's granted pages and ours with `GNTTABOP_copy` (netback's data path:
+/// the frontend's pages are never mapped). Each copy goes through one bounce page of ours.
+#[derive(Debug)]
+pub struct GrantCopier {
+    peer: DomId,
+    bounce: HeapPages,
+    frame: u64,
+}
+
+impl GrantCopier {
+    /// A copier for `peer`'s grants.
+    pub fn new(grants: &XenGrants, peer: DomId) -> Result<Self, PlatformError> {
+        let bounce = HeapPages::alloc(1).ok_or(PlatformError::Full { what: "heap pages" })?;
+        let frame = grants.frame(bounce.addr());
+        Ok(Self {
+            peer,
+            bounce,
+            frame,
+        })
+    }
+
+    fn op(&self, gref: GrantRef, offset: u16, len: usize, to_guest: bool) -> GnttabCopy {
+        let (ours_lo, ours_hi) = (self.frame as u32, (self.frame >> 32) as u32);
+        let len = len as u16;
+        if to_guest {
+            GnttabCopy {
+                src_ref: ours_lo,
+                src_pad: ours_hi,
+                src_dom: crate::abi::DOMID_SELF,
+                src_offset: 0,
+                dst_gmfn: u64::from(gref.0),
+                dst_dom: self.peer.get(),
+                dst_offset: offset,
+                len,
+                flags: hypercall::GNTCOPY_DEST_GREF,
+                ..GnttabCopy::default()
+            }
+        } else {
+            GnttabCopy {
+                src_ref: gref.0,
+                src_dom: self.peer.get(),
+                src_offset: offset,
+                dst_gmfn: self.frame,
+                dst_dom: crate::abi::DOMID_SELF,
+                dst_offset: 0,
+                len,
+                flags: hypercall::GNTCOPY_SOURCE_GREF,
+                ..GnttabCopy::default()
+            }
+        }
+    }
+}
+
+/// The peer's `offset + len` must stay inside its page (the ring machines check this too;
+/// checked again because Xen would refuse it only after a hypercall).
+fn in_page(offset: u16, len: usize) -> Result<(), CopyFailed> {
+    platform_api::check_range(usize::from(offset), len, platform_api::PAGE_SIZE)
+        .map_err(|_| CopyFailed)
+}
+
+impl GuestCopy for GrantCopier {
+    fn copy_from_guest(
+        &mut self,
+        gref: GrantRef,
+        offset: u16,
+        dst: &mut [u8],
+    ) -> Result<(), CopyFailed> {
+        in_page(offset, dst.len())?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let mut op = self.op(gref, offset, dst.len(), false);
+        hypercall::grant_copy(&mut op).map_err(|_| CopyFailed)?;
+        self.bounce.mem().read(0, dst).map_err(|_| CopyFailed)
+    }
+
+    fn copy_to_guest(&mut self, gref: GrantRef, offset: u16, src: &[u8]) -> Result<(), CopyFailed> {
+        in_page(offset, src.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bounce.mem().write(0, src).map_err(|_| CopyFailed)?;
+        let mut op = self.op(gref, offset, src.len(), true);
+        hypercall::grant_copy(&mut op).map_err(|_| CopyFailed)
     }
 }

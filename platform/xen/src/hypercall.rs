@@ -197,3 +197,32 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<(), XenErrno> {
     // SAFETY: the caller vouches for the mapping change (contract above).
     result(unsafe { raw(hc::UPDATE_VA_MAPPING, va, pte, abi::UVMF_INVLPG, 0, 0) }).map(|_| ())
 }
+
+/// `GNTTABOP_copy`.
+const GNTTABOP_COPY: u64 = 5;
+/// `GNTCOPY_source_gref`: the source names a grant ref of `source.domid`.
+pub const GNTCOPY_SOURCE_GREF: u16 = 1;
+/// `GNTCOPY_dest_gref`: the destination names a grant ref of `dest.domid`.
+pub const GNTCOPY_DEST_GREF: u16 = 2;
+
+/// One `GNTTABOP_copy`; `Err` carries Xen's return or the op's `GNTST_*` status.
+pub fn grant_copy(op: &mut abi::GnttabCopy) -> Result<(), XenErrno> {
+    // SAFETY: `op` is a live, exclusively borrowed C-layout `gnttab_copy`; Xen reads it and
+    // writes its status, and copies only between the frames it names (its own checks refuse
+    // frames we do not own and refs not granted to us).
+    let r = unsafe {
+        raw(
+            hc::GRANT_TABLE_OP,
+            GNTTABOP_COPY,
+            op as *mut abi::GnttabCopy as u64,
+            1,
+            0,
+            0,
+        )
+    };
+    result(r)?;
+    match op.status {
+        0 => Ok(()),
+        s => Err(XenErrno(i64::from(s))),
+    }
+}

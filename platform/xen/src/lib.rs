@@ -17,6 +17,7 @@ extern crate alloc;
 pub mod abi;
 pub mod bootinfo;
 pub mod console_ring;
+pub mod frame;
 pub mod grant_table;
 pub mod heap;
 pub mod map_window;
@@ -24,6 +25,8 @@ pub mod note;
 pub mod pending;
 pub mod time;
 
+#[cfg(xen_image)]
+mod blkfront;
 #[cfg(xen_image)]
 mod boot;
 #[cfg(xen_image)]
@@ -35,11 +38,27 @@ mod hypercall;
 #[cfg(xen_image)]
 mod mm;
 #[cfg(xen_image)]
+mod netback;
+#[cfg(xen_image)]
+mod netfront;
+#[cfg(xen_image)]
+mod platform;
+#[cfg(xen_image)]
 mod runtime;
 #[cfg(xen_image)]
 mod shared;
 #[cfg(xen_image)]
 mod store_ring;
+#[cfg(xen_image)]
+mod xenbus;
 
+#[cfg(xen_image)]
+pub use blkfront::XenBlkfront;
+#[cfg(xen_image)]
+pub use netback::{NetbackDrops, XenNetback, BACKEND_MAC};
+#[cfg(xen_image)]
+pub use netfront::{NetfrontDrops, XenNetfront};
+#[cfg(xen_image)]
+pub use platform::{env, XenEntropy, XenNet, XenPlatform, XenStore};
 #[cfg(xen_image)]
 pub use runtime::*;

@@ -16,7 +16,7 @@ use crate::shared::{RawPages, SpinCell, XenPages};
 use crate::{boot, hypercall, mm};
 
 pub use crate::events::{XenClock, XenEvents, XenPort};
-pub use crate::grants::{GrantMem, XenGrants};
+pub use crate::grants::{GrantCopier, GrantMem, XenGrants};
 pub use crate::store_ring::StoreRing;
 
 /// How the domain was started.

@@ -5,6 +5,7 @@
 use alloc::boxed::Box;
 
 use platform_api::{Duration, Events, EvtchnPort, StoreError};
+use xen_store::blocking::Transport;
 use xen_store::ring::{RingTransport, StoreRingError};
 
 use crate::events::{XenEvents, XenPort};
@@ -13,8 +14,32 @@ use crate::shared::RawPages;
 /// How the transport waits: poll the store port (or time out).
 pub type StoreWait = Box<dyn FnMut(Option<Duration>) -> Result<(), StoreError>>;
 
-/// Our end of the xenstore page, ready for `xen_store::blocking::BlockingStore::new`.
-pub type StoreRing = RingTransport<RawPages, XenPort, StoreWait>;
+/// Our end of the xenstore page, ready for `xen_store::blocking::BlockingStore::new`; its
+/// [`Transport::port`] is the store's event channel, so a run loop can wait on it.
+pub struct StoreRing {
+    ring: RingTransport<RawPages, XenPort, StoreWait>,
+    port: EvtchnPort,
+}
+
+impl core::fmt::Debug for StoreRing {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StoreRing")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for StoreRing {
+    fn send(&mut self, data: &[u8]) -> Result<usize, StoreError> {
+        self.ring.send(data)
+    }
+    fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize, StoreError> {
+        self.ring.recv(buf, timeout)
+    }
+    fn port(&self) -> Option<EvtchnPort> {
+        Some(self.port)
+    }
+}
 
 /// Attaches to the page (its indices may not start at 0) with `events` watching `port`.
 pub fn attach(
@@ -29,5 +54,8 @@ pub fn attach(
             .map(|_| ())
             .map_err(|_| StoreError::Disconnected)
     });
-    RingTransport::new(page, XenPort::given(port), wait)
+    Ok(StoreRing {
+        ring: RingTransport::new(page, XenPort::given(port), wait)?,
+        port,
+    })
 }

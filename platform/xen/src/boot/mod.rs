@@ -203,6 +203,22 @@ pub fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// Whether the CPU has RDRAND (CPUID.1:ECX bit 30).
+pub fn has_rdrand() -> bool {
+    cpuid(1)[2] & (1 << 30) != 0
+}
+
+/// One RDRAND draw; `None` when the CPU's generator had nothing ready (retry).
+pub fn rdrand64() -> Option<u64> {
+    let (v, ok): (u64, u8);
+    // SAFETY: RDRAND only writes the named register and the carry flag; callers check
+    // `has_rdrand` first, so the instruction exists.
+    unsafe {
+        asm!("rdrand {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack))
+    };
+    (ok == 1).then_some(v)
+}
+
 /// Stops this vCPU for good when nothing else can be done (no Xen, exit device absent).
 pub fn halt_forever() -> ! {
     loop {
