@@ -11,7 +11,9 @@ use crate::config::NetConfig;
 use crate::dns::{DnsCache, Resolution, Resolver};
 use crate::nat::{Entry, NatError, NatTable};
 use crate::packet::{self, FlowKey, IpPacket, Parsed, Transport, WireError, L4};
+use crate::resolve::DnsClient;
 use crate::rules::{Action, Dst, Proto, RuleSet};
+use crate::ruleset::Ruleset;
 
 /// Table sizes (mirage: `--nat-table-size`, default 5000).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub enum DropReason {
     /// IPv6 to the uplink while we have no IPv6 address there.
     NoIpv6Uplink,
     Nat(NatError),
+    /// An answer to the firewall's own DNS query: consumed, not forwarded.
+    OwnDns,
 }
 
 /// Why a frame was refused with an ICMP error.
@@ -79,6 +83,8 @@ pub enum DropReason {
 pub enum RejectReason {
     /// TCP/UDP to the firewall itself.
     ToFirewall,
+    /// Denied by the client's rules, and the ruleset says reject for this client.
+    RuleDenied,
 }
 
 impl fmt::Display for DropReason {
@@ -98,6 +104,7 @@ impl fmt::Display for DropReason {
             DropReason::Ndp => f.write_str("neighbour discovery not answered"),
             DropReason::NoIpv6Uplink => f.write_str("no IPv6 uplink address"),
             DropReason::Nat(e) => write!(f, "NAT: {e}"),
+            DropReason::OwnDns => f.write_str("answer to our own DNS query"),
         }
     }
 }
@@ -212,6 +219,8 @@ pub struct Firewall {
     deny_all: RuleSet,
     nat: NatTable,
     dns: DnsCache,
+    resolver: DnsClient,
+    ruleset: Ruleset,
 }
 
 impl Firewall {
@@ -226,6 +235,8 @@ impl Firewall {
             deny_all: RuleSet::deny_all(),
             nat: NatTable::new(limits.nat_entries, seed),
             dns: DnsCache::new(limits.dns_records),
+            resolver: DnsClient::new(seed.rotate_left(17)),
+            ruleset: Ruleset::default(),
         }
     }
 
@@ -243,6 +254,56 @@ impl Firewall {
 
     pub fn dns_mut(&mut self) -> &mut DnsCache {
         &mut self.dns
+    }
+
+    pub fn resolver(&self) -> &DnsClient {
+        &self.resolver
+    }
+
+    /// Builds the firewall's own due DNS queries (for `dsthost` names) as IP packets into `out`,
+    /// one per call; returns the packet length (0: none due) and the next time one may be due.
+    pub fn poll_dns_query(&mut self, now: Instant, out: &mut [u8]) -> (usize, Option<Instant>) {
+        self.resolver.poll(now, &self.dns, &self.cfg, out)
+    }
+
+    /// Takes one result of the firewall's own DNS lookups, for the log.
+    pub fn take_dns_result(&mut self) -> Option<crate::resolve::Lookup> {
+        self.resolver.take_result()
+    }
+
+    /// The addresses of client link `id`.
+    pub fn client_addrs(&self, id: ClientId) -> Option<ClientAddrs> {
+        self.clients.get(&id).copied()
+    }
+
+    /// Ends flows idle for `idle_nanos`; returns how many ended.
+    pub fn expire_flows(&mut self, now: Instant, idle_nanos: u64) -> usize {
+        self.nat.expire(now, idle_nanos)
+    }
+
+    /// The ruleset set through the RPC.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.ruleset
+    }
+
+    /// Installs a new RPC ruleset; tracked flows it no longer permits end. Returns how many ended.
+    pub fn set_ruleset(&mut self, now: Instant, ruleset: Ruleset) -> usize {
+        self.ruleset = ruleset;
+        let ips: alloc::vec::Vec<IpAddr> = self.by_ip.keys().copied().collect();
+        let mut ended = 0;
+        for ip in ips {
+            ended += self.recheck(now, ip);
+        }
+        ended
+    }
+
+    /// The client address denied packets are reported to (reject) or not (drop).
+    fn denied(&self, src: IpAddr) -> Verdict {
+        if self.ruleset.rejects(src) {
+            Verdict::Reject(RejectReason::RuleDenied)
+        } else {
+            Verdict::Drop(DropReason::RuleDenied)
+        }
     }
 
     /// Replaces the configuration (e.g. the netvm changed); uplink flows are ended.
@@ -303,14 +364,46 @@ impl Firewall {
             self.rules.retain(|k, _| live.contains_key(k));
         }
         self.rules.insert(ip, rules);
-        let (rules, cfg, dns, by_ip) = (&self.rules, &self.cfg, &self.dns, &self.by_ip);
+        self.resolver.want(
+            self.rules
+                .values()
+                .flat_map(|s| s.rules.iter())
+                .filter_map(|r| match &r.dst {
+                    Dst::Host(h) => Some(h.as_str()),
+                    _ => None,
+                }),
+            now,
+        );
+        self.recheck(now, ip)
+    }
+
+    /// Checks client `ip`'s tracked flows against its rules and the ruleset; ends those now denied.
+    fn recheck(&mut self, now: Instant, ip: IpAddr) -> usize {
+        let (rules, cfg, dns, by_ip, rs) = (
+            &self.rules,
+            &self.cfg,
+            &self.dns,
+            &self.by_ip,
+            &self.ruleset,
+        );
         let set = rules.get(&ip).unwrap_or(&self.deny_all);
         self.nat.retain(|e| {
             if e.orig.src != ip {
                 return true;
             }
-            let (action, named) = decide(set, cfg, dns, &FlowInfo::of_key(&e.orig), now);
-            action == Action::Accept && (e.to_uplink || (named && by_ip.contains_key(&e.orig.dst)))
+            if e.forwarded {
+                // The client's side of a forwarded flow answers from the forwarded port.
+                let proto = FlowInfo::of_key(&e.orig).proto.unwrap_or(Proto::Icmp);
+                return rs
+                    .forward_for(proto, e.xlat.sport)
+                    .is_some_and(|f| f.client == e.orig.src && f.to_port == e.orig.sport);
+            }
+            let f = FlowInfo::of_key(&e.orig);
+            let (action, named) = decide(set, cfg, dns, &f, now);
+            if e.to_uplink {
+                return action == Action::Accept;
+            }
+            by_ip.contains_key(&e.orig.dst) && c2c_allowed(rs, action, named, &e.orig, &f)
         })
     }
 
@@ -402,7 +495,7 @@ impl Firewall {
         let set = self.rules.get(&key.src).unwrap_or(&self.deny_all);
         let (action, named) = decide(set, &self.cfg, &self.dns, &FlowInfo::of_key(&key), now);
         if let Some(peer) = self.owner(key.dst) {
-            if action != Action::Accept || !named {
+            if !c2c_allowed(&self.ruleset, action, named, &key, &FlowInfo::of_key(&key)) {
                 return Verdict::Drop(DropReason::ClientToClient);
             }
             return match self.nat.insert(key, key, false, now) {
@@ -411,7 +504,7 @@ impl Firewall {
             };
         }
         if action != Action::Accept {
-            return Verdict::Drop(DropReason::RuleDenied);
+            return self.denied(key.src);
         }
         let own = match key.src {
             IpAddr::V4(_) => IpAddr::V4(self.cfg.own_ip),
@@ -503,9 +596,32 @@ impl Firewall {
                 .owner(e.orig.src)
                 .map_or(Verdict::Drop(DropReason::NoFlow), Verdict::ToClient);
         }
-        let e = match p.key().and_then(|k| self.nat.inbound(&k, now)) {
+        if let Transport::Udp { sport, dport } = p.transport {
+            if let Some(msg) = udp_payload(frame, &p) {
+                if self.resolver.handle_answer(
+                    now,
+                    &mut self.dns,
+                    &self.cfg,
+                    p.src,
+                    p.dst,
+                    sport,
+                    dport,
+                    msg,
+                ) {
+                    return Verdict::Drop(DropReason::OwnDns);
+                }
+            }
+        }
+        let Some(key) = p.key() else {
+            return Verdict::Drop(DropReason::Untrackable);
+        };
+        let e = match self.nat.inbound(&key, now) {
             Some(e) if e.to_uplink => e,
-            _ => return Verdict::Drop(DropReason::NoFlow),
+            Some(_) => return Verdict::Drop(DropReason::NoFlow),
+            None => match self.open_forward(now, &key) {
+                Some(e) => e,
+                None => return Verdict::Drop(DropReason::NoFlow),
+            },
         };
         if e.orig.proto == L4::Udp && e.orig.dport == 53 && self.cfg.is_client_dns(e.orig.dst) {
             self.learn_dns(now, frame, &p);
@@ -513,18 +629,52 @@ impl Firewall {
         self.deliver_reply(frame, &p, &e)
     }
 
-    fn learn_dns(&mut self, now: Instant, frame: &[u8], p: &IpPacket) {
-        let Some(seg) = frame.get(p.l4_range()) else {
-            return;
+    /// A new flow from the uplink to one of our ports that the ruleset forwards to a client.
+    fn open_forward(&mut self, now: Instant, key: &FlowKey) -> Option<Entry> {
+        if !self.cfg.is_own(key.dst) {
+            return None;
+        }
+        let proto = match key.proto {
+            L4::Tcp => Proto::Tcp,
+            L4::Udp => Proto::Udp,
+            L4::Echo => return None,
         };
-        let len = seg
-            .get(4..6)
-            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-        if let Some(msg) = seg.get(8..len) {
+        let f = *self.ruleset.forward_for(proto, key.dport)?;
+        if f.client.is_ipv4() != key.src.is_ipv4() {
+            return None;
+        }
+        self.owner(f.client)?;
+        // The client's side: its replies come from `client:to_port` to the remote end.
+        let orig = FlowKey {
+            proto: key.proto,
+            src: f.client,
+            sport: f.to_port,
+            dst: key.src,
+            dport: key.sport,
+        };
+        self.nat.insert_forwarded(orig, key.reverse(), now).ok()
+    }
+
+    fn learn_dns(&mut self, now: Instant, frame: &[u8], p: &IpPacket) {
+        if let Some(msg) = udp_payload(frame, p) {
             // A malformed answer teaches nothing; the client still gets it.
             let _ = self.dns.learn_from_response(msg, now);
         }
     }
+}
+
+/// The payload of a UDP packet, as long as the UDP header says.
+fn udp_payload<'a>(frame: &'a [u8], p: &IpPacket) -> Option<&'a [u8]> {
+    let seg = frame.get(p.l4_range())?;
+    let len = usize::from(u16::from_be_bytes([*seg.get(4)?, *seg.get(5)?]));
+    seg.get(8..len)
+}
+
+/// Client-to-client: the source's rules accept it through a rule naming the destination, or the
+/// ruleset has an inter-VM allow for the pair.
+fn c2c_allowed(rs: &Ruleset, action: Action, named: bool, key: &FlowKey, f: &FlowInfo) -> bool {
+    (action == Action::Accept && named)
+        || rs.allows(key.src, key.dst, f.proto.unwrap_or(Proto::Icmp), f.dport)
 }
 
 fn reply(done: Option<()>) -> Verdict {
@@ -535,4 +685,4 @@ fn reply(done: Option<()>) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

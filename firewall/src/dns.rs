@@ -125,6 +125,16 @@ impl DnsCache {
         self.count += 1;
     }
 
+    /// When the last live record of `name` expires (`None`: no live record).
+    pub fn expiry(&self, name: &str, now: Instant) -> Option<Instant> {
+        self.names
+            .get(name)?
+            .iter()
+            .filter(|r| r.expires > now)
+            .map(|r| r.expires)
+            .max()
+    }
+
     /// Drops every expired record.
     pub fn purge(&mut self, now: Instant) {
         let mut removed = 0;

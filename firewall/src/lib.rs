@@ -27,7 +27,10 @@ pub mod config;
 pub mod dns;
 pub mod nat;
 pub mod packet;
+pub mod resolve;
+pub mod router;
 pub mod rules;
+pub mod ruleset;
 
 pub use classify::{ClientAddrs, ClientId, DropReason, Firewall, Limits, RejectReason, Verdict};
 pub use config::NetConfig;

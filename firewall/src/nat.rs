@@ -23,6 +23,8 @@ pub struct Entry {
     pub xlat: FlowKey,
     /// True if the flow goes out on the uplink; false for client-to-client.
     pub to_uplink: bool,
+    /// Opened from the uplink through a ruleset port forward (not by the client).
+    pub forwarded: bool,
     pub last_used: Instant,
     stamp: u64,
 }
@@ -132,6 +134,28 @@ impl NatTable {
         to_uplink: bool,
         now: Instant,
     ) -> Result<Entry, NatError> {
+        self.insert_entry(orig, xlat, to_uplink, false, now)
+    }
+
+    /// Tracks a flow opened from the uplink by a port forward: `orig` is the client's side of it
+    /// (as the client's replies carry it), `xlat` the uplink side.
+    pub fn insert_forwarded(
+        &mut self,
+        orig: FlowKey,
+        xlat: FlowKey,
+        now: Instant,
+    ) -> Result<Entry, NatError> {
+        self.insert_entry(orig, xlat, true, true, now)
+    }
+
+    fn insert_entry(
+        &mut self,
+        orig: FlowKey,
+        xlat: FlowKey,
+        to_uplink: bool,
+        forwarded: bool,
+        now: Instant,
+    ) -> Result<Entry, NatError> {
         if self.max == 0 {
             return Err(NatError::Full { what: "NAT table" });
         }
@@ -154,6 +178,7 @@ impl NatTable {
             orig,
             xlat,
             to_uplink,
+            forwarded,
             last_used: now,
             stamp: self.tick,
         };

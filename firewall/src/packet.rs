@@ -481,24 +481,62 @@ pub fn rewrite_icmp_error(
     fill_icmp_checksum(seg, src, dst)
 }
 
-fn swap_macs(frame: &mut [u8]) -> Option<()> {
+fn swap_macs(frame: &mut [u8], mac: [u8; 6]) -> Option<()> {
     let mut eth = EthernetFrame::new_checked(frame).ok()?;
     let from = eth.src_addr();
     eth.set_dst_addr(from);
-    eth.set_src_addr(smoltcp::wire::EthernetAddress(GATEWAY_MAC));
+    eth.set_src_addr(smoltcp::wire::EthernetAddress(mac));
     Some(())
+}
+
+/// Sets a frame's Ethernet destination and source.
+pub fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) -> Option<()> {
+    frame.get_mut(..6)?.copy_from_slice(&dst);
+    frame.get_mut(6..12)?.copy_from_slice(&src);
+    Some(())
+}
+
+/// The sender hardware address of a parsed ARP frame.
+pub fn arp_sender_mac(frame: &[u8]) -> Option<[u8; 6]> {
+    frame.get(ETH_LEN + 8..ETH_LEN + 14)?.try_into().ok()
 }
 
 /// Turns an ARP request into our reply (`GATEWAY_MAC` owns `target_ip`).
 pub fn make_arp_reply(frame: &mut [u8], arp: &Arp) -> Option<()> {
+    make_arp_reply_from(frame, arp, GATEWAY_MAC)
+}
+
+/// Turns an ARP request into our reply: `mac` owns `target_ip`.
+pub fn make_arp_reply_from(frame: &mut [u8], arp: &Arp, mac: [u8; 6]) -> Option<()> {
     let p = frame.get_mut(ETH_LEN..ETH_LEN + 28)?;
     let sender_mac: [u8; 6] = p.get(8..14)?.try_into().ok()?;
     put16(p, 6, 2)?;
-    p.get_mut(8..14)?.copy_from_slice(&GATEWAY_MAC);
+    p.get_mut(8..14)?.copy_from_slice(&mac);
     put_ip(p, 14, IpAddr::V4(arp.target_ip))?;
     p.get_mut(18..24)?.copy_from_slice(&sender_mac);
     put_ip(p, 24, IpAddr::V4(arp.sender_ip))?;
-    swap_macs(frame)
+    swap_macs(frame, mac)
+}
+
+/// Builds a broadcast ARP request from `mac`/`sender` for `target` into `out` (42 bytes).
+pub fn make_arp_request(
+    out: &mut [u8],
+    mac: [u8; 6],
+    sender: Ipv4Addr,
+    target: Ipv4Addr,
+) -> Result<usize, BufferTooSmall> {
+    let out = out.get_mut(..ETH_LEN + 28).ok_or(BufferTooSmall {
+        needed: ETH_LEN + 28,
+    })?;
+    out.fill(0);
+    out[..6].copy_from_slice(&[0xff; 6]);
+    out[6..12].copy_from_slice(&mac);
+    out[12..14].copy_from_slice(&ETH_ARP.to_be_bytes());
+    out[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    out[22..28].copy_from_slice(&mac);
+    out[28..32].copy_from_slice(&sender.octets());
+    out[38..42].copy_from_slice(&target.octets());
+    Ok(ETH_LEN + 28)
 }
 
 /// Turns an echo request to us into the echo reply, in place.
@@ -510,12 +548,22 @@ pub fn make_echo_reply(frame: &mut [u8], p: &IpPacket) -> Option<()> {
     let seg = frame.get_mut(p.l4_off..p.l4_end)?;
     *seg.first_mut()? = if p.src.is_ipv4() { 0 } else { 129 };
     fill_icmp_checksum(seg, p.dst, p.src)?;
-    swap_macs(frame)
+    swap_macs(frame, GATEWAY_MAC)
 }
 
 /// Turns a neighbour solicitation for `target` that carries a source link-layer option into our
 /// advertisement, in place (RFC 4861 §7.2.4).
 pub fn make_neighbour_advert(frame: &mut [u8], p: &IpPacket, target: Ipv6Addr) -> Option<()> {
+    make_neighbour_advert_from(frame, p, target, GATEWAY_MAC)
+}
+
+/// As [`make_neighbour_advert`], with `mac` as the advertised link-layer address.
+pub fn make_neighbour_advert_from(
+    frame: &mut [u8],
+    p: &IpPacket,
+    target: Ipv6Addr,
+    mac: [u8; 6],
+) -> Option<()> {
     let IpAddr::V6(src) = p.src else { return None };
     let seg = frame.get(p.l4_off..p.l4_end)?;
     if seg.first() != Some(&135) || ip6_at(seg, 8) != Some(target) {
@@ -536,9 +584,9 @@ pub fn make_neighbour_advert(frame: &mut [u8], p: &IpPacket, target: Ipv6Addr) -
     // Solicited + override.
     seg.get_mut(4..8)?.copy_from_slice(&[0x60, 0, 0, 0]);
     *seg.get_mut(24)? = 2;
-    seg.get_mut(26..32)?.copy_from_slice(&GATEWAY_MAC);
+    seg.get_mut(26..32)?.copy_from_slice(&mac);
     fill_icmp_checksum(seg, IpAddr::V6(target), IpAddr::V6(dst))?;
-    swap_macs(frame)
+    swap_macs(frame, mac)
 }
 
 /// `out` cannot hold the frame to build.

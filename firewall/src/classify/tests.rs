@@ -6,28 +6,28 @@ use alloc::vec::Vec;
 use proptest::prelude::*;
 use smoltcp::wire::{checksum, Ipv4Packet, UdpPacket};
 
-const CLIENT_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x5e, 0x6c, 0x00];
-const A: ClientId = ClientId(1);
-const B: ClientId = ClientId(2);
-const T0: Instant = Instant(0);
+pub(crate) const CLIENT_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x5e, 0x6c, 0x00];
+pub(crate) const A: ClientId = ClientId(1);
+pub(crate) const B: ClientId = ClientId(2);
+pub(crate) const T0: Instant = Instant(0);
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn a4() -> Ipv4Addr {
+pub(crate) fn a4() -> Ipv4Addr {
     "10.137.0.7".parse().unwrap()
 }
-fn b4() -> Ipv4Addr {
+pub(crate) fn b4() -> Ipv4Addr {
     "10.137.0.8".parse().unwrap()
 }
-fn a6() -> Ipv6Addr {
+pub(crate) fn a6() -> Ipv6Addr {
     "fd09:24ef:4179::a89:7".parse().unwrap()
 }
-const OWN: &str = "10.138.5.9";
-const OWN6: &str = "fd09:24ef:4179::a8a:509";
+pub(crate) const OWN: &str = "10.138.5.9";
+pub(crate) const OWN6: &str = "fd09:24ef:4179::a8a:509";
 
-fn cfg() -> NetConfig {
+pub(crate) fn cfg() -> NetConfig {
     NetConfig {
         own_ip: OWN.parse().unwrap(),
         uplink_gateway: "10.138.0.1".parse().unwrap(),
@@ -48,7 +48,7 @@ fn cfg() -> NetConfig {
     }
 }
 
-fn rules(lines: &[&str]) -> RuleSet {
+pub(crate) fn rules(lines: &[&str]) -> RuleSet {
     RuleSet {
         rules: lines.iter().map(|l| parse_rule(l).unwrap()).collect(),
         policy: Action::Drop,
@@ -56,7 +56,7 @@ fn rules(lines: &[&str]) -> RuleSet {
 }
 
 /// Firewall with clients A (v4+v6) and B; A accepts all, B has no rules yet (deny-all).
-fn fw() -> Firewall {
+pub(crate) fn fw() -> Firewall {
     let mut f = Firewall::new(cfg(), Limits::DEFAULT, 0x1234_5678);
     f.add_client(
         A,
@@ -79,7 +79,7 @@ fn fw() -> Firewall {
     f
 }
 
-fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&GATEWAY_MAC);
     f.extend_from_slice(&CLIENT_MAC);
@@ -88,7 +88,7 @@ fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn ipv4(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut h = alloc::vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, proto, 0, 0];
     h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
     h.extend_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
@@ -99,7 +99,7 @@ fn ipv4(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
     eth(0x0800, &h)
 }
 
-fn ipv6(src: &str, dst: &str, next: u8, l4: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv6(src: &str, dst: &str, next: u8, l4: &[u8]) -> Vec<u8> {
     let mut h = alloc::vec![0x60, 0, 0, 0];
     h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
     h.extend_from_slice(&[next, 64]);
@@ -109,7 +109,7 @@ fn ipv6(src: &str, dst: &str, next: u8, l4: &[u8]) -> Vec<u8> {
     eth(0x86dd, &h)
 }
 
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut u = Vec::new();
     u.extend_from_slice(&sport.to_be_bytes());
     u.extend_from_slice(&dport.to_be_bytes());
@@ -119,7 +119,7 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     u
 }
 
-fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+pub(crate) fn tcp(sport: u16, dport: u16) -> Vec<u8> {
     let mut t = Vec::new();
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
@@ -127,36 +127,36 @@ fn tcp(sport: u16, dport: u16) -> Vec<u8> {
     t
 }
 
-fn echo(ty: u8, id: u16) -> Vec<u8> {
+pub(crate) fn echo(ty: u8, id: u16) -> Vec<u8> {
     let mut e = alloc::vec![ty, 0, 0, 0];
     e.extend_from_slice(&id.to_be_bytes());
     e.extend_from_slice(&[0, 1, b'p', b'i', b'n', b'g']);
     e
 }
 
-fn udp4(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+pub(crate) fn udp4(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     ipv4(src, dst, 17, &udp(sport, dport, b"hello"))
 }
 
-fn tcp4(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+pub(crate) fn tcp4(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     ipv4(src, dst, 6, &tcp(sport, dport))
 }
 
-fn ip_of(frame: &[u8]) -> packet::IpPacket {
+pub(crate) fn ip_of(frame: &[u8]) -> packet::IpPacket {
     match parse(frame).unwrap() {
         Parsed::Ip(p) => p,
         Parsed::Arp(_) => panic!("not IP"),
     }
 }
 
-fn checksums_ok_v4_udp(frame: &[u8]) -> bool {
+pub(crate) fn checksums_ok_v4_udp(frame: &[u8]) -> bool {
     let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
     let u = UdpPacket::new_checked(ip.payload()).unwrap();
     ip.verify_checksum() && u.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into())
 }
 
 /// Sends a client frame out and returns the NATed key as it leaves.
-fn out_via_uplink(f: &mut Firewall, id: ClientId, mut frame: Vec<u8>) -> FlowKey {
+pub(crate) fn out_via_uplink(f: &mut Firewall, id: ClientId, mut frame: Vec<u8>) -> FlowKey {
     assert_eq!(f.handle_client(T0, id, &mut frame), Verdict::ToUplink);
     ip_of(&frame).key().unwrap()
 }
