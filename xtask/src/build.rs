@@ -14,8 +14,96 @@ mod xen_test;
 
 pub use xen_test::xen_test;
 
-/// The images `cargo xtask build` makes (package names).
-pub const IMAGES: &[&str] = &["xen-smoke"];
+/// A workspace member's `image.toml`: the member is a unikernel image (its `#[cfg(xen_image)]`
+/// main builds), `cargo xtask build` builds it and `boot-test` boots it.
+///
+/// ```toml
+/// memory = 32             # MiB the domain gets (boot-test gives QEMU at least this)
+/// max_stripped_kib = 512  # the build fails when the stripped image is larger
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The package (and binary) name.
+    pub name: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Largest stripped size allowed, KiB.
+    pub max_stripped_kib: u64,
+}
+
+/// Parses `image.toml` (flat `key = integer` lines, `#` comments). Both keys are required;
+/// unknown keys are refused so a typo does not silently drop a bound.
+fn parse_image_toml(name: &str, text: &str) -> Result<ImageSpec> {
+    let (mut memory, mut max) = (None, None);
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .with_context(|| format!("{name}/image.toml line {}: not `key = value`", i + 1))?;
+        let v: u64 = v.trim().replace('_', "").parse().with_context(|| {
+            format!(
+                "{name}/image.toml line {}: {} is not a number",
+                i + 1,
+                v.trim()
+            )
+        })?;
+        match k.trim() {
+            "memory" => memory = Some(u32::try_from(v)?),
+            "max_stripped_kib" => max = Some(v),
+            other => bail!("{name}/image.toml line {}: unknown key {other}", i + 1),
+        }
+    }
+    Ok(ImageSpec {
+        name: name.to_string(),
+        memory_mib: memory.with_context(|| format!("{name}/image.toml has no `memory`"))?,
+        max_stripped_kib: max
+            .with_context(|| format!("{name}/image.toml has no `max_stripped_kib`"))?,
+    })
+}
+
+/// The workspace members listed in the root Cargo.toml's `members = [...]`.
+fn workspace_members(root: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let start = text.find("members").context("no workspace members")?;
+    let list = &text[start..];
+    let open = list.find('[').context("members is not a list")?;
+    let close = list.find(']').context("members list not closed")?;
+    Ok(list[open + 1..close]
+        .split(',')
+        .map(|m| m.split('#').next().unwrap_or("").trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The `name` of a member's `[package]`.
+fn package_name(manifest: &str) -> Option<String> {
+    let pkg = &manifest[manifest.find("[package]")?..];
+    pkg.lines()
+        .find_map(|l| l.trim().strip_prefix("name")?.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+}
+
+/// Every workspace member with an `image.toml`, in workspace order.
+pub fn images(root: &Path) -> Result<Vec<ImageSpec>> {
+    let mut out = Vec::new();
+    for m in workspace_members(root)? {
+        let dir = root.join(&m);
+        let Ok(spec) = std::fs::read_to_string(dir.join("image.toml")) else {
+            continue;
+        };
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
+        let name = package_name(&manifest).with_context(|| format!("{m}: no package name"))?;
+        out.push(parse_image_toml(&name, &spec)?);
+    }
+    if out.is_empty() {
+        bail!("no workspace member has an image.toml");
+    }
+    Ok(out)
+}
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Images get their own target dir: their RUSTFLAGS differ from host builds, and sharing one
@@ -76,12 +164,20 @@ pub fn image_path(root: &Path, name: &str) -> PathBuf {
 /// Builds every unikernel image into `target/unikernels/<name>/vmlinuz` (stripped; the
 /// unstripped ELF stays in target/image-build) and checks its Xen notes.
 pub fn build_images(root: &Path) -> Result<()> {
+    build_image_specs(root).map(|_| ())
+}
+
+/// [`build_images`], returning what each image's `image.toml` says.
+pub fn build_image_specs(root: &Path) -> Result<Vec<ImageSpec>> {
+    let specs = images(root)?;
     let mut cmd = image_cargo(root, "build");
-    for name in IMAGES {
-        cmd.args(["-p", name]);
+    for s in &specs {
+        cmd.args(["-p", &s.name]);
     }
     crate::run(&mut cmd)?;
-    for name in IMAGES {
+    let mut too_big = Vec::new();
+    for spec in &specs {
+        let name = &spec.name;
         let built = root
             .join(IMAGE_TARGET_DIR)
             .join(TARGET)
@@ -109,8 +205,18 @@ pub fn build_images(root: &Path) -> Result<()> {
             notes.pv_entry,
             notes.hypercall_page
         );
+        if bytes.len() as u64 > spec.max_stripped_kib * 1024 {
+            too_big.push(format!(
+                "{name} is {} KiB stripped, its image.toml allows {} KiB",
+                bytes.len() / 1024,
+                spec.max_stripped_kib
+            ));
+        }
     }
-    Ok(())
+    if !too_big.is_empty() {
+        bail!("{}", too_big.join("; "));
+    }
+    Ok(specs)
 }
 
 /// What the no-Xen path must print (serial), in order.
@@ -170,17 +276,19 @@ const CASES: &[Case] = &[
 /// two more boots check the panic path and the stack guard page.
 pub fn boot_test(root: &Path) -> Result<()> {
     crate::deps::apt_install(&["qemu-system-x86"])?;
-    build_images(root)?;
+    let specs = build_image_specs(root)?;
     // The boot code is compiled only for images, so host clippy never sees it: lint it here.
     crate::run(
         image_cargo(root, "clippy")
             .args(["--no-deps"])
-            .args(IMAGES.iter().flat_map(|n| ["-p", n]))
+            .args(specs.iter().flat_map(|s| ["-p", s.name.as_str()]))
             .args(["-p", "platform-xen", "--", "-D", "warnings"]),
     )?;
     let mut failed = 0;
-    for name in IMAGES {
+    for spec in &specs {
+        let name = &spec.name;
         let img = image_path(root, name);
+        let mem = format!("{}M", spec.memory_mib.max(32));
         for case in CASES {
             let t0 = Instant::now();
             let out = Command::new("timeout")
@@ -194,7 +302,7 @@ pub fn boot_test(root: &Path) -> Result<()> {
                 ])
                 .args([
                     "-m",
-                    "128M",
+                    &mem,
                     "-no-reboot",
                     "-serial",
                     "stdio",
@@ -262,6 +370,28 @@ fn check_boot(serial: &str, code: Option<i32>, case: &Case) -> std::result::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_toml_needs_both_bounds_and_refuses_unknown_keys() {
+        let s =
+            parse_image_toml("x", "# c\nmemory = 32 # MiB\nmax_stripped_kib = 1_536\n").unwrap();
+        assert_eq!((s.memory_mib, s.max_stripped_kib), (32, 1536));
+        assert!(parse_image_toml("x", "memory = 32").is_err());
+        assert!(parse_image_toml("x", "max_stripped_kib = 1").is_err());
+        assert!(parse_image_toml("x", "memory = 32\nmax_stripped_kib = 1\nmemroy = 3").is_err());
+        assert!(parse_image_toml("x", "memory = lots\nmax_stripped_kib = 1").is_err());
+    }
+
+    #[test]
+    fn the_workspace_lists_xen_smoke_as_an_image() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let specs = images(root).unwrap();
+        assert!(specs.iter().any(|s| s.name == "xen-smoke"), "{specs:?}");
+        assert_eq!(
+            package_name("[package]\nname = \"a-b\"\n"),
+            Some("a-b".into())
+        );
+    }
 
     #[test]
     fn boot_check_wants_every_line_in_order_and_the_exit_code() {

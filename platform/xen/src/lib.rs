@@ -10,6 +10,16 @@
 //! pending scan, PV clock, heap) build and are tested against the header vectors.
 //! Limits: [`bootinfo::MAX_MEMMAP`], [`bootinfo::MAX_CMDLINE`], 2048 grant refs, 128 polled
 //! ports, PV memory mapped up to 1 GiB, PVH RAM below 4 GiB and grant mappings at 4-5 GiB.
+//!
+//! Apps: `platform_xen::entry!(xen_main)`, then [`env`] and `XenPlatform`'s devices (netfront,
+//! netback, blkfront). An app crate depends on this crate only for images, and on
+//! platform-hosted otherwise, with `[target.'cfg(xen_image)'.dependencies]` and
+//! `[target.'cfg(not(xen_image))'.dependencies]`, plus a build.rs printing
+//! `cargo::rustc-check-cfg=cfg(xen_image)`. Cargo evaluates those cfgs with RUSTFLAGS when
+//! `--target` is explicit, as `cargo xtask build` does: checked with `cargo tree` and an image
+//! build (only platform-xen is compiled for the image, only platform-hosted for the host).
+//! The app opts in to `cargo xtask build`/`boot-test` with an `image.toml` (`memory` in MiB,
+//! `max_stripped_kib`) next to its Cargo.toml once its `#[cfg(xen_image)]` main builds.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
