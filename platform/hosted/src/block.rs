@@ -231,6 +231,63 @@ mod tests {
     }
 
     #[test]
+    fn blkfront_follows_the_vbd_backend_the_toolstack_wrote() {
+        use crate::store::{connect, Daemon};
+        use platform_api::{Access, DomId, Perm};
+        let t = TestDir::new();
+        let p = image(&t, 128 * 512);
+        let (d0, d5) = (DomId::new(0).unwrap(), DomId::new(5).unwrap());
+        let _xs = Daemon::spawn(t.path(), &[d0, d5]).unwrap();
+        let mut dom0 = connect(t.path(), d0).unwrap();
+        let back = "/local/domain/0/backend/vbd/5/51712";
+        dom0.mkdir(Tx::NONE, back).unwrap();
+        let perms = [
+            Perm {
+                domid: d0,
+                access: Access::None,
+            },
+            Perm {
+                domid: d5,
+                access: Access::Read,
+            },
+        ];
+        dom0.set_perms(Tx::NONE, back, &perms).unwrap();
+        for (k, v) in [
+            ("params", p.to_str().unwrap()),
+            ("sectors", "128"),
+            ("sector-size", "512"),
+            ("mode", "w"),
+        ] {
+            dom0.write(Tx::NONE, &format!("{back}/{k}"), v.as_bytes())
+                .unwrap();
+        }
+        dom0.write(
+            Tx::NONE,
+            "/local/domain/5/device/vbd/51712/backend",
+            back.as_bytes(),
+        )
+        .unwrap();
+        let mut d5s = connect(t.path(), d5).unwrap();
+        let mut b = HostedBlock::from_store(&mut d5s, 51712).unwrap();
+        assert_eq!(
+            (b.sectors(), b.sector_size(), b.path()),
+            (128, 512, p.as_path())
+        );
+        b.write(127, &[0xa5; 512]).unwrap();
+        b.flush().unwrap();
+        assert!(HostedBlock::from_store(&mut d5s, 1).is_err(), "no such vbd");
+        dom0.write(Tx::NONE, &format!("{back}/sectors"), b"129")
+            .unwrap();
+        assert!(
+            HostedBlock::from_store(&mut d5s, 51712).is_err(),
+            "a backend claiming more sectors than the file holds is refused"
+        );
+        dom0.write(Tx::NONE, &format!("{back}/sectors"), b"12x")
+            .unwrap();
+        assert!(HostedBlock::from_store(&mut d5s, 51712).is_err());
+    }
+
+    #[test]
     fn read_only_mode_refuses_writes() {
         let t = TestDir::new();
         let p = image(&t, 4 * 512);

@@ -803,6 +803,114 @@ mod tests {
     }
 
     #[test]
+    fn a_readable_fd_wakes_wait_as_its_pseudo_port_until_drained() {
+        use std::os::unix::net::UnixStream;
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let (mine, mut theirs) = UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let fp = a.register_fd(mine.as_fd()).unwrap();
+        assert_eq!(fp.port().get(), FIRST_PSEUDO_PORT);
+        assert!(a.wait(SHORT).unwrap().is_empty());
+        // A writer while we sleep in poll(2): wait(None) must return.
+        let w = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            theirs.write_all(b"x").unwrap();
+            theirs
+        });
+        let set = a.wait(None).unwrap();
+        assert_eq!(set.iter().collect::<Vec<_>>(), [fp.port()]);
+        let mut theirs = w.join().unwrap();
+        assert!(
+            a.wait(Some(Duration::ZERO)).unwrap().contains(fp.port()),
+            "level-triggered: still readable, still reported"
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!((&mine).read(&mut buf).unwrap(), 1);
+        let start = std::time::Instant::now();
+        assert!(a.wait(SHORT).unwrap().is_empty(), "drained fd is quiet");
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        // Event channels and pseudo-ports in one wakeup.
+        let mut b = HostedEvents::new(t.path(), dom(2)).unwrap();
+        let pa = a.alloc_unbound(dom(2)).unwrap();
+        let pb = b.bind_interdomain(dom(1), pa.port()).unwrap();
+        pb.notify().unwrap();
+        theirs.write_all(b"y").unwrap();
+        let mut got = PortSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(got.contains(pa.port()) && got.contains(fp.port()))
+            && std::time::Instant::now() < deadline
+        {
+            for p in a.wait(Some(Duration::from_secs(1))).unwrap().iter() {
+                got.insert(p);
+            }
+        }
+        assert!(got.contains(pa.port()) && got.contains(fp.port()));
+        // A hung-up peer is reported too, so the owner sees the end.
+        assert_eq!((&mine).read(&mut buf).unwrap(), 1);
+        drop(theirs);
+        assert!(a.wait(SHORT).unwrap().contains(fp.port()));
+        // Unregistered: no longer watched.
+        drop(fp);
+        assert!(a.wait(SHORT).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pseudo_ports_are_above_every_event_channel_and_bounded() {
+        let t = TestDir::new();
+        let a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let (s, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let ports: Vec<FdPort> = (FIRST_PSEUDO_PORT..MAX_PORTS)
+            .map(|_| a.register_fd(s.as_fd()).unwrap())
+            .collect();
+        assert_eq!(ports.len(), 96);
+        assert!(ports.iter().all(|p| p.port().get() >= FIRST_PSEUDO_PORT));
+        assert_eq!(
+            a.register_fd(s.as_fd()).unwrap_err(),
+            PlatformError::Full {
+                what: "fd pseudo-ports"
+            }
+        );
+        drop(ports);
+        assert_eq!(
+            a.register_fd(s.as_fd()).unwrap().port().get(),
+            FIRST_PSEUDO_PORT
+        );
+    }
+
+    #[test]
+    fn hostile_datagram_naming_a_pseudo_port_is_ignored() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        let (s, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fp = a.register_fd(s.as_fd()).unwrap();
+        let d = UnixDatagram::unbound().unwrap();
+        let p = fp.port().get().to_le_bytes();
+        d.send_to(&[p[0], p[1], p[2], p[3], 2, 0, 0, 0], &a.inner.sock_path)
+            .unwrap();
+        assert!(a.wait(SHORT).unwrap().is_empty());
+    }
+
+    #[test]
+    fn event_channels_are_never_allocated_in_the_pseudo_range() {
+        let t = TestDir::new();
+        let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();
+        // Fill the registry up to the last event-channel number, then one more.
+        let dir = port_dir(t.path(), dom(1));
+        for p in 1..FIRST_PSEUDO_PORT - 1 {
+            fs::write(dir.join(p.to_string()), "2\n-\n/x\n-\n").unwrap();
+        }
+        let last = a.alloc_unbound(dom(2)).unwrap();
+        assert_eq!(last.port().get(), FIRST_PSEUDO_PORT - 1);
+        assert_eq!(
+            a.alloc_unbound(dom(2)).unwrap_err(),
+            PlatformError::Full {
+                what: "event channel ports"
+            }
+        );
+    }
+
+    #[test]
     fn notify_port_by_number_reaches_the_peer() {
         let t = TestDir::new();
         let mut a = HostedEvents::new(t.path(), dom(1)).unwrap();

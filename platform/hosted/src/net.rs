@@ -32,6 +32,10 @@ const MAX_READ: usize = 65535 + ETH_HLEN;
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
 
+/// How often, and how far apart, naming the TAP in the namespace is tried.
+const RENAME_TRIES: u32 = 10;
+const RENAME_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 static TAP_SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn os(what: &'static str, e: &io::Error) -> PlatformError {
@@ -180,6 +184,8 @@ pub struct HostedNet {
     tap: File,
     pseudo: FdPort,
     setup: TapSetup,
+    /// The name the TAP was created under in our own namespace, before the move.
+    created_as: String,
     dead: bool,
     /// Frames dropped because they were longer than the caller's buffer.
     oversized: u64,
@@ -289,21 +295,20 @@ impl HostedNet {
             "move TAP into netns",
             &["link", "set", "dev", &tmp, "netns", ns],
         )?;
-        ip(
-            "name TAP in netns",
-            &[
-                "-n",
-                ns,
-                "link",
-                "set",
-                "dev",
-                &tmp,
-                "name",
-                name,
-                "address",
-                &fmt_mac(setup.kernel_mac),
-            ],
-        )?;
+        let mac = fmt_mac(setup.kernel_mac);
+        let rename = [
+            "-n", ns, "link", "set", "dev", &tmp, "name", name, "address", &mac,
+        ];
+        // The previous device of this name may still be closing (its last fd reference can
+        // sit in a child between fork and exec for a moment): retry briefly.
+        let mut tries = 0;
+        while let Err(e) = ip("name TAP in netns", &rename) {
+            tries += 1;
+            if tries >= RENAME_TRIES {
+                return Err(e);
+            }
+            std::thread::sleep(RENAME_PAUSE);
+        }
         ip(
             "bring TAP up",
             &["-n", ns, "link", "set", "dev", name, "up"],
@@ -367,6 +372,7 @@ impl HostedNet {
             tap,
             pseudo,
             setup,
+            created_as: tmp,
             dead: false,
             oversized: 0,
             buf: vec![0; MAX_READ],
@@ -376,6 +382,11 @@ impl HostedNet {
     /// What this device set up (namespace, interface name, addresses).
     pub fn setup(&self) -> &TapSetup {
         &self.setup
+    }
+
+    /// The name the TAP had in our namespace before it moved (`qh<pid>t<n>`).
+    pub fn created_as(&self) -> &str {
+        &self.created_as
     }
 
     /// Frames dropped because they did not fit the caller's buffer.
