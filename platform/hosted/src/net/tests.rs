@@ -542,3 +542,30 @@ fn mac_ip_and_namespace_parsers() {
         assert!(!valid_netns(bad), "{bad}");
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn mac_round_trips(m in proptest::array::uniform6(proptest::prelude::any::<u8>())) {
+        proptest::prop_assert_eq!(parse_mac(&fmt_mac(m)), Some(m));
+    }
+
+    #[test]
+    fn ips_round_trip(a in proptest::prelude::any::<u32>(), b in proptest::option::of(proptest::prelude::any::<u128>())) {
+        let v4 = Ipv4Addr::from(a);
+        let v6 = b.map(Ipv6Addr::from);
+        let s = match v6 {
+            Some(v6) => format!("{v4} {v6}"),
+            None => v4.to_string(),
+        };
+        proptest::prop_assert_eq!(parse_ips(&s), Some((v4, v6)));
+    }
+
+    #[test]
+    fn hostile_vif_values_never_panic(s in "\\PC{0,80}") {
+        let _ = parse_mac(&s);
+        let _ = parse_ips(&s);
+        if valid_netns(&s) {
+            proptest::prop_assert!(!s.contains('/') && !s.starts_with('-') && s != "..");
+        }
+    }
+}
