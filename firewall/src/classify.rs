@@ -31,6 +31,47 @@ impl Limits {
     };
 }
 
+/// A kernel command-line option the firewall does not understand or cannot use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdlineError {
+    UnknownOption,
+    BadValue(&'static str),
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineError::UnknownOption => f.write_str("unknown kernel command-line option"),
+            CmdlineError::BadValue(k) => write!(f, "bad value for --{k}"),
+        }
+    }
+}
+
+impl core::error::Error for CmdlineError {}
+
+impl Limits {
+    /// Reads `--nat-table-size=N` (16..=65536, as mirage's option), `--dns-cache-size=N` and
+    /// `--max-clients=N` from the kernel command line; other words are refused.
+    pub fn from_cmdline(cmdline: &str) -> Result<Limits, CmdlineError> {
+        let mut l = Limits::DEFAULT;
+        for w in cmdline.split_ascii_whitespace() {
+            let (k, v) = w.split_once('=').ok_or(CmdlineError::UnknownOption)?;
+            let (name, slot, lo, hi): (&'static str, &mut usize, usize, usize) = match k {
+                "--nat-table-size" => ("nat-table-size", &mut l.nat_entries, 16, 65536),
+                "--dns-cache-size" => ("dns-cache-size", &mut l.dns_records, 16, 16384),
+                "--max-clients" => ("max-clients", &mut l.clients, 1, 1024),
+                _ => return Err(CmdlineError::UnknownOption),
+            };
+            let n: usize = v.parse().map_err(|_| CmdlineError::BadValue(name))?;
+            if !(lo..=hi).contains(&n) {
+                return Err(CmdlineError::BadValue(name));
+            }
+            *slot = n;
+        }
+        Ok(l)
+    }
+}
+
 /// A downstream link, numbered by the router (clients are keyed by link and IP, never by MAC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientId(pub u32);

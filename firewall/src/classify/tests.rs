@@ -843,3 +843,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn limits_from_cmdline() {
+    assert_eq!(Limits::from_cmdline(""), Ok(Limits::DEFAULT));
+    let l = Limits::from_cmdline("--nat-table-size=100 --max-clients=8").unwrap();
+    assert_eq!((l.nat_entries, l.clients, l.dns_records), (100, 8, 1024));
+    assert_eq!(
+        Limits::from_cmdline("--nat-table-size=1"),
+        Err(CmdlineError::BadValue("nat-table-size"))
+    );
+    assert_eq!(
+        Limits::from_cmdline("--ipv4=1.2.3.4"),
+        Err(CmdlineError::UnknownOption)
+    );
+    assert_eq!(
+        Limits::from_cmdline("quiet"),
+        Err(CmdlineError::UnknownOption)
+    );
+}
