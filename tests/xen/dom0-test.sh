@@ -148,12 +148,52 @@ if [ "$MODE" = pvh ]; then
   xl dmesg | grep -q "(d$DOMID) platform-xen: PVH domain"
   check debug-port-0xe9 $? "early output in xl dmesg"
 fi
+# netback: a Linux PV domU (Debian's kernel, busybox initramfs) whose vif's backend is the
+# unikernel pings it; xen-smoke serves that vif with platform-xen's netback and answers ARP and
+# ICMP at 10.137.98.1. The domU is PV in both modes (a Linux PVH guest cannot run on this lab).
+LNAME=linux-$MODE
+LLOG=/var/log/xen/console/guest-$LNAME.log
+cat > /tmp/$LNAME.cfg <<EOC
+name = "$LNAME"
+type = "pv"
+kernel = "/boot/vmlinuz-$(uname -r)"
+ramdisk = "/usr/local/lib/xen-test/linux-domu.cpio.gz"
+extra = "console=hvc0 quiet domu.ip=10.137.98.2 domu.peer=10.137.98.1"
+memory = 192
+vcpus = 1
+vif = [ 'mac=00:16:3e:5a:00:03,backend=$NAME' ]
+on_crash = "preserve"
+EOC
+rm -f "$LLOG"
+l0=$(now_ms)
+xl create /tmp/$LNAME.cfg > /tmp/lcreate.txt 2>&1
+rc=$?
+check netback-domu-create $rc "xl create of a Linux PV domU with vif backend=$NAME rc=$rc in $(( $(now_ms) - l0 )) ms $(tail -1 /tmp/lcreate.txt)"
+if [ $rc = 0 ]; then
+  LDOM=$(xl domid "$LNAME")
+  wait_for 600 grep -q 'DOMU: done' "$LLOG"
+  grep -a 'DOMU\|netfront\|PING\|packets\|bytes from' "$LLOG" | head -40 | sed 's/^/XEN-DOMU /'
+  bst=$(xenstore-read /local/domain/$DOMID/backend/vif/$LDOM/0/state 2>&1)
+  fst=$(xenstore-read /local/domain/$LDOM/device/vif/0/state 2>&1)
+  grep -q 'xen-smoke: netback ok' "$LOG" && [ "$bst" = 4 ] && [ "$fst" = 4 ]
+  check netback-connect $? "unikernel's backend state $bst, domU's netfront state $fst: $(grep -o 'xen-smoke: netback \(ok\|FAIL\).*' "$LOG" | head -1)"
+  line=$(grep -ao 'DOMU-PING [0-9]*/10' "$LLOG")
+  [ "$line" = "DOMU-PING 10/10" ]
+  check netback-ping $? "Linux domU pings the unikernel: ${line:-no result}, $(grep -ao 'first echo reply after [0-9]* tries' "$LLOG")"
+  t2=$SECONDS
+  xl destroy "$LNAME" > /tmp/ldestroy.txt 2>&1
+  wait_for 60 sh -c "! xl list $LDOM >/dev/null 2>&1"
+  gone=$?
+  wait_for 20 grep -q 'xen-smoke: netback closed' "$LOG"
+  [ $gone = 0 ] && grep -q 'xen-smoke: netback closed' "$LOG"
+  check netback-close $? "domU destroyed, released in $((SECONDS - t2)) s; $(grep -o 'xen-smoke: netback \(closed\|FAIL close\).*' "$LOG" | head -1) $(tail -1 /tmp/ldestroy.txt)"
+fi
 t1=$SECONDS
 timeout 60 xl shutdown -w "$NAME" > /tmp/shutdown.txt 2>&1
 rc=$?
 check shutdown $rc "xl shutdown -w rc=$rc in $((SECONDS - t1)) s $(tail -1 /tmp/shutdown.txt)"
 grep -q 'xen-smoke: shutdown ok request=poweroff' "$LOG"; check shutdown-acknowledged $? "guest saw control/shutdown=poweroff"
-grep -a 'xen-smoke: netfront' "$LOG" | sed 's/^/XEN-CONSOLE /'
+grep -a 'xen-smoke: net\|xen-smoke: heap' "$LOG" | sed 's/^/XEN-CONSOLE /'
 xl list "$NAME" >/dev/null 2>&1 && xl destroy "$NAME"
 
 # blkfront: the first boot wrote 1 MiB at sector 2048, flushed and read it back; dom0 reads the

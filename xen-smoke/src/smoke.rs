@@ -237,6 +237,22 @@ pub fn main(mut xen: Xen) -> ! {
                 }
             }
         }
+        let closing = match back.as_ref().map(|l| &l.dev) {
+            Some(platform_xen::XenNet::Back(b)) => b.peer_closing(&mut env.store),
+            _ => false,
+        };
+        if closing {
+            if let Some(l) = back.take() {
+                l.summary();
+                if let platform_xen::XenNet::Back(b) = l.dev {
+                    println!("xen-smoke: netback drops {:?}", b.drops());
+                    match b.close(&mut env.store) {
+                        Ok(()) => println!("xen-smoke: netback closed, rings unmapped"),
+                        Err(e) => println!("xen-smoke: netback FAIL close: {e}"),
+                    }
+                }
+            }
+        }
         if back.is_none() && !tried_back {
             if let Some(found) = find_client(&mut env, back_ip) {
                 (back, tried_back) = (found, true);

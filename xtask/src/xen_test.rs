@@ -13,7 +13,11 @@ use anyhow::{bail, Context, Result};
 /// `-cpu max`). PVH needs an emulated SVM with nested paging (Debian's Xen has no shadow
 /// paging); with Debian's QEMU 7.2, `-cpu max` crashes the PV dom0 at its first page fault
 /// (Xen 4.17.7, kernel 6.1.0-56), so PVH runs add just `svm` and `npt` to qemu64.
-const RUNS: &[(&str, &str)] = &[("pv", "qemu64"), ("pvh", "qemu64,+svm,+npt")];
+/// Both add RDRAND: `platform_xen::env` refuses to start without an entropy source.
+const RUNS: &[(&str, &str)] = &[
+    ("pv", "qemu64,+rdrand"),
+    ("pvh", "qemu64,+svm,+npt,+rdrand"),
+];
 
 /// `XEN_TEST_CPU` overrides the QEMU CPU of every run (for probing which model works).
 fn cpu_for(default: &'static str) -> String {
@@ -26,7 +30,14 @@ const BOOT_TIMEOUT_S: &str = "2400";
 
 /// Builds the lab (once), installs the images and the dom0 script, boots each mode.
 pub fn xen_test(root: &Path) -> Result<()> {
-    crate::deps::apt_install(&["debootstrap", "e2fsprogs", "qemu-system-x86", "gzip"])?;
+    crate::deps::apt_install(&[
+        "debootstrap",
+        "e2fsprogs",
+        "qemu-system-x86",
+        "gzip",
+        "cpio",
+        "busybox-static",
+    ])?;
     super::build_images(root)?;
     let lab = root.join("target/xen-lab");
     let rootfs = lab.join("rootfs");
@@ -89,9 +100,10 @@ fn install(root: &Path, rootfs: &Path) -> Result<()> {
         super::image_path(root, "xen-smoke"),
         dir.join("xen-smoke.vmlinuz"),
     )?;
-    for f in ["dom0-test.sh", "net-check.py"] {
+    for f in ["dom0-test.sh", "net-check.py", "domu-init.sh"] {
         fs::copy(root.join("tests/xen").join(f), dir.join(f))?;
     }
+    domu_initrd(root, rootfs, &dir.join("linux-domu.cpio.gz"))?;
     let units = rootfs.join("etc/systemd/system");
     fs::copy(
         root.join("tests/xen/xen-test.service"),
@@ -102,6 +114,39 @@ fn install(root: &Path, rootfs: &Path) -> Result<()> {
     let link = wants.join("xen-test.service");
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink("/etc/systemd/system/xen-test.service", link)?;
+    Ok(())
+}
+
+/// The Linux PV domU's initramfs: the host's busybox-static, dom0's xen-netfront module and
+/// tests/xen/domu-init.sh as /init (its kernel is dom0's own, from the same root).
+fn domu_initrd(root: &Path, rootfs: &Path, out: &Path) -> Result<()> {
+    let stage = root.join("target/xen-lab/domu-initrd");
+    let _ = fs::remove_dir_all(&stage);
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(stage.join(d))?;
+    }
+    fs::copy("/bin/busybox", stage.join("bin/busybox")).context("busybox-static")?;
+    fs::copy(root.join("tests/xen/domu-init.sh"), stage.join("init"))?;
+    let mods = rootfs.join("lib/modules");
+    let kver = fs::read_dir(&mods)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max()
+        .context("no kernel modules in the dom0 root")?;
+    fs::copy(
+        mods.join(&kver).join("kernel/drivers/net/xen-netfront.ko"),
+        stage.join("xen-netfront.ko"),
+    )
+    .context("xen-netfront.ko (uncompressed) in the dom0 root")?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
+        .arg(out)
+        .current_dir(&stage)
+        .status()
+        .context("cpio")?;
+    if !status.success() {
+        bail!("building the domU initramfs failed");
+    }
     Ok(())
 }
 

@@ -45,6 +45,9 @@ pub struct XenNetback {
     copier: GrantCopier,
     port: XenPort,
     frontend: DomId,
+    /// Our `backend/vif/<fe>/<devid>` and the frontend's directory.
+    dir: String,
+    fe_path: String,
     frame: Vec<u8>,
     drops: NetbackDrops,
     broken: Option<NetError>,
@@ -135,6 +138,8 @@ pub fn connect(
         copier,
         port,
         frontend,
+        dir,
+        fe_path,
         frame: vec![0; MAX_FRAME],
         drops: NetbackDrops::default(),
         broken: None,
@@ -155,6 +160,28 @@ impl XenNetback {
     /// The frontend's domain.
     pub fn frontend(&self) -> DomId {
         self.frontend
+    }
+
+    /// Whether the toolstack is removing the vif (our state set to Closing) or the frontend
+    /// is closing: then [`XenNetback::close`] it.
+    pub fn peer_closing<S: Store + ?Sized>(&self, store: &mut S) -> bool {
+        let ours = xenbus::state(store, &format!("{}/state", self.dir));
+        let theirs = xenbus::state(store, &format!("{}/state", self.fe_path));
+        ours >= xenbus::CLOSING || theirs >= xenbus::CLOSING || theirs == 0
+    }
+
+    /// Unmaps the frontend's rings, closes the port, and says Closed (the toolstack waits
+    /// for that before it removes the device; the frontend's domain can then go away).
+    pub fn close<S: Store + ?Sized>(self, store: &mut S) -> Result<(), PlatformError> {
+        let dir = self.dir.clone();
+        drop(self);
+        let state = format!("{}", xenbus::CLOSED);
+        store.write(
+            platform_api::Tx::NONE,
+            &format!("{dir}/state"),
+            state.as_bytes(),
+        )?;
+        Ok(())
     }
 
     fn fatal(&mut self, e: NetError) -> PlatformError {
