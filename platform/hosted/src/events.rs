@@ -1,8 +1,5 @@
-//! Hosted event channels: each handle owns a Unix datagram socket; each port is an entry
-//! `<run>/evtchn/d<dom>/<port>` that binding cross-links with its peer's; notify = one datagram.
-//!
-//! Pseudo-ports ([`FIRST_PSEUDO_PORT`] and up, never handed out as event channels) stand for
-//! raw fds (a TAP device, the xenstore socket): `wait` reports one while its fd is readable.
+//! Hosted event channels: a Unix datagram socket per handle, a registry entry per port, notify =
+//! one datagram; pseudo-ports (from [`FIRST_PSEUDO_PORT`]) stand for fds such as a TAP or a socket.
 #![deny(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -354,7 +351,8 @@ impl HostedEvents {
 }
 
 impl AsFd for HostedEvents {
-    /// The socket that becomes readable when a port is signalled, for poll-based loops.
+    /// The socket that becomes readable when an event channel is signalled, for poll-based
+    /// loops (pseudo-ports are not covered: poll their fds too, or use `wait`).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inner.recv.as_fd()
     }

@@ -1,8 +1,5 @@
-//! Hosted network devices: a TAP device moved into the peer qube's network namespace and set up
-//! there the way Qubes sets up the other end (contract §3); frames are read and written on its fd.
-//!
-//! Everything made here hangs off the TAP: its netdev, addresses, routes and proxy-ARP setting
-//! vanish when the fd closes (drop, or process death), so nothing needs undoing.
+//! Hosted network devices: a TAP moved into the peer qube's netns and set up there as Qubes sets
+//! up the other end; all of it (netdev, addresses, routes, proxy ARP) vanishes with the fd.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
