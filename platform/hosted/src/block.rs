@@ -4,10 +4,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use platform_api::{BlockDevice, OutOfBounds, PlatformError, Store, StoreError, Tx, XsErrno};
+
+use crate::sys;
 
 /// Largest sector size we accept from the backend directory.
 const MAX_SECTOR_SIZE: usize = 4096;
@@ -87,6 +90,13 @@ impl HostedBlock {
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| os("open vbd image", &e))?;
+        // Two domains (or a restarted one and its leftover) writing one image would corrupt it.
+        if !sys::try_lock_exclusive(file.as_fd()).map_err(|e| os("lock vbd image", &e))? {
+            return Err(PlatformError::Os {
+                what: "lock vbd image (in use by another device)",
+                errno: libc::EBUSY,
+            });
+        }
         let len = file.metadata().map_err(|e| os("stat vbd image", &e))?.len();
         let want = sectors.checked_mul(sector_size as u64);
         if want.is_none_or(|w| len < w) {
@@ -285,6 +295,22 @@ mod tests {
         dom0.write(Tx::NONE, &format!("{back}/sectors"), b"12x")
             .unwrap();
         assert!(HostedBlock::from_store(&mut d5s, 51712).is_err());
+    }
+
+    #[test]
+    fn an_image_in_use_by_another_device_is_refused_until_it_closes() {
+        let t = TestDir::new();
+        let p = image(&t, 8 * 512);
+        let first = HostedBlock::open(&p, 512, 8, true).unwrap();
+        assert_eq!(
+            HostedBlock::open(&p, 512, 8, true).unwrap_err(),
+            PlatformError::Os {
+                what: "lock vbd image (in use by another device)",
+                errno: libc::EBUSY
+            }
+        );
+        drop(first);
+        HostedBlock::open(&p, 512, 8, true).unwrap();
     }
 
     #[test]

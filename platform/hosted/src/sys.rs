@@ -130,6 +130,25 @@ pub(crate) fn tap_open(name: &str) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
+/// Takes an exclusive advisory lock on `fd` without waiting; `Ok(false)` if another open file
+/// description holds it. Released when the last fd of this description closes.
+pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock takes an fd and flags and touches no memory; the fd is borrowed, so
+        // open for the call.
+        let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Moves the calling thread into the network namespace `ns` (an open `/run/netns/<name>`).
 /// Only ever called on a short-lived helper thread, never on one that goes on to serve.
 pub(crate) fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
