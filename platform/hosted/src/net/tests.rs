@@ -435,6 +435,49 @@ fn devices_leave_nothing_behind_run_twice() {
     }
 }
 
+/// Child half of `a_killed_process_leaves_no_tap_behind` (run by re-executing this binary).
+#[test]
+#[ignore = "run as a child process by a_killed_process_leaves_no_tap_behind"]
+fn child_holds_a_netback() {
+    let Ok(dir) = std::env::var("HOSTED_TEST_NET_DIR") else {
+        return;
+    };
+    let ev = HostedEvents::new(Path::new(&dir), dom(BE)).unwrap();
+    let mut st = connect_with_events(Path::new(&dir), &ev).unwrap();
+    let _dev = HostedNet::netback(&mut st, &ev, dom(FE), 0).unwrap();
+    println!("holding");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_process_leaves_no_tap_behind() {
+    if !privileged("killed_process") {
+        return;
+    }
+    let ns = Netns::new("kp");
+    let fx = Fixture::new(&ns.0, &ns.0);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "net::tests::child_holds_a_netback",
+            "--nocapture",
+        ])
+        .env("HOSTED_TEST_NET_DIR", fx.t.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(|| ip_out(&["-n", &ns.0, "link"]).contains("eth0"))
+        || eventually(|| ip_out(&["-n", &ns.0, "link"]).contains("eth0"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(up, "the child never made its TAP");
+    assert!(
+        eventually(|| !ip_out(&["-n", &ns.0, "link"]).contains("eth0")),
+        "SIGKILL closed the fd, so the kernel removed the TAP"
+    );
+}
+
 #[test]
 fn a_deleted_netdev_or_namespace_makes_the_device_down() {
     if !privileged("down") {
