@@ -30,6 +30,8 @@ pub const GUI_PORT: u32 = 6000;
 const WIN: WindowId = WindowId(1);
 /// Size of the window that shows a refusal.
 const MESSAGE_WINDOW: (u32, u32) = (640, 120);
+/// How long the qube waits for the call's exit code to be delivered before stopping anyway.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Smallest window for an image.
 const MIN_WINDOW: (u32, u32) = (160, 120);
 
@@ -115,6 +117,10 @@ pub struct Viewer<P: Platform> {
     gui: Option<Gui<P>>,
     /// The window was closed or `q` pressed: the call ends, then the qube.
     quitting: bool,
+    /// The loop reported the call over.
+    call_closed: bool,
+    /// When to stop even if the call's end was not reported.
+    stop_at: Option<Instant>,
 }
 
 impl<P: Platform> core::fmt::Debug for Viewer<P> {
@@ -138,6 +144,8 @@ impl<P: Platform> Viewer<P> {
             image: Image::Waiting,
             gui: None,
             quitting: false,
+            call_closed: false,
+            stop_at: None,
         }
     }
 
@@ -179,10 +187,15 @@ impl<P: Platform> Viewer<P> {
             }
             let _ = g.pump_out();
         }
-        if let Some(id) = self.call {
-            cx.finish(id, 0);
+        match self.call {
+            // The qube stops once the loop has delivered the exit code (`closed`), or after
+            // a grace period if the caller stopped reading.
+            Some(id) if !self.call_closed => {
+                cx.finish(id, 0);
+                self.stop_at = Some(cx.now().saturating_add(STOP_GRACE));
+            }
+            _ => cx.request_stop(),
         }
-        cx.request_stop();
     }
 
     fn check_time(&mut self, cx: &mut Cx<'_, P>) {
@@ -670,7 +683,7 @@ impl<P: Platform> App<P> for Viewer<P> {
             cx.log(format_args!("fb-viewer: {e}"));
             cx.finish(id, 1);
             self.quitting = true;
-            cx.request_stop();
+            self.stop_at = Some(cx.now().saturating_add(STOP_GRACE));
             return;
         }
         let img = core::mem::replace(&mut self.image, Image::Waiting);
@@ -711,7 +724,13 @@ impl<P: Platform> App<P> for Viewer<P> {
     }
 
     fn closed(&mut self, cx: &mut Cx<'_, P>, id: CallId, exit: Option<i32>) {
-        if self.call == Some(id) && exit.is_none() && !self.quitting {
+        if self.call != Some(id) {
+            return;
+        }
+        self.call_closed = true;
+        if self.quitting {
+            cx.request_stop();
+        } else if exit.is_none() {
             cx.log(format_args!("fb-viewer: the caller went away"));
             self.quit(cx);
         }
@@ -719,10 +738,16 @@ impl<P: Platform> App<P> for Viewer<P> {
 
     fn poll(&mut self, cx: &mut Cx<'_, P>) -> Option<Instant> {
         self.check_time(cx);
-        if self.pump_gui(cx) {
-            None
-        } else {
-            Some(cx.now())
+        if let Some(t) = self.stop_at {
+            if cx.now() >= t {
+                cx.request_stop();
+                return None;
+            }
+        }
+        let idle = self.pump_gui(cx);
+        match (idle, self.stop_at) {
+            (false, _) => Some(cx.now()),
+            (true, t) => t,
         }
     }
 
