@@ -460,6 +460,9 @@ impl Registry {
             ..t.prefs
         };
         d.tags = t.tags;
+        // Features such as `gui` come from the template (Qubes reads them with
+        // check_with_template), so a disposable of a GUI template gets a GUI.
+        d.features = t.features;
         Ok(name)
     }
 
