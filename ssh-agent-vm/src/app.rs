@@ -61,8 +61,9 @@ impl<P: Platform> Io for CxIo<'_, '_, P> {
         match self.0.call(target, service_and_arg) {
             Ok(id) => Some(id.0),
             Err(e) => {
-                self.0
-                    .log(format_args!("call {service_and_arg} to {target} failed: {e}"));
+                self.0.log(format_args!(
+                    "call {service_and_arg} to {target} failed: {e}"
+                ));
                 None
             }
         }
@@ -109,7 +110,13 @@ impl<P: Platform> App<P> for VaultApp<P> {
         let Some(e) = self.engine.as_mut() else {
             return Admit::Refuse;
         };
-        if e.call(&mut CxIo(cx), id.0, call.service, call.argument, call.source) {
+        if e.call(
+            &mut CxIo(cx),
+            id.0,
+            call.service,
+            call.argument,
+            call.source,
+        ) {
             Admit::Accept
         } else {
             Admit::Refuse

@@ -172,7 +172,14 @@ mod tests {
         .unwrap();
         assert!(c.rsa.contains("work") && c.rsa.contains("legacy") && !c.rsa.contains("git"));
         assert!(c.confirm.contains("anything"));
-        assert_eq!(c.kdf, KdfParams::Scrypt { log_n: 10, r: 8, p: 1 });
+        assert_eq!(
+            c.kdf,
+            KdfParams::Scrypt {
+                log_n: 10,
+                r: 8,
+                p: 1
+            }
+        );
         assert_eq!((c.max_sessions, c.confirm_timeout_secs), (8, 5));
         assert_eq!(VaultConfig::parse("").unwrap(), VaultConfig::default());
         assert!(!VaultConfig::default().agent_config("work").allow_rsa);
@@ -191,7 +198,11 @@ mod tests {
             "max-sessions=999",
             "colour=blue",
         ] {
-            assert_eq!(VaultConfig::parse(w), Err(ConfigError { word: w.into() }), "{w}");
+            assert_eq!(
+                VaultConfig::parse(w),
+                Err(ConfigError { word: w.into() }),
+                "{w}"
+            );
         }
     }
 

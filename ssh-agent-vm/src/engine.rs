@@ -101,7 +101,11 @@ impl<D: BlockDevice> fmt::Debug for Engine<D> {
 /// Printable ASCII only, bounded: the prompt in dom0 shows peer-chosen comments.
 fn sanitize(out: &mut String, s: &str, max: usize) {
     for c in s.chars().take(max) {
-        out.push(if c.is_ascii_graphic() || c == ' ' { c } else { '?' });
+        out.push(if c.is_ascii_graphic() || c == ' ' {
+            c
+        } else {
+            '?'
+        });
     }
 }
 
@@ -130,6 +134,11 @@ impl<D: BlockDevice> Engine<D> {
         }
     }
 
+    /// Runs `f` on the store's device, if there is one.
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> Option<R> {
+        self.store.borrow().with_device(f)
+    }
+
     /// Sessions open now.
     pub fn sessions(&self) -> usize {
         self.conns.len()
@@ -153,22 +162,35 @@ impl<D: BlockDevice> Engine<D> {
     }
 
     /// A new qrexec call: accepted if it is one of ours, names a valid keyring and there is room.
-    pub fn call(&mut self, io: &mut impl Io, id: u32, service: &str, arg: &str, source: &str) -> bool {
+    pub fn call(
+        &mut self,
+        io: &mut impl Io,
+        id: u32,
+        service: &str,
+        arg: &str,
+        source: &str,
+    ) -> bool {
         let admin = match service {
             CLIENT_SERVICE => false,
             ADMIN_SERVICE => true,
             _ => return false,
         };
         if !valid_keyring(arg) {
-            io.log(format_args!("refused {service} from {source}: bad keyring name"));
+            io.log(format_args!(
+                "refused {service} from {source}: bad keyring name"
+            ));
             return false;
         }
         if self.conns.len() >= self.cfg.max_sessions {
-            io.log(format_args!("refused {service}+{arg} from {source}: too many sessions"));
+            io.log(format_args!(
+                "refused {service}+{arg} from {source}: too many sessions"
+            ));
             return false;
         }
         if self.ring(arg).is_none() {
-            io.log(format_args!("refused {service}+{arg} from {source}: too many keyrings"));
+            io.log(format_args!(
+                "refused {service}+{arg} from {source}: too many keyrings"
+            ));
             return false;
         }
         self.conns.insert(
@@ -451,7 +473,11 @@ impl<D: BlockDevice> Engine<D> {
         }
         io.log(format_args!(
             "key store {} ({was} before): {loaded} keys loaded, {lost} skipped",
-            if was == "unformatted" { "formatted" } else { "opened" }
+            if was == "unformatted" {
+                "formatted"
+            } else {
+                "opened"
+            }
         ));
         Response::Success
     }

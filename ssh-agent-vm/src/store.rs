@@ -115,7 +115,7 @@ impl Drbg {
     pub fn reseed(&mut self, seed: &[u8; 32]) {
         let mut h = Sha256::new();
         h.update(b"reseed");
-        h.update(&*self.state);
+        h.update(self.state.as_slice());
         h.update(seed);
         *self.state = h.finalize().into();
     }
@@ -126,7 +126,7 @@ impl Entropy for Drbg {
         for chunk in buf.chunks_mut(32) {
             let mut h = Sha256::new();
             h.update(b"out");
-            h.update(&*self.state);
+            h.update(self.state.as_slice());
             h.update(self.counter.to_le_bytes());
             self.counter = self.counter.wrapping_add(1);
             let block: Zeroizing<[u8; 32]> = Zeroizing::new(h.finalize().into());
@@ -135,7 +135,7 @@ impl Entropy for Drbg {
         // Ratchet, so the bytes just given out cannot be recomputed from a later state.
         let mut h = Sha256::new();
         h.update(b"next");
-        h.update(&*self.state);
+        h.update(self.state.as_slice());
         *self.state = h.finalize().into();
     }
 }
@@ -149,7 +149,7 @@ pub enum StoreState<D: BlockDevice> {
     /// A vault waiting for its passphrase: nothing served, nothing added until then.
     Sealed(Shared<D>),
     /// Open: every change is saved before it is acknowledged.
-    Open(Vault<Shared<D>>),
+    Open(alloc::boxed::Box<Vault<Shared<D>>>),
     /// The device was lost after a failed operation (e.g. the KDF refused): nothing persists.
     Broken,
 }
@@ -222,6 +222,8 @@ pub struct Persist<D: BlockDevice> {
     pub rng: Drbg,
     /// KDF for a new vault or a new passphrase.
     pub kdf: KdfParams,
+    /// Another handle on the device (the vault owns one while open).
+    device: Option<Shared<D>>,
 }
 
 /// Record name of `key` in `keyring`.
@@ -295,10 +297,10 @@ pub fn decode_identity(bytes: &[u8]) -> Result<Identity, BadRecord> {
 impl<D: BlockDevice> Persist<D> {
     /// A store over `dev` (probed for a vault), or memory-only without one.
     pub fn new(dev: Option<D>, kdf: KdfParams, seed: &[u8; 32]) -> Result<Self, DeviceError> {
-        let state = match dev {
+        let device = dev.map(Shared::new);
+        let state = match device.clone() {
             None => StoreState::Memory,
-            Some(d) => {
-                let mut d = Shared::new(d);
+            Some(mut d) => {
                 if is_formatted(&mut d)? {
                     StoreState::Sealed(d)
                 } else {
@@ -310,7 +312,13 @@ impl<D: BlockDevice> Persist<D> {
             state,
             rng: Drbg::new(seed),
             kdf,
+            device,
         })
+    }
+
+    /// Runs `f` on the device, if there is one (tests inspect what a restart would see).
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> Option<R> {
+        self.device.as_ref().map(|d| d.with(f))
     }
 
     /// Whether keys may be added (open vault, or memory-only).
@@ -328,15 +336,16 @@ impl<D: BlockDevice> Persist<D> {
         let state = core::mem::replace(&mut self.state, StoreState::Broken);
         let (result, state) = match state {
             StoreState::Sealed(dev) => match Vault::open(dev.clone(), passphrase) {
-                Ok(v) => (Ok(()), StoreState::Open(v)),
+                Ok(v) => (Ok(()), StoreState::Open(alloc::boxed::Box::new(v))),
                 Err(e) => (Err(StoreError::Vault(e)), StoreState::Sealed(dev)),
             },
-            StoreState::Unformatted(dev) if passphrase.is_empty() => {
-                (Err(StoreError::EmptyPassphrase), StoreState::Unformatted(dev))
-            }
+            StoreState::Unformatted(dev) if passphrase.is_empty() => (
+                Err(StoreError::EmptyPassphrase),
+                StoreState::Unformatted(dev),
+            ),
             StoreState::Unformatted(dev) => {
                 match Vault::create(dev.clone(), passphrase, self.kdf, &mut self.rng) {
-                    Ok(v) => (Ok(()), StoreState::Open(v)),
+                    Ok(v) => (Ok(()), StoreState::Open(alloc::boxed::Box::new(v))),
                     // A create that failed part-way may have written slot B's wipe: probe again.
                     Err(e) => (Err(StoreError::Vault(e)), StoreState::Unformatted(dev)),
                 }
@@ -424,7 +433,8 @@ impl<D: BlockDevice> Persist<D> {
             _ => return Err(StoreError::NotOpen),
         };
         let before = v.records().clone();
-        let result = f(v.records_mut()).and_then(|()| v.save(&mut self.rng).map_err(StoreError::Vault));
+        let result =
+            f(v.records_mut()).and_then(|()| v.save(&mut self.rng).map_err(StoreError::Vault));
         if result.is_err() {
             *v.records_mut() = before;
         }
