@@ -99,8 +99,15 @@ impl Sim {
     }
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
+impl Sim {
+    /// Shuts the sim down (as on drop) and hands back its state directory, kept.
+    pub fn stop(mut self) -> State {
+        self.halt();
+        let dir = std::mem::take(&mut self.state.dir);
+        State { dir }
+    }
+
+    fn halt(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = self.state.run("shutdown", &[]);
             let end = Instant::now() + Duration::from_secs(10);
@@ -110,6 +117,12 @@ impl Drop for Sim {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
