@@ -201,15 +201,19 @@ impl<P: Platform> Pipe<P> {
         self.tx_off < self.tx_len
     }
 
-    /// Posts our notification interest; `Ok(false)` means there is work now, do not sleep.
-    pub(crate) fn may_sleep(&mut self) -> Result<bool, vchan::Error> {
-        if self.peer_closed {
+    /// Posts our notification interest (reads only if `reading`); `Ok(false)` means there
+    /// is work now, do not sleep.
+    pub(crate) fn may_sleep(&mut self, reading: bool) -> Result<bool, vchan::Error> {
+        if self.peer_closed && reading {
             return Ok(false);
         }
         let interest = Interest {
-            read: self.rx_len < self.rx.len(),
+            read: reading && self.rx_len < self.rx.len(),
             write: self.tx_pending(),
         };
+        if !interest.read && !interest.write {
+            return Ok(true);
+        }
         match self.link.prepare_wait(interest) {
             Err(vchan::Error::PeerClosed) => Ok(false),
             r => r,
@@ -324,6 +328,8 @@ pub(crate) struct Slot<P: Platform> {
     pub(crate) exit_sent: bool,
     /// Ours: the remote exit code arrived.
     pub(crate) exit_seen: Option<i32>,
+    /// The app paused delivery of this call's incoming bytes (`Cx::pause`).
+    pub(crate) paused: bool,
     /// The app aborted it or the loop decided it is over; removed at the end of the pass.
     pub(crate) dead: Option<Option<i32>>,
 }
@@ -342,6 +348,7 @@ impl<P: Platform> Slot<P> {
             finish: None,
             exit_sent: false,
             exit_seen: None,
+            paused: false,
             dead: None,
         }
     }

@@ -184,6 +184,22 @@ impl<'a, P: Platform> Cx<'a, P> {
         }
     }
 
+    /// Stops delivering call `id`'s incoming bytes ([`crate::App::input`] or
+    /// [`crate::App::output`]) until [`Cx::resume`]: its vchan fills up and the peer waits.
+    /// This is the app's backpressure (e.g. while [`Cx::send`] to another call is full).
+    pub fn pause(&mut self, id: CallId) {
+        if let Some(slot) = self.core.slot(id) {
+            slot.paused = true;
+        }
+    }
+
+    /// Delivers call `id`'s incoming bytes again after [`Cx::pause`].
+    pub fn resume(&mut self, id: CallId) {
+        if let Some(slot) = self.core.slot(id) {
+            slot.paused = false;
+        }
+    }
+
     /// Ends call `id` now, whatever its state: the data vchan is closed (a served call's
     /// caller sees it end without an exit code). The app hears [`crate::App::closed`] with
     /// `None` after this callback.

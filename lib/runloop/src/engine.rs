@@ -545,6 +545,9 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
             let Some(slot) = self.core.calls.get_mut(i) else {
                 return busy;
             };
+            if slot.paused || slot.dead.is_some() {
+                break;
+            }
             let State::Open { chan, .. } = &mut slot.state else {
                 return busy;
             };
@@ -593,6 +596,9 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
         let State::Open { pipe, chan } = &mut slot.state else {
             return Ok(false);
         };
+        if slot.paused {
+            return Ok(false);
+        }
         let mut busy = pipe
             .fill(&mut self.env.store)
             .map_err(|_| "data vchan failed")?;
@@ -779,14 +785,14 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
     fn may_sleep(&mut self) -> bool {
         let mut sleep = true;
         if let Some(c) = self.ctrl.as_mut() {
-            sleep &= c.may_sleep().unwrap_or(false);
+            sleep &= c.may_sleep(true).unwrap_or(false);
         }
         if let QdbLink::Open(q) = &mut self.qdb {
-            sleep &= q.may_sleep().unwrap_or(false);
+            sleep &= q.may_sleep(true).unwrap_or(false);
         }
         for slot in &mut self.core.calls {
             if let State::Open { pipe, .. } = &mut slot.state {
-                sleep &= pipe.may_sleep().unwrap_or(false);
+                sleep &= pipe.may_sleep(!slot.paused).unwrap_or(false);
             }
         }
         sleep
@@ -806,9 +812,6 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
         self.reap();
         // Best effort: the CONNECTION_TERMINATED messages the reaping queued.
         let _ = self.flush_control();
-        if let Some(c) = self.ctrl.take() {
-            c.close(&mut self.env.store);
-        }
         if let QdbLink::Open(q) = core::mem::replace(
             &mut self.qdb,
             QdbLink::Connecting {
@@ -818,5 +821,9 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
             q.close(&mut self.env.store);
         }
         let _ = self.env.store.unwatch(SHUTDOWN_PATH, SHUTDOWN_TOKEN);
+        // Last: dom0 takes a closed control channel as the domain going away.
+        if let Some(c) = self.ctrl.take() {
+            c.close(&mut self.env.store);
+        }
     }
 }
