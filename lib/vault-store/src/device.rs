@@ -55,6 +55,37 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &mut T {
     }
 }
 
+/// A [`platform_api::BlockDevice`] (blkfront on Xen, a file in hosted mode) used as a vault
+/// device: every platform failure becomes [`DeviceError::Io`], an out-of-bounds access
+/// [`DeviceError::OutOfRange`].
+#[derive(Debug)]
+pub struct PlatformDevice<B>(pub B);
+
+fn from_platform(e: platform_api::PlatformError) -> DeviceError {
+    match e {
+        platform_api::PlatformError::OutOfBounds(_) => DeviceError::OutOfRange,
+        _ => DeviceError::Io,
+    }
+}
+
+impl<B: platform_api::BlockDevice> BlockDevice for PlatformDevice<B> {
+    fn sector_size(&self) -> usize {
+        self.0.sector_size()
+    }
+    fn sectors(&self) -> u64 {
+        self.0.sectors()
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.0.read(lba, buf).map_err(from_platform)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.0.write(lba, buf).map_err(from_platform)
+    }
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.0.flush().map_err(from_platform)
+    }
+}
+
 /// A device held in memory: writes are durable at once.
 pub struct MemDevice {
     sector_size: usize,
@@ -140,6 +171,45 @@ impl BlockDevice for MemDevice {
         Ok(())
     }
     fn flush(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}
+
+impl MemDevice {
+    fn platform_error(&self, lba: u64, len: usize, e: DeviceError) -> platform_api::PlatformError {
+        match e {
+            DeviceError::OutOfRange => {
+                platform_api::PlatformError::OutOfBounds(platform_api::OutOfBounds {
+                    offset: usize::try_from(lba)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(self.sector_size),
+                    len,
+                    size: self.data.len(),
+                })
+            }
+            DeviceError::Io => platform_api::PlatformError::Os {
+                what: "memory device",
+                errno: 5,
+            },
+        }
+    }
+}
+
+/// So code written against the platform trait (apps, their tests) can run on memory too.
+impl platform_api::BlockDevice for MemDevice {
+    fn sector_size(&self) -> usize {
+        self.sector_size
+    }
+    fn sectors(&self) -> u64 {
+        BlockDevice::sectors(self)
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), platform_api::PlatformError> {
+        BlockDevice::read(self, lba, buf).map_err(|e| self.platform_error(lba, buf.len(), e))
+    }
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), platform_api::PlatformError> {
+        BlockDevice::write(self, lba, data).map_err(|e| self.platform_error(lba, data.len(), e))
+    }
+    fn flush(&mut self) -> Result<(), platform_api::PlatformError> {
         Ok(())
     }
 }

@@ -73,7 +73,7 @@ mod vault;
 #[cfg(test)]
 mod tests;
 
-pub use device::{BlockDevice, DeviceError, MemDevice};
+pub use device::{BlockDevice, DeviceError, MemDevice, PlatformDevice};
 pub use error::{Part, VaultError};
 pub use header::{HEADER_LEN, MAGIC, VERSION};
 pub use kdf::{KdfLimits, KdfParams, KEY_LEN};

@@ -8,7 +8,7 @@ use core::fmt;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Most records one vault holds.
-pub const MAX_RECORDS: usize = 4096;
+pub const MAX_RECORDS: usize = 65536;
 /// Longest record name, bytes.
 pub const MAX_NAME_LEN: usize = 255;
 

@@ -230,6 +230,34 @@ struct Sealed {
     ciphertext: Vec<u8>,
 }
 
+/// An open vault's state without its device, to move it from a borrowed device to an owned one.
+struct Parts {
+    geo: Geometry,
+    data_key: Zeroizing<[u8; KEY_LEN]>,
+    wrap: Wrap,
+    current: Slot,
+    sequence: u64,
+    other: SlotStatus,
+    sealed: Sealed,
+    records: Records,
+}
+
+impl Parts {
+    fn attach<D: BlockDevice>(self, dev: D) -> Vault<D> {
+        Vault {
+            dev,
+            geo: self.geo,
+            data_key: self.data_key,
+            wrap: self.wrap,
+            current: self.current,
+            sequence: self.sequence,
+            other: self.other,
+            sealed: self.sealed,
+            records: self.records,
+        }
+    }
+}
+
 /// An open vault: the records in memory, the data key, and which slot holds the newest copy.
 pub struct Vault<D: BlockDevice> {
     dev: D,
@@ -357,6 +385,62 @@ impl<D: BlockDevice> Vault<D> {
             },
             records,
         })
+    }
+
+    /// Like [`Vault::open_with_limits`], but a failure hands the device back with the error,
+    /// so a caller that owns its device can retry (a wrong passphrase) without reopening it.
+    pub fn try_open(
+        mut dev: D,
+        passphrase: &[u8],
+        limits: KdfLimits,
+    ) -> Result<Self, (VaultError, D)> {
+        match Vault::open_with_limits(&mut dev, passphrase, limits) {
+            Ok(v) => {
+                let parts = v.into_parts();
+                Ok(parts.attach(dev))
+            }
+            Err(e) => Err((e, dev)),
+        }
+    }
+
+    /// Like [`Vault::create`], but a failure hands the device back with the error.
+    pub fn try_create<E: Entropy + ?Sized>(
+        mut dev: D,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        entropy: &mut E,
+    ) -> Result<Self, (VaultError, D)> {
+        match Vault::create(&mut dev, passphrase, kdf, entropy) {
+            Ok(v) => {
+                let parts = v.into_parts();
+                Ok(parts.attach(dev))
+            }
+            Err(e) => Err((e, dev)),
+        }
+    }
+
+    fn into_parts(self) -> Parts {
+        let Vault {
+            dev: _,
+            geo,
+            data_key,
+            wrap,
+            current,
+            sequence,
+            other,
+            sealed,
+            records,
+        } = self;
+        Parts {
+            geo,
+            data_key,
+            wrap,
+            current,
+            sequence,
+            other,
+            sealed,
+            records,
+        }
     }
 
     /// The records as last opened or changed (not necessarily saved).
