@@ -96,25 +96,23 @@ fn ip_binary() -> &'static str {
         .unwrap_or("ip")
 }
 
+/// Runs `ip <args>`; on failure, its error output.
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    match Command::new(ip_binary()).args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Runs `ip <args>`; on failure writes its error output as one line to stderr.
 fn ip(what: &'static str, args: &[&str]) -> Result<(), PlatformError> {
-    let out = Command::new(ip_binary())
-        .args(args)
-        .output()
-        .map_err(|e| os(what, &e))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let msg = String::from_utf8_lossy(&out.stderr);
-    let _ = writeln!(
-        io::stderr(),
-        "{what}: ip {} failed: {}",
-        args.join(" "),
-        msg.trim()
-    );
-    Err(PlatformError::Os {
-        what,
-        errno: libc::EIO,
+    run_ip(args).map_err(|msg| {
+        let _ = writeln!(io::stderr(), "{what}: ip {} failed: {msg}", args.join(" "));
+        PlatformError::Os {
+            what,
+            errno: libc::EIO,
+        }
     })
 }
 
@@ -298,13 +296,12 @@ impl HostedNet {
         ];
         // The previous device of this name may still be closing (its last fd reference can
         // sit in a child between fork and exec for a moment): retry briefly.
-        let mut tries = 0;
-        while let Err(e) = ip("name TAP in netns", &rename) {
-            tries += 1;
-            if tries >= RENAME_TRIES {
-                return Err(e);
+        for attempt in 1..=RENAME_TRIES {
+            match run_ip(&rename) {
+                Ok(()) => break,
+                Err(_) if attempt < RENAME_TRIES => std::thread::sleep(RENAME_PAUSE),
+                Err(_) => ip("name TAP in netns", &rename)?,
             }
-            std::thread::sleep(RENAME_PAUSE);
         }
         ip(
             "bring TAP up",

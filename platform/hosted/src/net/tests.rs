@@ -559,6 +559,33 @@ fn hostile_store_values_are_refused_before_any_device_is_made() {
 }
 
 #[test]
+fn a_name_taken_in_the_namespace_fails_cleanly_without_leaking_the_tap() {
+    if !privileged("name_taken") {
+        return;
+    }
+    let ns = Netns::new("nt");
+    let fx = Fixture::new(&ns.0, &ns.0);
+    let (ev, mut st) = fx.domain(BE);
+    let veth = [
+        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "vpeer",
+    ];
+    ip("veth", &veth).unwrap();
+    let start = Instant::now();
+    assert!(HostedNet::netback(&mut st, &ev, dom(FE), 0).is_err());
+    assert!(
+        start.elapsed() >= RENAME_PAUSE * (RENAME_TRIES - 1),
+        "retried"
+    );
+    assert!(
+        eventually(|| !ip_out(&["-n", &ns.0, "link"]).contains("qh")),
+        "the temporary TAP is gone: {}",
+        ip_out(&["-n", &ns.0, "link"])
+    );
+    ip("veth", &["-n", &ns.0, "link", "del", "eth0"]).unwrap();
+    HostedNet::netback(&mut st, &ev, dom(FE), 0).unwrap();
+}
+
+#[test]
 fn mac_ip_and_namespace_parsers() {
     assert_eq!(parse_mac("00:16:3e:5e:6c:00"), Some(CLIENT_MAC));
     assert_eq!(parse_mac("fe:ff:ff:ff:ff:ff\n"), Some(BACKEND_MAC));
