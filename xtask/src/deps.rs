@@ -17,6 +17,14 @@ const TEST_PACKAGES: &[&str] = &[
     "openssh-client",
     "rpm",
     "python3",
+    // The flows' real peers: network namespaces and TAP set-up, sys-net's HTTP/DNS and sshd,
+    // the clients (curl, dig), and an independent KeePass writer for the import test.
+    "iproute2",
+    "curl",
+    "dnsmasq-base",
+    "bind9-dnsutils",
+    "openssh-server",
+    "python3-pykeepass",
 ];
 
 fn have_packages(pkgs: &[&str]) -> bool {
