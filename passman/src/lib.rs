@@ -73,3 +73,6 @@ pub use crate::engine::{Config, Passman, Reply};
 pub use crate::entry::Entry;
 pub use crate::name::EntryName;
 pub use crate::request::{Request, RequestError, Service};
+
+#[cfg(test)]
+mod tests;
