@@ -69,16 +69,9 @@ fn dirs_from_env(var: &str, default: PathBuf) -> Vec<PathBuf> {
     }
 }
 
-/// The policy directories: `<state>/policy.d` first (its files shadow same-named ones), then
-/// [`ENV_POLICY_DIRS`] or the project's `qubes-rpc/policy.d`. Files of all of them are
-/// evaluated in file-name order, as in `/etc/qubes/policy.d`.
-pub fn policy_dirs(state: &Path) -> Vec<PathBuf> {
-    let mut v = vec![state.join(POLICY_DIR)];
-    v.extend(dirs_from_env(
-        ENV_POLICY_DIRS,
-        project_rpc_dir().join(POLICY_DIR),
-    ));
-    v
+/// The other policy directories: [`ENV_POLICY_DIRS`], or the project's `qubes-rpc/policy.d`.
+pub fn extra_policy_dirs() -> Vec<PathBuf> {
+    dirs_from_env(ENV_POLICY_DIRS, project_rpc_dir().join(POLICY_DIR))
 }
 
 /// dom0's `qubes-rpc` directories, first found wins.
@@ -88,10 +81,16 @@ pub fn dom0_rpc_dirs(state: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Loads the policy from [`policy_dirs`].
+/// Loads the policy: `<state>/policy.d`, then [`extra_policy_dirs`].
 pub fn load(state: &Path) -> Result<Policy, PolicyError> {
-    let dirs: Vec<String> = policy_dirs(state)
-        .iter()
+    load_with(state, &extra_policy_dirs())
+}
+
+/// Loads `<state>/policy.d` and `extra`: the files of all of them in file-name order, as in
+/// `/etc/qubes/policy.d`; a file of the state directory shadows a same-named one.
+pub fn load_with(state: &Path, extra: &[PathBuf]) -> Result<Policy, PolicyError> {
+    let dirs: Vec<String> = std::iter::once(state.join(POLICY_DIR))
+        .chain(extra.iter().cloned())
         .map(|d| d.to_string_lossy().into_owned())
         .collect();
     let refs: Vec<&str> = dirs.iter().map(String::as_str).collect();

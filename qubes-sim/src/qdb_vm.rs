@@ -82,9 +82,18 @@ impl QdbClient {
             progress |= n > 0;
         }
         if self.in_len > 0 {
+            // Until synced, one message at a time: `connect` returns right at the dump's end,
+            // so a change dom0 sent after it waits for the caller's watches.
+            let mut take = self.in_len;
+            if self.agent.state() != SyncState::Ready {
+                if let Some(len) = self.inbuf.get(68..72) {
+                    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                    take = take.min(72usize.saturating_add(len));
+                }
+            }
             let n = self
                 .agent
-                .handle_input(&self.inbuf[..self.in_len])
+                .handle_input(&self.inbuf[..take])
                 .map_err(|e| anyhow!("qubesdb: dom0 broke the protocol: {e}"))?;
             self.inbuf.copy_within(n..self.in_len, 0);
             self.in_len -= n;

@@ -566,7 +566,9 @@ fn hostile_qube_helper() {
     }
 }
 
-fn hostile(sim: &Sim, vm: &str, mode: &str) {
+/// A hostile qube `vm` whose agent behaves as `mode`; `timeout` is its `qrexec_timeout` (short
+/// only where the timeout is what is tested: under load a slow start would look like silence).
+fn hostile(sim: &Sim, vm: &str, mode: &str, timeout: &str) {
     use std::os::unix::fs::PermissionsExt;
     let exe = std::env::current_exe().unwrap();
     let script = sim.path().join(format!("{vm}.kernel"));
@@ -582,16 +584,25 @@ fn hostile(sim: &Sim, vm: &str, mode: &str) {
     sim.state.ok("qvm-create", &["-l", "red", vm]);
     sim.state
         .ok("qvm-prefs", &[vm, "kernel", script.to_str().unwrap()]);
-    sim.state.ok("qvm-prefs", &[vm, "qrexec_timeout", "2"]);
+    sim.state.ok("qvm-prefs", &[vm, "qrexec_timeout", timeout]);
 }
 
 #[test]
 fn hostile_control_messages_kill_only_that_qube() {
     let sim = Sim::new("hostile", "");
     for (vm, mode) in [("evil", "garbage"), ("evil2", "huge")] {
-        hostile(&sim, vm, mode);
-        let _ = sim.state.run("qvm-start", &[vm]);
-        let end = Instant::now() + Duration::from_secs(10);
+        hostile(&sim, vm, mode, "60");
+        let (code, _, err) = sim.state.run("qvm-start", &[vm]);
+        assert_eq!(
+            (code, err.as_str()),
+            (
+                1,
+                format!("qvm-start: error: qube '{vm}' died while starting\n").as_str()
+            ),
+            "{}",
+            sim.log()
+        );
+        let end = Instant::now() + DEADLINE;
         while sim.state_of(vm) != "Crashed" {
             assert!(Instant::now() < end, "{vm} not stopped: {}", sim.log());
             std::thread::sleep(Duration::from_millis(20));
@@ -618,7 +629,7 @@ fn hostile_control_messages_kill_only_that_qube() {
 #[test]
 fn silent_qube_times_out_and_is_killed() {
     let sim = Sim::new("silent", "");
-    hostile(&sim, "mute", "silent");
+    hostile(&sim, "mute", "silent", "2");
     let t = Instant::now();
     let (code, _, err) = sim.state.run("qvm-start", &["mute"]);
     assert_eq!(code, 1);

@@ -86,12 +86,10 @@ fn qubes_read_the_entries_dom0_writes() {
     let mut child = w.spawn().unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let mut guard = Guard(child);
-    std::thread::sleep(Duration::from_millis(500));
-    sim.ok("qvm-firewall", &["work", "reset"]);
-    assert_eq!(
-        rx.recv_timeout(DEADLINE).unwrap(),
-        "/qubes-firewall/10.137.0.2"
-    );
+    // The watch counts from its registration, after its sync: rewrite the commit marker
+    // (a reset of the default rules changes nothing else) until the watch has seen one.
+    let line = until_seen(&sim, &rx);
+    assert_eq!(line, "/qubes-firewall/10.137.0.2");
     let end = Instant::now() + DEADLINE;
     while guard.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < end, "watch -n 1 did not exit");
@@ -123,6 +121,19 @@ fn qubes_read_the_entries_dom0_writes() {
     }
 }
 
+/// Resets `work`'s (default) rules, rewriting its commit marker in sys-net, until the watch
+/// behind `rx` reports a line; that line.
+fn until_seen(sim: &Sim, rx: &Receiver<String>) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        sim.ok("qvm-firewall", &["work", "reset"]);
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            return l;
+        }
+        assert!(Instant::now() < end, "the watch never fired: {}", sim.log());
+    }
+}
+
 fn commits(lines: &[String]) -> usize {
     lines.iter().filter(|l| l.matches('/').count() == 2).count()
 }
@@ -149,8 +160,9 @@ fn firewall_changes_reach_the_netvm_as_one_commit_each() {
     let mut child = watch.spawn().unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let _guard = Guard(child);
-    // The watch is registered after its sync; give it that moment.
-    std::thread::sleep(Duration::from_millis(500));
+    // The watch is registered after its sync: prime it, then let the priming lines pass.
+    until_seen(&sim, &rx);
+    drain(&rx, Duration::from_millis(700));
     let ip = "/qubes-firewall/10.137.0.2";
     let read = |k: &str| match sim.run_in("sys-net", "qubesdb-read", &["-q", k]) {
         (0, v, _) => v,
@@ -341,6 +353,34 @@ fn write_all(v: &mut qubes_sim::chan::Vchan, mut data: &[u8]) {
 
 use std::time::Instant;
 
+/// Reads dom0's messages until `count` of them name `path`; their types.
+fn replies_for(v: &mut qubes_sim::chan::Vchan, path: &str, count: usize) -> Vec<u8> {
+    let end = Instant::now() + DEADLINE;
+    let (mut buf, mut got) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 4096];
+    while got.len() < count {
+        assert!(Instant::now() < end, "only {got:?} for {path}");
+        let n = v.read(&mut chunk).unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 72 {
+            let len = u32::from_le_bytes(buf[68..72].try_into().unwrap()) as usize;
+            if buf.len() < 72 + len {
+                break;
+            }
+            let name = &buf[1..65];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(64)];
+            if name == path.as_bytes() {
+                got.push(buf[0]);
+            }
+            buf.drain(..72 + len);
+        }
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    got
+}
+
 #[test]
 fn hostile_qubesdb_messages_end_only_that_connection() {
     let sim = net_sim("qdb-hostile");
@@ -376,7 +416,14 @@ fn hostile_qubesdb_messages_end_only_that_connection() {
     let (_h, mut v) = raw_client(&sim, "work");
     write_all(&mut v, &qdb_frame(2, "", 0, &[]));
     write_all(&mut v, &qdb_frame(1, "/mine", 3, b"a\0b"));
-    std::thread::sleep(Duration::from_millis(300));
+    // A good write after it is answered on the same connection: RESP_ERROR, then RESP_OK.
+    write_all(&mut v, &qdb_frame(1, "/mine", 1, b"x"));
+    let replies = replies_for(&mut v, "/mine", 2);
+    assert_eq!(
+        replies,
+        [9, 7],
+        "RESP_ERROR for the NUL, RESP_OK for the good one"
+    );
     assert_eq!(v.peer_state().unwrap(), vchan::PeerState::Connected);
 }
 
@@ -445,19 +492,42 @@ fn a_netvm_without_qrexec_gets_its_clients_rules_over_its_own_connection() {
             .filter(|l| *l == "/qubes-firewall/10.137.0.2")
             .count()
     };
-    std::thread::sleep(Duration::from_millis(500));
+    let wait_for = |n: usize| {
+        let end = Instant::now() + DEADLINE;
+        while commits_in_log() < n {
+            assert!(Instant::now() < end, "{:?}", std::fs::read_to_string(&log));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // The stand-in's watch counts from its registration: reset the (default) rules until it
+    // has seen a commit.
+    let end = Instant::now() + DEADLINE;
+    while commits_in_log() == 0 {
+        assert!(Instant::now() < end, "the watch never fired");
+        sim.ok("qvm-firewall", &["work", "reset"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Priming resets still on their way: wait until the count stays put for a moment.
+    let mut base = commits_in_log();
+    let mut still = Instant::now();
+    while still.elapsed() < Duration::from_millis(300) {
+        assert!(Instant::now() < end, "the watch never settled");
+        std::thread::sleep(Duration::from_millis(10));
+        let now = commits_in_log();
+        if now != base {
+            (base, still) = (now, Instant::now());
+        }
+    }
+    // One reload when the client starts, one for the change.
     sim.ok("qvm-start", &["work"]);
     sim.ok(
         "qvm-firewall",
         &["work", "add", "action=drop", "proto=udp", "dstports=53"],
     );
-    let end = Instant::now() + DEADLINE;
-    // One reload when the client started, one for the change.
-    while commits_in_log() < 2 {
-        assert!(Instant::now() < end, "{:?}", std::fs::read_to_string(&log));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(commits_in_log(), 2);
+    wait_for(base + 2);
+    // A last reload: QubesDB is one ordered stream, so any extra commit would be in before it.
+    sim.ok("qvm-firewall", &["work", "reset"]);
+    wait_for(base + 3);
+    assert_eq!(commits_in_log(), base + 3);
     sim.ok("qvm-kill", &["fw"]);
 }
