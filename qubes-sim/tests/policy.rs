@@ -55,7 +55,7 @@ fn the_projects_policy_files_load() {
     }
     let state = State::new("policy-project");
     std::fs::create_dir_all(state.path().join("policy.d")).unwrap();
-    let policy = qubes_sim::policy::load_with(state.path(), &[dir.clone()])
+    let policy = qubes_sim::policy::load_with(state.path(), std::slice::from_ref(&dir))
         .unwrap_or_else(|e| panic!("{e}"));
     let rules = policy.rules().len();
     let commented_only = files.iter().all(|f| {
