@@ -20,8 +20,9 @@ pub use mmap::Mapping;
 pub const FIRST_REF: u32 = 8;
 /// Highest ref handed out (a 64-frame v1 grant table holds 32768 entries).
 pub const MAX_REFS: u32 = 32768;
-/// Most pages one `share`/`map` call handles (a 1 MiB vchan ring is 256 pages).
-pub const MAX_PAGES: usize = 1024;
+/// Most pages one `share`/`map` call handles (a 1 MiB vchan ring is 256 pages; a GUI window
+/// dump of a 3840x2160 screen is 8100).
+pub const MAX_PAGES: usize = 8192;
 
 const TRAILER_LEN: u64 = 8;
 const FILE_LEN: u64 = PAGE_SIZE as u64 + TRAILER_LEN;
