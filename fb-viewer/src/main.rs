@@ -4,9 +4,6 @@
 #![deny(unsafe_code)]
 
 #[cfg(xen_image)]
-extern crate alloc;
-
-#[cfg(xen_image)]
 platform_xen::entry!(xen_main);
 
 #[cfg(xen_image)]
