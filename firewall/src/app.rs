@@ -7,7 +7,9 @@ use alloc::vec::Vec;
 use core::net::IpAddr;
 
 use platform_api::{DomId, Entropy, NetDevice, Platform, PortSet, Store, Tx, Watches};
-use runloop::{Admit, App, AppError, Call, CallId, Cx, Instant, QubesDbEvent, WatchEvent};
+use runloop::{
+    Admit, App, AppError, Call, CallError, CallId, Cx, Instant, QubesDbEvent, WatchEvent,
+};
 
 use crate::classify::{ClientAddrs, ClientId, Firewall, Limits};
 use crate::config::{client_rules, commit_ip, NetConfig};
@@ -27,6 +29,10 @@ const VIF_TOKEN: &str = "fw-vif";
 const BUDGET: usize = 256;
 /// Longest xenstore `backend/vif` listing followed (domains, and vifs per domain).
 const MAX_VIFS: usize = 256;
+/// Wait before trying a device setup again.
+const RETRY_NANOS: u64 = 1_000_000_000;
+/// Tries (one per [`RETRY_NANOS`]) to reach dom0 for the kept ruleset.
+const FETCH_TRIES: u32 = 60;
 
 struct ClientLink<N> {
     id: ClientId,
@@ -53,6 +59,11 @@ pub struct FirewallApp<P: Platform> {
     calls: BTreeMap<CallId, CallKind>,
     /// More frames were waiting when the budget ran out: poll again at once.
     busy: bool,
+    /// The uplink or the vif watch could not be set up yet: try again at this time.
+    retry_at: Option<Instant>,
+    vif_watch: bool,
+    /// Tries left to ask dom0 for the kept ruleset.
+    fetch_tries: u32,
 }
 
 impl<P: Platform> core::fmt::Debug for FirewallApp<P> {
@@ -75,7 +86,31 @@ impl<P: Platform> FirewallApp<P> {
             buf: alloc::vec![0u8; MAX_FRAME + 64],
             calls: BTreeMap::new(),
             busy: false,
+            retry_at: None,
+            vif_watch: false,
+            fetch_tries: 0,
         }
+    }
+
+    /// Opens what is not open yet (the toolstack may still be writing our devices).
+    fn setup_devices(&mut self, cx: &mut Cx<'_, P>) {
+        let mut again = false;
+        if self.uplink.is_none() {
+            if let Err(e) = self.open_uplink(cx) {
+                cx.log(format_args!("uplink netfront not ready ({e}): retrying"));
+                again = true;
+            }
+        }
+        if !self.vif_watch {
+            match cx.env.store.watch(VIF_WATCH, VIF_TOKEN) {
+                Ok(()) => self.vif_watch = true,
+                Err(e) => {
+                    cx.log(format_args!("cannot watch {VIF_WATCH} ({e}): retrying"));
+                    again = true;
+                }
+            }
+        }
+        self.retry_at = again.then(|| Instant(cx.now().0 + RETRY_NANOS));
     }
 
     fn reload(&mut self, cx: &mut Cx<'_, P>, ip: IpAddr) {
@@ -211,6 +246,11 @@ impl<P: Platform> FirewallApp<P> {
         let dev = P::netfront(cx.env, 0)?;
         if let Some(r) = self.router.as_mut() {
             r.reset_uplink(dev.mac());
+            let c = r.firewall().config();
+            cx.log(format_args!(
+                "uplink up: {} via {}",
+                c.own_ip, c.uplink_gateway
+            ));
         }
         self.uplink = Some(dev);
         Ok(())
@@ -239,6 +279,28 @@ impl<P: Platform> FirewallApp<P> {
             ));
             if let Err(e) = self.open_uplink(cx) {
                 cx.log(format_args!("uplink netfront failed: {e}"));
+            }
+        }
+    }
+
+    /// Asks dom0 for the ruleset it keeps for us (retried while qrexec is not up yet).
+    fn fetch_ruleset(&mut self, cx: &mut Cx<'_, P>) {
+        if self.fetch_tries == 0 {
+            return;
+        }
+        self.fetch_tries -= 1;
+        match cx.call("dom0", SERVICE_RULESET_GET) {
+            Ok(id) => {
+                self.fetch_tries = 0;
+                cx.end_input(id);
+                self.calls.insert(id, CallKind::Fetch(Vec::new()));
+            }
+            Err(CallError::NotConnected | CallError::Full { .. }) if self.fetch_tries > 0 => {
+                self.retry_at = Some(Instant(cx.now().0 + RETRY_NANOS));
+            }
+            Err(e) => {
+                self.fetch_tries = 0;
+                cx.log(format_args!("cannot ask dom0 for the kept ruleset: {e}"));
             }
         }
     }
@@ -364,14 +426,8 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         let mut seed = [0u8; 8];
         cx.env.entropy.fill(&mut seed);
         let fw = Firewall::new(cfg, self.limits, u64::from_le_bytes(seed));
-        let dev = P::netfront(cx.env, 0)?;
-        cx.log(format_args!(
-            "uplink up: {} via {}",
-            fw.config().own_ip,
-            fw.config().uplink_gateway
-        ));
-        self.router = Some(Router::new(fw, dev.mac(), RouterLimits::DEFAULT));
-        self.uplink = Some(dev);
+        self.router = Some(Router::new(fw, [0; 6], RouterLimits::DEFAULT));
+        self.setup_devices(cx);
         // Rules already committed (dom0 writes them before our clients start).
         let mut ips: Vec<IpAddr> = Vec::new();
         for (path, _) in cx.qubesdb().list("/qubes-firewall/") {
@@ -392,14 +448,8 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         }
         // "No error" for dom0's tools, as mirage writes it.
         let _ = cx.qubesdb_write("/qubes-iptables-error", b"");
-        cx.env.store.watch(VIF_WATCH, VIF_TOKEN)?;
-        match cx.call("dom0", SERVICE_RULESET_GET) {
-            Ok(id) => {
-                cx.end_input(id);
-                self.calls.insert(id, CallKind::Fetch(Vec::new()));
-            }
-            Err(e) => cx.log(format_args!("cannot ask dom0 for the kept ruleset: {e}")),
-        }
+        self.fetch_tries = FETCH_TRIES;
+        self.fetch_ruleset(cx);
         Ok(())
     }
 
@@ -495,6 +545,10 @@ impl<P: Platform> App<P> for FirewallApp<P> {
     fn poll(&mut self, cx: &mut Cx<'_, P>) -> Option<Instant> {
         let now = cx.now();
         self.busy = false;
+        if self.retry_at.is_some_and(|t| t.0 <= now.0) {
+            self.setup_devices(cx);
+            self.fetch_ruleset(cx);
+        }
         // Netbacks whose frontend went away.
         let dead: Vec<(DomId, u32)> = self
             .clients
@@ -524,7 +578,10 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         if self.busy {
             return Some(now);
         }
-        next
+        match (next, self.retry_at) {
+            (Some(a), Some(b)) => Some(Instant(a.0.min(b.0))),
+            (a, b) => a.or(b),
+        }
     }
 
     fn wait_ports(&self, ports: &mut PortSet) {

@@ -11,6 +11,9 @@ use platform_api::Instant;
 
 /// Longest TTL we keep a record for, whatever the answer says.
 pub const MAX_TTL_SECS: u32 = 86_400;
+/// Shortest time a record is kept: answers with TTL 0 (dnsmasq's local names, some CDNs) would
+/// otherwise never let a `dsthost` rule match.
+pub const MIN_TTL_SECS: u32 = 10;
 /// Most answer records looked at in one message.
 pub const MAX_ANSWERS: usize = 64;
 /// Most compression pointers followed while reading one name.
@@ -74,7 +77,7 @@ impl fmt::Display for DnsError {
 impl core::error::Error for DnsError {}
 
 fn ttl_end(now: Instant, ttl_secs: u32) -> Instant {
-    let secs = u64::from(ttl_secs.min(MAX_TTL_SECS));
+    let secs = u64::from(ttl_secs.clamp(MIN_TTL_SECS, MAX_TTL_SECS));
     Instant(now.0.saturating_add(secs.saturating_mul(1_000_000_000)))
 }
 
@@ -98,7 +101,7 @@ impl DnsCache {
 
     /// Records that `name` resolves to `addr` for `ttl_secs` (capped at [`MAX_TTL_SECS`]).
     pub fn insert(&mut self, name: &str, addr: IpAddr, ttl_secs: u32, now: Instant) {
-        if self.max == 0 || ttl_secs == 0 {
+        if self.max == 0 {
             return;
         }
         let expires = ttl_end(now, ttl_secs);

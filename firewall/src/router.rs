@@ -360,9 +360,13 @@ impl Router {
 
     fn record_drop(&mut self, now: Instant, link: Link, frame: &[u8], reason: DropReason) {
         self.counters.dropped += 1;
+        // Link-local chatter (ARP, NDP, MLD behind a hop-by-hop header) is not worth a record.
         if matches!(
             reason,
-            DropReason::Arp | DropReason::Ndp | DropReason::OwnDns
+            DropReason::Arp
+                | DropReason::Ndp
+                | DropReason::OwnDns
+                | DropReason::Malformed(packet::WireError::Ipv6Extension(0))
         ) {
             return;
         }

@@ -205,3 +205,20 @@ proptest! {
         prop_assert!(c.len() <= 2);
     }
 }
+
+#[test]
+fn zero_ttl_kept_for_the_minimum() {
+    let mut c = DnsCache::new(4);
+    let msg = a_response("local.test", [192, 0, 2, 80], 0);
+    assert_eq!(c.learn_from_response(&msg, Instant(0)), Ok(1));
+    let a = ip("192.0.2.80");
+    let min = u64::from(MIN_TTL_SECS) * SEC;
+    assert_eq!(
+        c.resolves_to("local.test", a, Instant(min - 1)),
+        Resolution::Match
+    );
+    assert_eq!(
+        c.resolves_to("local.test", a, Instant(min)),
+        Resolution::Unknown
+    );
+}

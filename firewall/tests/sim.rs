@@ -1,0 +1,570 @@
+//! The hosted firewall in the sim with real Linux peers: sys-net and two clients as network
+//! namespaces (needs root, ip, curl, dig, dnsmasq, python3; skipped otherwise).
+//!
+//! sys-net serves HTTP on 192.0.2.80 (standing for the internet) and on its own address, and DNS
+//! (dnsmasq) on 10.139.1.1; clients `work` and `work2` sit behind `fw-unikernel`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const FW: &str = env!("CARGO_BIN_EXE_firewall");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn usable() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+        && ["ip", "curl", "dig", "dnsmasq", "python3"]
+            .iter()
+            .all(|p| have(p))
+}
+
+/// The qubes-sim binary next to ours, built if missing.
+fn sim_exe() -> PathBuf {
+    let dir = Path::new(FW).parent().unwrap();
+    let exe = dir.join("qubes-sim");
+    if !exe.exists() {
+        let target = dir.parent().unwrap();
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "qubes-sim", "--target-dir"])
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(st.success(), "building qubes-sim failed");
+    }
+    exe
+}
+
+struct World {
+    exe: PathBuf,
+    dir: PathBuf,
+    daemon: Child,
+    log: PathBuf,
+    /// Our processes inside namespaces (servers), killed on drop.
+    procs: Vec<Child>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        // Closing the lifeline stops the sim, which removes its namespaces.
+        drop(self.daemon.stdin.take());
+        let t = Instant::now();
+        while t.elapsed() < DEADLINE {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl World {
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg(prog).env("QUBES_SIM_DIR", &self.dir);
+        c
+    }
+
+    fn run(&self, prog: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut c = self.cmd(prog);
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut i = child.stdin.take().unwrap();
+            if let Some(s) = stdin {
+                i.write_all(s.as_bytes()).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let (code, out, err) = self.run(prog, args, None);
+        assert_eq!(
+            code,
+            0,
+            "{prog} {args:?}: {err}\nsim log:\n{}\nfirewall console:\n{}",
+            self.log(),
+            self.console()
+        );
+        out
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vms/fw-unikernel/console.log")).unwrap_or_default()
+    }
+
+    /// (the firewall's address, sys-net's) from the firewall's "uplink up: A via B" line.
+    fn uplink_ips(&self) -> (String, String) {
+        let c = self.console();
+        let l = c
+            .lines()
+            .find_map(|l| l.split("uplink up: ").nth(1))
+            .unwrap_or_else(|| panic!("no uplink line:\n{c}"));
+        let (a, b) = l.split_once(" via ").unwrap();
+        (a.trim().to_string(), b.trim().to_string())
+    }
+
+    /// The network namespace of a started qube, from its process.
+    fn netns(&self, vm: &str) -> String {
+        let needle = format!("started qube '{vm}' (domid ");
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("{vm} not started:\n{log}"));
+        let pid = line.rsplit("pid ").next().unwrap().trim_end_matches(')');
+        let out = Command::new("ip")
+            .args(["netns", "identify", pid])
+            .output()
+            .unwrap();
+        let ns = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!ns.is_empty(), "no netns for {vm} (pid {pid})");
+        ns
+    }
+
+    fn spawn_in(&mut self, ns: &str, cwd: &Path, args: &[&str]) {
+        let c = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.procs.push(c);
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn sh(ns: &str, cmd: &str) {
+    let (ok, _) = in_ns(ns, &["sh", "-c", cmd]);
+    assert!(ok, "{cmd} in {ns}");
+}
+
+/// `curl` from `ns`; the body on success.
+fn curl(ns: &str, url: &str, extra: &[&str]) -> Option<String> {
+    let mut args = vec!["curl", "-sS", "-m", "2"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let (ok, out) = in_ns(ns, &args);
+    ok.then_some(out)
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < DEADLINE {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out: {what}");
+}
+
+fn boot() -> World {
+    let exe = sim_exe();
+    let dir = std::env::temp_dir().join(format!("fw-sim-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../qubes-rpc/policy.d/90-unikernel-firewall.policy"
+        ),
+        dir.join("policy.d/90-unikernel-firewall.policy"),
+    )
+    .unwrap();
+    let log = dir.join("sim.log");
+    let setup: &[&[&str]] = &[
+        &["qvm-create", "--label", "red", "sys-net"],
+        &["qvm-prefs", "sys-net", "provides_network", "True"],
+        &["qvm-create", "--label", "green", "fw-unikernel"],
+        &["qvm-prefs", "fw-unikernel", "kernel", FW],
+        &["qvm-prefs", "fw-unikernel", "provides_network", "True"],
+        &["qvm-prefs", "fw-unikernel", "netvm", "sys-net"],
+        &["qvm-features", "fw-unikernel", "qrexec", "1"],
+        &["qvm-create", "--label", "blue", "work"],
+        &["qvm-prefs", "work", "netvm", "fw-unikernel"],
+        &["qvm-create", "--label", "blue", "work2"],
+        &["qvm-prefs", "work2", "netvm", "fw-unikernel"],
+    ];
+    for a in setup {
+        let st = Command::new(&exe)
+            .args(*a)
+            .env("QUBES_SIM_DIR", &dir)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{a:?}");
+    }
+    let mut daemon = Command::new(&exe)
+        .args(["daemon", "--stdin-lifeline"])
+        .env("QUBES_SIM_DIR", &dir)
+        .env("QUBES_SIM_NETNS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = daemon.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let w = World {
+        exe,
+        dir,
+        daemon,
+        log,
+        procs: Vec::new(),
+    };
+    let ready = rx.recv_timeout(DEADLINE).expect("sim did not get ready");
+    assert!(ready.starts_with("ready "), "{ready}");
+    w
+}
+
+#[test]
+fn firewall_between_linux_clients_and_sys_net() {
+    if !usable() {
+        eprintln!("skipped: needs root, ip, curl, dig, dnsmasq and python3");
+        return;
+    }
+    let mut w = boot();
+    for vm in ["sys-net", "fw-unikernel", "work", "work2"] {
+        w.ok("qvm-start", &[vm]);
+    }
+    let (net, work, work2) = (w.netns("sys-net"), w.netns("work"), w.netns("work2"));
+    eventually("uplink and both client vifs up", || {
+        let c = w.console();
+        c.contains("uplink up: ") && c.matches("client vif").count() >= 2
+    });
+    let (fw_ip, net_ip) = w.uplink_ips();
+    let eth0 = |ns: &str| {
+        let (_, out) = in_ns(ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+        let a = out.split_whitespace().nth(3).expect("eth0 has an address");
+        a.split('/').next().unwrap().to_string()
+    };
+    let (work_ip, work2_ip) = (eth0(&work), eth0(&work2));
+
+    // sys-net: "the internet" at 192.0.2.80, DNS at the virtual 10.139.1.1.
+    let www = w.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from sys-net\n").unwrap();
+    std::fs::write(www.join("big"), vec![b'x'; 600 * 1024]).unwrap();
+    sh(
+        &net,
+        "ip addr add 192.0.2.80/32 dev lo && ip addr add 10.139.1.1/32 dev lo",
+    );
+    let conf = w.dir.join("dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        "address=/example.test/192.0.2.80\naddress=/other.test/192.0.2.81\n",
+    )
+    .unwrap();
+    let www_s = www.to_str().unwrap().to_string();
+    w.spawn_in(
+        &net,
+        &www,
+        &["python3", "-m", "http.server", "80", "--directory", &www_s],
+    );
+    let conf_arg = format!("--conf-file={}", conf.display());
+    w.spawn_in(
+        &net,
+        &www,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            &conf_arg,
+            "--no-resolv",
+            "--no-hosts",
+            "--listen-address=10.139.1.1",
+            "--bind-interfaces",
+        ],
+    );
+    // work2 serves on 8000 (for client-to-client and the port forward).
+    w.spawn_in(
+        &work2,
+        &www,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+            "--directory",
+            &www_s,
+        ],
+    );
+    eventually("sys-net's server up", || {
+        curl(&net, "http://192.0.2.80/", &[]).is_some()
+    });
+
+    // 1. curl and dig through the firewall.
+    assert_eq!(
+        curl(&work, "http://192.0.2.80/", &[]).as_deref(),
+        Some("hello from sys-net\n")
+    );
+    let (ok, ans) = in_ns(
+        &work,
+        &[
+            "dig",
+            "+time=2",
+            "+tries=1",
+            "+short",
+            "@10.139.1.1",
+            "example.test",
+        ],
+    );
+    assert!(ok && ans.trim() == "192.0.2.80", "dig: {ans}");
+
+    // 2. A long transfer that must survive an unrelated rule change.
+    let slow = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &work,
+            "curl",
+            "-sS",
+            "-m",
+            "20",
+            "--limit-rate",
+            "150k",
+        ])
+        .arg("-o")
+        .arg(w.dir.join("big.out"))
+        .arg("http://192.0.2.80/big")
+        .spawn()
+        .unwrap();
+
+    // 3. qvm-firewall: deny tcp/80 to 192.0.2.80; effect on the first connection after commit.
+    let t = Instant::now();
+    w.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "--before",
+            "0",
+            "action=drop",
+            "dst4=192.0.2.80",
+            "proto=tcp",
+            "dstports=80-80",
+        ],
+    );
+    assert_eq!(
+        curl(&work, "http://192.0.2.80/", &[]),
+        None,
+        "denied after commit"
+    );
+    eprintln!(
+        "commit-to-effect (qvm-firewall returned to refused connection): {:?}",
+        t.elapsed()
+    );
+    assert!(curl(&work, &format!("http://{net_ip}/"), &[]).is_some());
+    let out = slow.wait_with_output().unwrap();
+    // The long transfer was denied by the same change (it goes to 192.0.2.80:80): it ends.
+    assert!(!out.status.success(), "denied flow went on");
+
+    // 4. A transfer survives an unrelated change.
+    w.ok("qvm-firewall", &["work", "del", "--rule-no", "0"]);
+    let slow = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &work,
+            "curl",
+            "-sS",
+            "-m",
+            "20",
+            "--limit-rate",
+            "150k",
+        ])
+        .arg("-o")
+        .arg(w.dir.join("big.out"))
+        .arg("http://192.0.2.80/big")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    w.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "--before",
+            "0",
+            "action=drop",
+            "dst4=198.51.100.1",
+        ],
+    );
+    let out = slow.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "allowed transfer broken by an unrelated change"
+    );
+    assert_eq!(
+        std::fs::metadata(w.dir.join("big.out")).unwrap().len(),
+        600 * 1024
+    );
+
+    // 5. dsthost: allow a name only; the firewall resolves it itself.
+    w.ok("qvm-firewall", &["work", "reset"]);
+    w.ok("qvm-firewall", &["work", "del", "--rule-no", "0"]);
+    w.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "action=accept",
+            "dsthost=example.test",
+            "proto=tcp",
+        ],
+    );
+    w.ok("qvm-firewall", &["work", "add", "action=drop"]);
+    let t = Instant::now();
+    while curl(&work, "http://192.0.2.80/", &[]).is_none() {
+        assert!(
+            t.elapsed() < DEADLINE,
+            "dsthost never allowed; rules:\n{}\nconsole:\n{}",
+            w.ok("qvm-firewall", &["work", "list"]),
+            w.console()
+        );
+    }
+    assert_eq!(curl(&work, &format!("http://{net_ip}/"), &[]), None);
+    w.ok("qvm-firewall", &["work", "reset"]);
+
+    // 6. A spoofed source is dropped.
+    sh(&work, "ip addr add 10.137.99.99/32 dev eth0");
+    assert_eq!(
+        curl(
+            &work,
+            "http://192.0.2.80/",
+            &["--interface", "10.137.99.99"]
+        ),
+        None
+    );
+
+    // 7. Client-to-client: blocked, then allowed by the ruleset RPC for the pair.
+    let to_work2 = format!("http://{work2_ip}:8000/");
+    assert_eq!(
+        curl(&work, &to_work2, &[]),
+        None,
+        "client-to-client open by default"
+    );
+    let ruleset =
+        format!("allow {work_ip} {work2_ip} tcp 8000\nforward tcp 8080 {work2_ip} 8000\n");
+    let (code, out, err) = w.run(
+        "qvm-run",
+        &[
+            "-p",
+            "--service",
+            "fw-unikernel",
+            "qubes.UnikernelFirewallRuleset",
+        ],
+        Some(&ruleset),
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.starts_with("ok: 1 forward(s), 1 allow(s)"), "{out}");
+    assert_eq!(
+        curl(&work, &to_work2, &[]).as_deref(),
+        Some("hello from sys-net\n")
+    );
+    // The other way round is not allowed.
+    w.spawn_in(
+        &work,
+        &www,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8001",
+            "--directory",
+            &www_s,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(curl(&work2, &format!("http://{work_ip}:8001/"), &[]), None);
+
+    // 8. The port forward: sys-net reaches work2 through the firewall's address.
+    assert_eq!(
+        curl(&net, &format!("http://{fw_ip}:8080/"), &[]).as_deref(),
+        Some("hello from sys-net\n")
+    );
+
+    // 9. A bad ruleset is refused whole.
+    let (code, out, _) = w.run(
+        "qvm-run",
+        &[
+            "-p",
+            "--service",
+            "fw-unikernel",
+            "qubes.UnikernelFirewallRuleset",
+        ],
+        Some("forward tcp 99999 1.2.3.4 80\n"),
+    );
+    assert_eq!(code, 1);
+    assert_eq!(out, "error: line 1: bad port\n");
+
+    // 10. The drop log shows what was dropped.
+    let drops = w.ok(
+        "qvm-run",
+        &[
+            "-p",
+            "--service",
+            "fw-unikernel",
+            "qubes.UnikernelFirewallDrops",
+        ],
+    );
+    assert!(
+        drops.contains("source address is not the client's"),
+        "{drops}"
+    );
+    assert!(drops.contains("denied by the client's rules"), "{drops}");
+    assert!(drops.contains("client-to-client not allowed"), "{drops}");
+    assert!(drops.contains("counters: received"), "{drops}");
+    eprintln!("drop log:\n{drops}");
+}
