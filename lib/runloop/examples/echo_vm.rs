@@ -126,6 +126,14 @@ impl<P: Platform> App<P> for EchoVm {
         ]
     }
 
+    fn start(&mut self, cx: &mut Cx<'_, P>) -> Result<(), runloop::AppError> {
+        let (n, t) = (cx.qubesdb().len(), cx.config().connect_timeout);
+        cx.log(format_args!(
+            "started: {n} QubesDB entries, connect timeout {t:?}"
+        ));
+        Ok(())
+    }
+
     fn call(&mut self, cx: &mut Cx<'_, P>, id: CallId, call: &Call<'_>) -> Admit {
         let mode = match call.service {
             "test.Echo" => Mode::Echo,
@@ -260,10 +268,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cfg = Config {
+    let mut cfg = Config {
         max_calls: 16,
         ..Config::default()
     };
+    // `connect_timeout=SECS` in kernelopts shortens the wait for a silent peer (tests).
+    for opt in env.cmdline.split_whitespace() {
+        if let Some(secs) = opt
+            .strip_prefix("connect_timeout=")
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.connect_timeout = std::time::Duration::from_secs(secs);
+        }
+    }
     match runloop::run(env, EchoVm::default(), cfg) {
         Ok(()) => {
             eprintln!("echo_vm: stopped cleanly");

@@ -390,6 +390,9 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
                             };
                             slot.out.clear();
                         }
+                    } else if just_exec {
+                        // MSG_JUST_EXEC carries no stdin: its input is over before it starts.
+                        self.app.input_end(&mut cx, id);
                     }
                 }
             }
@@ -703,8 +706,13 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
                 }
                 _ => "peer closed the data vchan early",
             }
-        } else if !pipe.attached() && now.saturating_duration_since(slot.since) >= timeout {
-            "peer never attached to the data vchan"
+        } else if chan.version().is_none() && now.saturating_duration_since(slot.since) >= timeout {
+            // A peer that never attaches or never says HELLO must not hold a slot forever.
+            if pipe.attached() {
+                "peer never completed the data-channel handshake"
+            } else {
+                "peer never attached to the data vchan"
+            }
         } else {
             return;
         };
@@ -765,7 +773,7 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
         for slot in &mut self.core.calls {
             match &mut slot.state {
                 State::Connecting { next_try } => next.add(Some(*next_try)),
-                State::Open { pipe, .. } if !pipe.attached() => {
+                State::Open { chan, .. } if chan.version().is_none() => {
                     next.add(Some(slot.since.saturating_add(timeout)));
                 }
                 _ => {}

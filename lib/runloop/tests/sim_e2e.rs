@@ -20,33 +20,50 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// The `echo_vm` example (cargo builds examples before integration tests).
+/// The `echo_vm` example.
 fn echo_vm_exe() -> PathBuf {
-    let p = profile_dir().join("examples").join("echo_vm");
-    assert!(
-        p.is_file(),
-        "{} missing: run through cargo test",
-        p.display()
-    );
+    example("echo_vm")
+}
+
+/// Builds (once per test process) what the tests run: this crate's examples and the
+/// `qubes-sim` binary, in this test's own target directory, so that no stale binary is used
+/// (`cargo test --test sim_e2e` alone does not build examples).
+fn build_once() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = profile_dir().parent().unwrap().to_path_buf();
+        let release = profile_dir().ends_with("release");
+        for args in [
+            &["build", "-q", "-p", "runloop", "--examples"][..],
+            &["build", "-q", "-p", "qubes-sim", "--bin", "qubes-sim"][..],
+        ] {
+            let mut c = Command::new(env!("CARGO"));
+            c.args(args)
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if release {
+                c.arg("--release");
+            }
+            let st = c.status().expect("run cargo");
+            assert!(st.success(), "cargo {args:?} failed");
+        }
+    });
+}
+
+fn example(name: &str) -> PathBuf {
+    build_once();
+    let p = profile_dir().join("examples").join(name);
+    assert!(p.is_file(), "{} missing after the build", p.display());
     p
 }
 
-/// The `qubes-sim` binary of the same target directory, built here if needed.
+/// The `qubes-sim` binary (or `QUBES_SIM_EXE`).
 fn sim_exe() -> PathBuf {
     if let Some(p) = std::env::var_os("QUBES_SIM_EXE") {
         return PathBuf::from(p);
     }
+    build_once();
     let p = profile_dir().join("qubes-sim");
-    let target = profile_dir().parent().unwrap().to_path_buf();
-    let mut c = Command::new(env!("CARGO"));
-    c.args(["build", "-q", "-p", "qubes-sim", "--bin", "qubes-sim"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir().ends_with("release") {
-        c.arg("--release");
-    }
-    let st = c.status().expect("run cargo to build qubes-sim");
-    assert!(st.success(), "building qubes-sim failed");
     assert!(p.is_file(), "{} missing after the build", p.display());
     p
 }
@@ -144,7 +161,11 @@ impl Sim {
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vms").join(VM).join("console.log"))
+        self.console_of(VM)
+    }
+
+    fn console_of(&self, vm: &str) -> String {
+        std::fs::read_to_string(self.dir.join("vms").join(vm).join("console.log"))
             .unwrap_or_default()
     }
 
@@ -275,8 +296,12 @@ fn fnv1a(data: &[u8]) -> u64 {
 }
 
 fn wait_console(sim: &Sim, needle: &str) {
+    wait_console_of(sim, VM, needle);
+}
+
+fn wait_console_of(sim: &Sim, vm: &str, needle: &str) {
     let end = Instant::now() + DEADLINE;
-    while !sim.console().contains(needle) {
+    while !sim.console_of(vm).contains(needle) {
         assert!(
             Instant::now() < end,
             "{needle:?} never logged\n{}",
@@ -457,5 +482,82 @@ fn services_refusals_big_and_concurrent_calls_then_clean_shutdown() {
     assert!(!log.contains("crashed"), "{}", sim.logs());
     if std::env::var_os("RUNLOOP_E2E_SHOW").is_some() {
         eprintln!("{}", sim.logs());
+    }
+}
+
+/// Callers that break the data protocol (a 2 GiB chunk, an unknown message, silence after
+/// attaching) each lose their own call; a long call running alongside is unharmed.
+#[test]
+fn hostile_data_peer_ends_only_its_own_call() {
+    let mut sim = Sim::new("hostile");
+    let modes = ["oversize", "garbage", "nohello"];
+    let kernel = example("hostile_caller");
+    for m in modes {
+        let vm = format!("evil-{m}");
+        sim.ok("qvm-create", &["--label", "red", &vm]);
+        sim.ok("qvm-prefs", &[&vm, "kernel", kernel.to_str().unwrap()]);
+        sim.ok("qvm-prefs", &[&vm, "kernelopts", m]);
+    }
+    sim.ok("qvm-prefs", &[VM, "kernelopts", "connect_timeout=2"]);
+    sim.write(
+        "policy.d/31-hostile.policy",
+        "test.Echo  *  @anyvm  echo-vm  allow\n",
+        false,
+    );
+    sim.boot();
+
+    let mut good = sim.client("work", VM, "test.Sum");
+    let mut good = good
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut good_in = good.stdin.take().unwrap();
+    good_in.write_all(&pattern(300_000, 9)).unwrap();
+    for m in modes {
+        let vm = format!("evil-{m}");
+        sim.ok("qvm-start", &[&vm]);
+        wait_console_of(&sim, &vm, "echo-vm closed the data vchan");
+    }
+    let console = sim.console();
+    assert_eq!(
+        console
+            .matches("peer broke the qrexec data protocol")
+            .count(),
+        2,
+        "{}",
+        sim.logs()
+    );
+    assert_eq!(
+        console
+            .matches("never completed the data-channel handshake")
+            .count(),
+        1,
+        "{}",
+        sim.logs()
+    );
+    good_in.write_all(&pattern(300_000, 10)).unwrap();
+    drop(good_in);
+    let mut out = String::new();
+    good.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(wait_within(&mut good, DEADLINE), Some(0), "{}", sim.logs());
+    let mut both = pattern(300_000, 9);
+    both.extend(pattern(300_000, 10));
+    assert_eq!(out, format!("600000 {:016x}\n", fnv1a(&both)));
+    let r = sim.call("test.Echo", b"unharmed");
+    assert_eq!(
+        (r.code, r.stdout.as_slice()),
+        (0, &b"unharmed"[..]),
+        "{r:?}"
+    );
+    if std::env::var_os("RUNLOOP_E2E_SHOW").is_some() {
+        eprintln!("{}", sim.logs());
+        for m in modes {
+            eprintln!("--- evil-{m}\n{}", sim.console_of(&format!("evil-{m}")));
+        }
     }
 }
