@@ -50,6 +50,9 @@ pub struct VaultConfig {
     pub max_sessions: usize,
     /// Seconds a confirmation may take before it counts as denied (`confirm-timeout=S`).
     pub confirm_timeout_secs: u32,
+    /// Callers accepted on the admin service whatever the policy says (`admin=dom0,mgmt`;
+    /// default dom0 only): a policy mistake alone cannot hand key management to a qube.
+    pub admin: RingSet,
 }
 
 impl Default for VaultConfig {
@@ -60,6 +63,7 @@ impl Default for VaultConfig {
             kdf: KdfParams::default(),
             max_sessions: 64,
             confirm_timeout_secs: 60,
+            admin: RingSet::Some(alloc::vec![String::from("dom0")]),
         }
     }
 }
@@ -130,6 +134,7 @@ impl VaultConfig {
             match k {
                 "rsa" => cfg.rsa = ring_set(v).ok_or_else(bad)?,
                 "confirm" => cfg.confirm = ring_set(v).ok_or_else(bad)?,
+                "admin" if v != "*" => cfg.admin = ring_set(v).ok_or_else(bad)?,
                 "kdf" => cfg.kdf = kdf(v).ok_or_else(bad)?,
                 "max-sessions" => {
                     cfg.max_sessions = v
@@ -181,6 +186,9 @@ mod tests {
             }
         );
         assert_eq!((c.max_sessions, c.confirm_timeout_secs), (8, 5));
+        assert!(c.admin.contains("dom0") && !c.admin.contains("work"));
+        let c = VaultConfig::parse("admin=mgmt").unwrap();
+        assert!(c.admin.contains("mgmt") && !c.admin.contains("dom0"));
         assert_eq!(VaultConfig::parse("").unwrap(), VaultConfig::default());
         assert!(!VaultConfig::default().agent_config("work").allow_rsa);
     }
@@ -197,6 +205,7 @@ mod tests {
             "max-sessions=0",
             "max-sessions=999",
             "colour=blue",
+            "admin=*",
         ] {
             assert_eq!(
                 VaultConfig::parse(w),

@@ -175,6 +175,12 @@ impl<D: BlockDevice> Engine<D> {
             ADMIN_SERVICE => true,
             _ => return false,
         };
+        if admin && !self.cfg.admin.contains(source) {
+            io.log(format_args!(
+                "refused {service} from {source}: not an admin source"
+            ));
+            return false;
+        }
         if !valid_keyring(arg) {
             io.log(format_args!(
                 "refused {service} from {source}: bad keyring name"

@@ -254,6 +254,10 @@ fn unknown_services_bad_keyring_names_and_excess_sessions_are_refused() {
     assert!(h.open("qubes.Other", "work", "work").is_none());
     assert!(h.open(CLIENT_SERVICE, "", "work").is_none());
     assert!(h.open(CLIENT_SERVICE, ".x", "work").is_none());
+    assert!(
+        h.open(ADMIN_SERVICE, "work", "work").is_none(),
+        "admin from a qube, even if policy let it through"
+    );
     let a = h.client("work");
     let _b = h.client("work");
     assert!(
