@@ -220,6 +220,16 @@ impl<P: Platform> Pipe<P> {
         }
     }
 
+    /// Removes a server's xenstore directory if it is still advertised, leaving the vchan
+    /// open (dropping the pipe then ends the grants without telling the peer).
+    pub(crate) fn unadvertise(&mut self, store: &mut P::Store) {
+        if let Link::Server(_, dir) = &mut self.link {
+            if let Some(d) = dir.take() {
+                let _ = d.remove(store);
+            }
+        }
+    }
+
     /// Closes the vchan; see [`Link::close`].
     pub(crate) fn close(mut self, store: &mut P::Store) {
         self.link.close(store);

@@ -151,6 +151,12 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
             // The app's requests in this pass (calls, QubesDB writes, finished calls).
             busy |= self.pump_calls(now);
             busy |= self.flush_control()?;
+            // Any store request of this pass may have read a watch event off the connection
+            // into the client's queue, where the wait below would not see it.
+            busy |= self.poll_watches()?;
+            if self.core.stop {
+                return Ok(());
+            }
             self.timers(&mut next);
             let timeout = if busy || !self.may_sleep() {
                 Some(Duration::ZERO)
@@ -829,9 +835,17 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
             q.close(&mut self.env.store);
         }
         let _ = self.env.store.unwatch(SHUTDOWN_PATH, SHUTDOWN_TOKEN);
-        // Last: dom0 takes a closed control channel as the domain going away.
-        if let Some(c) = self.ctrl.take() {
-            c.close(&mut self.env.store);
+        // After a poweroff the control channel is only unadvertised and dropped, not
+        // closed: dom0 learns of the shutdown from the domain going away (the C agent's live
+        // byte is cleared by its kernel when the process ends), and a daemon that sees the
+        // agent close first treats it as failed and may kill the domain mid-teardown. After
+        // an error it is closed, so that dom0 knows the agent is gone.
+        if let Some(mut c) = self.ctrl.take() {
+            if clean {
+                c.unadvertise(&mut self.env.store);
+            } else {
+                c.close(&mut self.env.store);
+            }
         }
     }
 }

@@ -316,6 +316,18 @@ fn services_refusals_big_and_concurrent_calls_then_clean_shutdown() {
     let mut sim = Sim::new("main");
     sim.boot();
 
+    // App::start ran after a full QubesDB sync (dom0 writes a dozen keys for every qube).
+    // qvm-start returns at the agent's HELLO, which the loop sends before that.
+    wait_console(&sim, " connect timeout ");
+    let console = sim.console();
+    let entries: usize = console
+        .split("started: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no start line\n{}", sim.logs()));
+    assert!(entries >= 5, "only {entries} QubesDB entries at start");
+
     let r = sim.call("test.Echo", b"hello\n");
     assert_eq!(
         (r.code, r.stdout.as_slice()),
