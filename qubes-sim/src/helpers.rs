@@ -198,6 +198,14 @@ impl Sim {
                 .get(&c.prefs.netvm)
                 .is_ok_and(crate::devices::is_unikernel);
             if crate::devices::is_unikernel(c) || netvm_unikernel {
+                // A veth the sim made while the netvm was a Linux qube goes, so that the
+                // unikernel's TAP device can take the name.
+                if linked.is_some() {
+                    crate::netns::unlink(cns);
+                    if let Some(v) = self.vms().get_mut(name) {
+                        v.helpers.linked = None;
+                    }
+                }
                 continue;
             }
             let want = Some(c.prefs.netvm.as_str())

@@ -42,8 +42,8 @@ fn main() -> ExitCode {
     let result = match prog.as_str() {
         "qvm-open-in-dvm" => qubes_sim::openinvm::open_in_vm("@dispvm", &args),
         "qvm-open-in-vm" => match args.split_first() {
-            Some((target, rest)) => qubes_sim::openinvm::open_in_vm(target, rest),
-            None => Err(Usage("usage: qvm-open-in-vm TARGET FILE".into()).into()),
+            Some((first, rest)) => qubes_sim::openinvm::open_in_vm(first, rest),
+            None => Err(Usage("usage: qvm-open-in-vm [--view-only] TARGET FILE".into()).into()),
         },
         "vm-file-editor" => qubes_sim::openinvm::vm_file_editor(),
         p if p.starts_with("qvm-") => cli::run(p, &args),

@@ -20,10 +20,19 @@ pub const OPENER: &str = "open-file";
 /// The name field for `path`: its base name, cut from the left to 255 bytes as qopen-in-vm
 /// does, NUL-padded.
 pub fn name_field(path: &Path) -> Result<[u8; NAME_LEN]> {
+    name_field_with(path, "")
+}
+
+/// `qopen-in-vm --view-only` sends the base name behind this prefix and takes nothing back.
+pub const VIEW_ONLY_PREFIX: &str = "view-only-";
+
+/// [`name_field`] with `prefix` before the base name.
+pub fn name_field_with(path: &Path, prefix: &str) -> Result<[u8; NAME_LEN]> {
     let base = path
         .file_name()
         .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
-    let b = base.as_encoded_bytes();
+    let named = [prefix.as_bytes(), base.as_encoded_bytes()].concat();
+    let b = named.as_slice();
     let b = b.get(b.len().saturating_sub(NAME_LEN - 1)..).unwrap_or(b);
     let mut f = [0u8; NAME_LEN];
     f[..b.len()].copy_from_slice(b);
@@ -41,16 +50,25 @@ pub fn parse_name(field: &[u8; NAME_LEN]) -> Result<String> {
     Ok(name.to_string())
 }
 
-/// `qvm-open-in-vm TARGET FILE` / `qvm-open-in-dvm FILE` inside a qube: the file goes to the
-/// target's `qubes.OpenInVM`; what comes back (an edited copy) replaces it.
+/// `qvm-open-in-vm [--view-only] TARGET FILE` / `qvm-open-in-dvm [--view-only] FILE` inside
+/// a qube: the file goes to the target's `qubes.OpenInVM`; what comes back (an edited copy)
+/// replaces it, unless `--view-only`.
 pub fn open_in_vm(target: &str, args: &[String]) -> Result<i32> {
-    let [file] = args else {
-        return Err(
-            Usage("usage: qvm-open-in-vm TARGET FILE (qvm-open-in-dvm FILE)".into()).into(),
-        );
+    let usage = || {
+        Usage(
+            "usage: qvm-open-in-vm [--view-only] TARGET FILE (qvm-open-in-dvm [--view-only] FILE)"
+                .into(),
+        )
+    };
+    let (view_only, target, file) = match (target, args) {
+        ("--view-only", [t, f]) => (true, t.as_str(), f),
+        ("--view-only", _) => return Err(usage().into()),
+        (t, [f]) => (false, t, f),
+        ("@dispvm", [v, f]) if v == "--view-only" => (true, "@dispvm", f),
+        _ => return Err(usage().into()),
     };
     let path = PathBuf::from(file);
-    let field = name_field(&path)?;
+    let field = name_field_with(&path, if view_only { VIEW_ONLY_PREFIX } else { "" })?;
     let data = std::fs::read(&path).with_context(|| format!("cannot read {file}"))?;
     let exe = std::env::current_exe().context("own executable")?;
     let mut child = Command::new(exe)
@@ -78,6 +96,9 @@ pub fn open_in_vm(target: &str, args: &[String]) -> Result<i32> {
     if code != 0 {
         eprintln!("qvm-open-in-vm: the call failed with status {code}");
         return Ok(code);
+    }
+    if view_only {
+        return Ok(0);
     }
     if back.len() as u64 > MAX_FILE {
         bail!("the edited file is larger than {MAX_FILE} bytes");
