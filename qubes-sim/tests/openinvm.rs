@@ -101,3 +101,36 @@ fn a_name_with_a_slash_is_refused_by_the_editor() {
     assert!(err.contains("invalid file name"), "{err}");
     wait_no_disposables(&sim);
 }
+
+#[test]
+fn view_only_sends_the_prefixed_name_and_takes_nothing_back() {
+    // The opener edits the file anyway; with --view-only nothing comes back.
+    let sim = sim(
+        "open-viewonly",
+        "#!/bin/sh\nbasename \"$1\" > \"$QUBES_SIM_VM_DIR/../work/seen-name\"\necho changed >> \"$1\"\n",
+    );
+    let doc = sim.path().join("vms").join("work").join("pic.png");
+    std::fs::write(&doc, "picture").unwrap();
+    let (code, _, err) = sim.run_in(
+        "work",
+        "qvm-open-in-dvm",
+        &["--view-only", doc.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}\n{}", sim.log());
+    assert_eq!(std::fs::read_to_string(&doc).unwrap(), "picture");
+    let seen = sim.path().join("vms").join("work").join("seen-name");
+    assert_eq!(
+        std::fs::read_to_string(seen).unwrap(),
+        "view-only-pic.png\n"
+    );
+    wait_no_disposables(&sim);
+    // qvm-open-in-vm takes the flag before its target.
+    let (code, _, err) = sim.run_in(
+        "work",
+        "qvm-open-in-vm",
+        &["--view-only", "@dispvm", doc.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&doc).unwrap(), "picture");
+    wait_no_disposables(&sim);
+}
