@@ -192,6 +192,7 @@ struct Seen {
     started: bool,
     stopped: bool,
     closed: Vec<(CallId, Option<i32>)>,
+    synced: usize,
 }
 
 /// Echoes stdin of `test.Echo`; refuses everything else it is offered.
@@ -219,6 +220,11 @@ impl App<Fake> for EchoApp {
     }
     fn closed(&mut self, _: &mut Cx<'_, Fake>, id: CallId, exit: Option<i32>) {
         self.0.lock().unwrap().closed.push((id, exit));
+    }
+    fn qubesdb(&mut self, _: &mut Cx<'_, Fake>, ev: &runloop::QubesDbEvent) {
+        if let runloop::QubesDbEvent::Synced { .. } = ev {
+            self.0.lock().unwrap().synced += 1;
+        }
     }
     fn stop(&mut self, _: &mut Cx<'_, Fake>) {
         self.0.lock().unwrap().stopped = true;
@@ -375,6 +381,65 @@ impl Dom0 {
     }
 }
 
+impl Dom0 {
+    /// Runs one dom0 → VM call of `cmd` with `input`; its stdout and exit code.
+    fn call(&mut self, run: &Run, cmd: &[u8], input: &[u8]) -> (Vec<u8>, i32) {
+        let port = self.daemon.exec(DomId::DOM0, cmd, false).unwrap();
+        let (mut srv, dir) = server_init(
+            &mut self.d.grants,
+            &mut self.d.events,
+            &mut self.d.store,
+            vm(),
+            port,
+            65536,
+            65536,
+        )
+        .unwrap();
+        let mut chan = DataChannel::new(Role::Caller, Handshake::SendFirst, 3, DataLimits::DEFAULT);
+        let (mut out, mut code, mut sent) = (Vec::new(), None, false);
+        let mut buf = vec![0u8; 65536];
+        let end = StdInstant::now() + DEADLINE;
+        let what = String::from_utf8_lossy(cmd).into_owned();
+        while code.is_none() {
+            assert!(
+                StdInstant::now() < end,
+                "no exit code for {what}\n{}",
+                run.log.text()
+            );
+            self.pump();
+            if let Ok(n) = srv.read(&mut buf) {
+                assert_eq!(chan.handle_input(&buf[..n]).unwrap(), n);
+            }
+            if chan.version().is_some() && !sent {
+                chan.send(Stream::Stdin, input).unwrap();
+                chan.send_eof(Stream::Stdin).unwrap();
+                sent = true;
+            }
+            while let Some(ev) = chan.poll_event() {
+                match ev {
+                    DataEvent::Data { data, .. } => out.extend(data),
+                    DataEvent::Exit(c) => code = Some(c),
+                    _ => {}
+                }
+            }
+            while let Some(n) = chan.poll_transmit(&mut buf) {
+                let data = buf[..n].to_vec();
+                write_all(&mut |b| srv.write(b), &data);
+            }
+        }
+        srv.close().unwrap();
+        dir.remove(&mut self.d.store).unwrap();
+        // The agent releases the port with CONNECTION_TERMINATED.
+        self.pump_until("CONNECTION_TERMINATED", |d| {
+            matches!(
+                d.daemon.poll_event(),
+                Some(qrexec::daemon::Event::ConnectionTerminated { port: p, released: true, .. }) if p == port
+            )
+        });
+        (out, code.unwrap())
+    }
+}
+
 fn write_all(w: &mut dyn FnMut(&[u8]) -> Result<usize, vchan::Error>, mut data: &[u8]) {
     let end = StdInstant::now() + DEADLINE;
     while !data.is_empty() {
@@ -452,64 +517,9 @@ fn dom0_call_is_served_then_poweroff_returns_ok() {
         ),
         (b"user:echo hi", b"", qrexec::EXIT_NOT_FOUND),
     ] {
-        let port = dom0.daemon.exec(DomId::DOM0, cmd, false).unwrap();
-        let (mut srv, dir) = server_init(
-            &mut dom0.d.grants,
-            &mut dom0.d.events,
-            &mut dom0.d.store,
-            vm(),
-            port,
-            65536,
-            65536,
-        )
-        .unwrap();
-        let mut chan = DataChannel::new(Role::Caller, Handshake::SendFirst, 3, DataLimits::DEFAULT);
-        let (mut out, mut code, mut sent) = (Vec::new(), None, false);
-        let mut buf = vec![0u8; 65536];
-        let end = StdInstant::now() + DEADLINE;
-        while code.is_none() {
-            let what = String::from_utf8_lossy(cmd);
-            assert!(
-                StdInstant::now() < end,
-                "no exit code for {what}\n{}",
-                run.log.text()
-            );
-            dom0.pump();
-            if let Ok(n) = srv.read(&mut buf) {
-                assert_eq!(chan.handle_input(&buf[..n]).unwrap(), n);
-            }
-            if chan.version().is_some() && !sent {
-                chan.send(Stream::Stdin, b"ping").unwrap();
-                chan.send_eof(Stream::Stdin).unwrap();
-                sent = true;
-            }
-            while let Some(ev) = chan.poll_event() {
-                match ev {
-                    DataEvent::Data { data, .. } => out.extend(data),
-                    DataEvent::Exit(c) => code = Some(c),
-                    _ => {}
-                }
-            }
-            while let Some(n) = chan.poll_transmit(&mut buf) {
-                let data = buf[..n].to_vec();
-                write_all(&mut |b| srv.write(b), &data);
-            }
-        }
+        let (out, code) = dom0.call(&run, cmd, b"ping");
         let what = String::from_utf8_lossy(cmd);
-        assert_eq!(
-            (out.as_slice(), code),
-            (want_out, Some(want_code)),
-            "{what}"
-        );
-        srv.close().unwrap();
-        dir.remove(&mut dom0.d.store).unwrap();
-        // The agent releases the port with CONNECTION_TERMINATED.
-        dom0.pump_until("CONNECTION_TERMINATED", |d| {
-            matches!(
-                d.daemon.poll_event(),
-                Some(qrexec::daemon::Event::ConnectionTerminated { port: p, released: true, .. }) if p == port
-            )
-        });
+        assert_eq!((out.as_slice(), code), (want_out, want_code), "{what}");
     }
     assert_eq!(
         run.seen.lock().unwrap().closed.len(),
@@ -537,4 +547,54 @@ fn dom0_call_is_served_then_poweroff_returns_ok() {
         Some(Vec::new()),
         "the request is acknowledged"
     );
+}
+
+/// dom0's QubesDB and qrexec daemons restarting (their vchans closed): the loop connects
+/// QubesDB again and resyncs, serves the control channel afresh, and calls work again.
+#[test]
+fn restarted_dom0_daemons_are_reconnected() {
+    let mut run = Run::start(cfg());
+    let mut dom0 = Dom0::new(&run.hub);
+    dom0.pump_until("sync", |d| d.db.is_ready() && d.daemon.version().is_some());
+    let seen = run.seen.clone();
+    dom0.pump_until("app start", |_| seen.lock().unwrap().started);
+    assert_eq!(
+        dom0.call(&run, b"u:QUBESRPC test.Echo dom0", b"one"),
+        (b"one".to_vec(), 7)
+    );
+
+    // qubesdb-daemon restarts: a new server on port 111, a new sync.
+    dom0.qdb.close().unwrap();
+    let (qdb, _dir) = server_init(
+        &mut dom0.d.grants,
+        &mut dom0.d.events,
+        &mut dom0.d.store,
+        vm(),
+        111,
+        4096,
+        4096,
+    )
+    .unwrap();
+    dom0.qdb = qdb;
+    dom0.db = QdbDaemon::new(DaemonLimits::DEFAULT);
+    dom0.db.write("/name", b"vm").unwrap();
+    dom0.db.connect();
+    dom0.pump_until("resync", |d| d.db.is_ready());
+    dom0.pump_until("Synced to the app", |_| seen.lock().unwrap().synced >= 2);
+
+    // qrexec-daemon restarts: it closes the control vchan and connects to a fresh one.
+    dom0.ctrl.take().unwrap().close().unwrap();
+    dom0.daemon = qrexec::Daemon::new(qrexec::daemon::Limits::DEFAULT);
+    dom0.pump_until("new HELLO", |d| d.daemon.version().is_some());
+    assert_eq!(
+        dom0.call(&run, b"u:QUBESRPC test.Echo dom0", b"two"),
+        (b"two".to_vec(), 7)
+    );
+    let log = run.log.text();
+    assert!(
+        log.contains("qubesdb:") && log.contains("reconnecting"),
+        "{log}"
+    );
+    assert!(log.contains("serving it again"), "{log}");
+    assert!(!run.finished(), "the loop ended: {:?}", run.join());
 }
