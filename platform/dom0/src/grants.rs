@@ -36,6 +36,26 @@ impl DomGrants {
     }
 }
 
+#[cfg(test)]
+impl DomGrants {
+    /// Grants over `/dev/null` instead of the devices: every ioctl fails (ENOTTY).
+    pub(crate) fn stand_in() -> Self {
+        let null = || {
+            Arc::new(
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .unwrap(),
+            )
+        };
+        Self {
+            gntalloc: null(),
+            gntdev: null(),
+        }
+    }
+}
+
 fn check_pages(pages: usize) -> Result<usize, PlatformError> {
     if pages == 0 || pages > MAX_PAGES {
         return Err(PlatformError::Full {
@@ -275,6 +295,31 @@ impl SharedMem for DomMem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dom(d: u32) -> DomId {
+        DomId::new(d).unwrap()
+    }
+
+    #[test]
+    fn a_driver_refusing_the_ioctl_is_an_error_with_its_errno() {
+        let mut g = DomGrants::stand_in();
+        assert_eq!(
+            g.share(dom(3), 2, true).unwrap_err(),
+            PlatformError::Os {
+                what: "grant refs (gntalloc)",
+                errno: libc::ENOTTY
+            }
+        );
+        assert_eq!(
+            g.map(dom(3), &[GrantRef(8)], false).unwrap_err(),
+            PlatformError::Os {
+                what: "grant mappings (gntdev)",
+                errno: libc::ENOTTY
+            }
+        );
+        assert!(g.map(dom(3), &[], false).is_err(), "no refs");
+        assert!(g.share(dom(3), MAX_PAGES + 1, true).is_err());
+    }
 
     #[test]
     fn page_counts_outside_one_call_are_refused_before_any_ioctl() {

@@ -15,6 +15,8 @@ mod sys;
 pub use events::{DomEvents, DomPort, FdPort, FIRST_PSEUDO_PORT};
 pub use grants::{DomGrants, DomMem, UnmapNotify, MAX_PAGES};
 pub use mem::Region;
-pub use platform::{env_from_system, identify, Dom0, NoBlock, NoNet, DOM0_NAME, ENV_CMDLINE};
+pub use platform::{
+    env_from_system, identify, is_control_domain, Dom0, NoBlock, NoNet, DOM0_NAME, ENV_CMDLINE,
+};
 pub use store::{open_xenbus, DomStore, FdTransport};
 pub use sys::{Device, EVTCHN, GNTALLOC, GNTDEV, XENBUS};

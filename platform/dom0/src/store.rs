@@ -106,4 +106,4 @@ pub fn open_xenbus(events: &DomEvents) -> Result<DomStore, PlatformError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

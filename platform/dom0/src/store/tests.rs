@@ -15,14 +15,14 @@ fn dom(d: u32) -> DomId {
 }
 
 /// The server core behind socketpairs, one serving thread per connection.
-struct Xenstored {
+pub(crate) struct Xenstored {
     server: Arc<Mutex<Server>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Xenstored {
-    fn new(domains: &[DomId]) -> Self {
+    pub(crate) fn new(domains: &[DomId]) -> Self {
         let mut s = Server::new(Limits::DEFAULT);
         for &d in domains {
             s.introduce_domain(d);
@@ -35,7 +35,7 @@ impl Xenstored {
     }
 
     /// A client end connected as `domid`.
-    fn connect(&mut self, domid: DomId) -> OwnedFd {
+    pub(crate) fn connect(&mut self, domid: DomId) -> OwnedFd {
         let (client, mut far) = UnixStream::pair().unwrap();
         let conn = self.server.lock().unwrap().connect(domid).unwrap();
         let (server, stop) = (self.server.clone(), self.stop.clone());
