@@ -32,6 +32,8 @@ struct Sim {
     state: PathBuf,
     daemon: Child,
     netns: bool,
+    /// The checkout (for the bundle's files in `qubes-rpc/`).
+    root: PathBuf,
 }
 
 impl Sim {
@@ -127,7 +129,7 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The demo: one summary line per flow at the end.
 pub fn run_demo(root: &Path) -> Result<()> {
-    deps::apt_install(&["qemu-system-x86", "iproute2"])?;
+    deps::apt_install(&["qemu-system-x86", "iproute2", "openssh-client", "python3"])?;
     let mut summary: Vec<String> = Vec::new();
 
     if std::env::var_os(ENV_SIM_ONLY).is_none() {
@@ -157,7 +159,7 @@ pub fn run_demo(root: &Path) -> Result<()> {
     let state = std::env::temp_dir().join(format!("qubes-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(state.join("policy.d"))?;
-    let result = play(&exe, &state, &hosted, &mut summary);
+    let result = play(root, &exe, &state, &hosted, &mut summary);
     let _ = std::fs::remove_dir_all(&state);
     let failed = result?;
 
@@ -174,12 +176,13 @@ pub fn run_demo(root: &Path) -> Result<()> {
 
 /// Plays every flow; returns how many failed.
 fn play(
+    root: &Path,
     exe: &Path,
     state: &Path,
     hosted: &[(&str, PathBuf)],
     summary: &mut Vec<String>,
 ) -> Result<usize> {
-    let sim = start(exe, state, hosted)?;
+    let sim = start(root, exe, state, hosted)?;
     let mut failed = 0;
     let mut record = |name: &str, r: Result<String>| match r {
         Ok(line) => summary.push(line),
@@ -196,8 +199,8 @@ fn play(
         match *krate {
             "firewall" => record("firewall", flow_firewall(&sim)),
             "fb-viewer" => record("viewer", flow_viewer(&sim)),
-            // The vaults' flows (keys through real ssh-add/ssh, passwords through a client)
-            // are not played yet, so no line is printed for them.
+            "ssh-agent-vm" => record("ssh-agent", flow_ssh_agent(&sim)),
+            // The password vault's flow is not played yet, so no line is printed for it.
             _ => {}
         }
     }
@@ -209,7 +212,7 @@ fn play(
 
 /// Creates the qubes (as dom0 would with qvm-create, and the bundle's setup for the hosted
 /// unikernels) and starts the sim; with the firewall and as root, qubes get network namespaces.
-fn start(exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
+fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
     let sim_cmd = |prog: &str, args: &[&str]| -> Result<String> {
         let out = Command::new(exe)
             .arg(prog)
@@ -235,6 +238,8 @@ fn start(exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
     sim_cmd("qvm-create", &["--label", "black", "vault"])?;
     sim_cmd("qvm-create", &["--label", "blue", "work"])?;
 
+    // Rules a user adds in 30-unikernel-user.policy; the bundle's own files are the project's.
+    let mut user_policy = String::new();
     for (krate, path) in hosted {
         let Some((_, qube)) = UNIKERNELS.iter().find(|(k, _)| k == krate) else {
             continue;
@@ -264,6 +269,20 @@ fn start(exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
                 sim_cmd("qvm-features", &[qube, "gui", "1"])?;
                 sim_cmd("qvm-prefs", &["work", "default_dispvm", qube])?;
             }
+            "ssh-agent-vm" => {
+                say(&format!(
+                    "dom0: {qube} (the split-SSH vault unikernel); policy: work may use keyring \
+                     `work`"
+                ));
+                sim_cmd(
+                    "qvm-create",
+                    &["--class", "StandaloneVM", "-l", "black", qube],
+                )?;
+                sim_cmd("qvm-prefs", &[qube, "kernel", &kernel])?;
+                // A light KDF: the demo runs a debug build.
+                sim_cmd("qvm-prefs", &[qube, "kernelopts", "kdf=argon2id:8192:1:1"])?;
+                user_policy.push_str(&format!("qubes.SshAgent +work work {qube} allow\n"));
+            }
             _ => {}
         }
     }
@@ -279,7 +298,9 @@ fn start(exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
     run(Command::new("chmod").arg("755").arg(&svc))?;
     std::fs::write(
         state.join("policy.d/30-demo.policy"),
-        "demo.Greet * personal vault allow\ndemo.Greet * @anyvm @anyvm deny\n",
+        format!(
+            "demo.Greet * personal vault allow\ndemo.Greet * @anyvm @anyvm deny\n{user_policy}"
+        ),
     )?;
 
     let netns = is_root() && hosted.iter().any(|(k, _)| *k == "firewall");
@@ -308,6 +329,7 @@ fn start(exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
         state: state.to_path_buf(),
         daemon,
         netns,
+        root: root.to_path_buf(),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -564,6 +586,121 @@ fn flow_viewer(sim: &Sim) -> Result<String> {
          closing the window removed the disposable",
         kept.display()
     ))
+}
+
+/// Split SSH: dom0 opens the vault's key store and adds a key with OpenSSH's ssh-add (through
+/// qvm-ssh-agent-admin); work's ssh-add and ssh-keygen use it over qrexec through the bundle's
+/// forwarder; each signature of a confirm key is put to dom0's qubes.UnikernelConfirm.
+fn flow_ssh_agent(sim: &Sim) -> Result<String> {
+    let rpc = sim.root.join("qubes-rpc/ssh-agent");
+    let admin = rpc.join("dom0/qvm-ssh-agent-admin");
+    let connect = rpc.join("qubes-ssh-agent-connect");
+    for f in [&admin, &connect] {
+        if !f.is_file() {
+            bail!("{} is missing", f.display());
+        }
+    }
+    sim.ok("qvm-start", &["sshagent-unikernel"])?;
+    sim.ok("qvm-start", &["work"])?;
+    // dom0's key, made with ssh-keygen; the vault will hold it, work never sees it.
+    let keys = sim.state.join("dom0-keys");
+    std::fs::create_dir_all(&keys)?;
+    let key = keys.join("id_demo");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "demo@work", "-f"])
+        .arg(&key))?;
+    let askpass = keys.join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho demo-passphrase\n")?;
+    run(Command::new("chmod").arg("755").arg(&askpass))?;
+    say("dom0: qvm-ssh-agent-admin work run ssh-add -X (open the key store), ssh-add -c id_demo");
+    let status = Command::new("python3")
+        .arg(&admin)
+        .args(["work", "run", "sh", "-c"])
+        .arg(format!("ssh-add -X && ssh-add -c {}", key.display()))
+        .env("QVM_RUN", format!("{} qvm-run", sim.exe.display()))
+        .env("QUBES_SIM_DIR", &sim.state)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .stdin(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("qvm-ssh-agent-admin failed ({status})");
+    }
+    // What systemd's socket unit does in a real AppVM: one forwarder per connection.
+    let forwarder = format!(
+        "python3 -c 'import os,socket,subprocess,sys\n\
+         p=os.environ[\"QUBES_SIM_VM_DIR\"]+\"/agent.sock\"\n\
+         s=socket.socket(socket.AF_UNIX); s.bind(p); s.listen(8); print(\"listening\", flush=True)\n\
+         while True:\n    c,_=s.accept(); subprocess.Popen([sys.argv[1]], stdin=c.fileno(), stdout=c.fileno()); c.close()' {}",
+        connect.display()
+    );
+    let mut fwd = sim.spawn_in("work", &forwarder)?;
+    let mut first = String::new();
+    BufReader::new(fwd.stdout.take().context("forwarder output")?).read_line(&mut first)?;
+    let work = sim.vm_dir("work");
+    std::fs::write(work.join("msg.txt"), "signed in the vault\n")?;
+    std::fs::copy(key.with_extension("pub"), work.join("id_demo.pub"))?;
+    let sign = "cd \"$QUBES_SIM_VM_DIR\" && rm -f msg.txt.sig && SSH_AUTH_SOCK=$PWD/agent.sock \
+                ssh-keygen -q -Y sign -f id_demo.pub -n demo msg.txt";
+    let result = (|| -> Result<(String, bool)> {
+        if first.trim() != "listening" {
+            bail!("the forwarder in work did not start");
+        }
+        say("work: SSH_AUTH_SOCK=… ssh-add -l");
+        let list = sim.ok(
+            "qvm-run",
+            &[
+                "-p",
+                "work",
+                "SSH_AUTH_SOCK=$QUBES_SIM_VM_DIR/agent.sock ssh-add -l",
+            ],
+        )?;
+        say(&format!("  -> {}", list.trim()));
+        if !list.contains("demo@work") {
+            bail!("work's ssh-add -l does not list the vault's key");
+        }
+        say("work: ssh-keygen -Y sign (dom0's confirmation prompt answers allow)");
+        std::fs::write(sim.state.join("confirm-answer"), "allow\n")?;
+        sim.ok("qvm-run", &["-p", "work", sign])?;
+        let check = Command::new("ssh-keygen")
+            .args(["-Y", "check-novalidate", "-n", "demo", "-f"])
+            .arg(key.with_extension("pub"))
+            .arg("-s")
+            .arg(work.join("msg.txt.sig"))
+            .stdin(std::fs::File::open(work.join("msg.txt"))?)
+            .output()?;
+        let verdict = String::from_utf8_lossy(&check.stdout).trim().to_string();
+        say(&format!("  -> dom0 checks the signature: {verdict}"));
+        if !check.status.success() {
+            bail!("the signature does not verify");
+        }
+        say("work: ssh-keygen -Y sign again (dom0's prompt answers deny)");
+        std::fs::write(sim.state.join("confirm-answer"), "deny\n")?;
+        let (code, _, _) = sim.run("qvm-run", &["-p", "work", sign])?;
+        say(&format!("  -> exit code {code}"));
+        let refused = code != 0;
+        say("work: qrexec-client-vm sshagent-unikernel qubes.SshAgent+git (no rule for that keyring)");
+        let (code, _, _) = sim.run(
+            "qvm-run",
+            &[
+                "-p",
+                "work",
+                "qrexec-client-vm sshagent-unikernel qubes.SshAgent+git </dev/null",
+            ],
+        )?;
+        say(&format!("  -> exit code {code} (126 = request refused)"));
+        Ok((verdict, refused && code == 126))
+    })();
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let (_, refusals) = result?;
+    if !refusals {
+        bail!("a denied signature or an unlisted keyring was not refused");
+    }
+    Ok("ssh-agent: dom0 stored an ed25519 key in sshagent-unikernel with ssh-add; work listed it \
+        and signed with it over qubes.SshAgent+work (signature verified in dom0), each signature \
+        confirmed by dom0's qubes.UnikernelConfirm (deny refused it); keyring `git` refused by policy"
+        .into())
 }
 
 fn list_dispvms(sim: &Sim) -> Result<Vec<String>> {
