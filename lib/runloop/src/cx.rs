@@ -24,6 +24,7 @@ pub(crate) struct Core<P: Platform> {
     next_id: u32,
     pub(crate) stop: bool,
     pub(crate) woken: PortSet,
+    pub(crate) app_ports: PortSet,
 }
 
 impl<P: Platform> Core<P> {
@@ -36,6 +37,7 @@ impl<P: Platform> Core<P> {
             next_id: 1,
             stop: false,
             woken: PortSet::new(),
+            app_ports: PortSet::new(),
         }
     }
 
@@ -238,9 +240,18 @@ impl<'a, P: Platform> Cx<'a, P> {
         self.core.stop = true;
     }
 
-    /// The event ports that fired in the last wait (to tell which device to drain).
+    /// The event ports that fired in the last wait (all of them, the loop's own included).
     pub fn woken(&self) -> &PortSet {
         &self.core.woken
+    }
+
+    /// Whether one of the ports the app gave in [`crate::App::wait_ports`] fired in the last
+    /// wait (to skip draining devices after wake-ups that were not theirs).
+    pub fn woken_app(&self) -> bool {
+        self.core
+            .app_ports
+            .iter()
+            .any(|p| self.core.woken.contains(p))
     }
 
     /// The bounds the loop runs with.

@@ -6,7 +6,8 @@ use alloc::collections::VecDeque;
 
 use platform_api::DomId;
 use platform_api::{
-    Clock, Duration, Env, Events, Instant, Platform, Store, StoreError, Tx, Watches, XsErrno,
+    Clock, Duration, Env, Events, Instant, Platform, PortSet, Store, StoreError, Tx, Watches,
+    XsErrno,
 };
 use qubes::qrexec::agent::{Event as QrexecEvent, Limits as QrexecLimits};
 use qubes::qrexec::data::{Event as DataEvent, Handshake, Limits as DataLimits, Role};
@@ -158,6 +159,10 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
                 return Ok(());
             }
             self.timers(&mut next);
+            if self.started {
+                self.core.app_ports = PortSet::new();
+                self.app.wait_ports(&mut self.core.app_ports);
+            }
             let timeout = if busy || !self.may_sleep() {
                 Some(Duration::ZERO)
             } else {
@@ -297,6 +302,12 @@ impl<P: Platform, A: App<P>> Engine<P, A> {
                 self.app.qubesdb(&mut cx, &ev);
             } else if self.early.len() < EARLY_EVENTS {
                 self.early.push_back(ev);
+            } else if self.early.len() == EARLY_EVENTS {
+                // Once: the app reads the synced copy in start() anyway.
+                self.early.push_back(ev);
+                self.log(format_args!(
+                    "qubesdb: more than {EARLY_EVENTS} events before start; later ones dropped"
+                ));
             }
         }
         Ok(busy)

@@ -4,7 +4,8 @@
 //! An app implements [`App`] and hands itself to [`run`], which connects QubesDB (vchan client of
 //! dom0 port 111) and syncs, serves the qrexec control vchan (port 512) for dom0, watches
 //! `control/shutdown`, and then loops: earliest deadline, one [`platform_api::Events::wait`], pump
-//! every vchan, deliver what arrived to the app, [`App::poll`]. The app acts through [`Cx`].
+//! every vchan, deliver what arrived to the app, [`App::poll`]. The app acts through [`Cx`];
+//! its backpressure is [`Cx::pause`] (a paused call's vchan fills and its peer waits).
 //!
 //! Trust: dom0's daemons and every qrexec peer are hostile. A data-channel peer that breaks the
 //! protocol, stalls or dies ends its own call only (one log line, [`App::closed`] with `None`);
@@ -81,15 +82,18 @@ pub trait App<P: Platform> {
     /// A call for one of [`App::services`] arrived; `id` names it from now on.
     fn call(&mut self, cx: &mut Cx<'_, P>, id: CallId, call: &Call<'_>) -> Admit;
 
-    /// Bytes of the caller's stdin (served calls); never empty.
+    /// Bytes of the caller's stdin (served calls); never empty. An app that cannot take
+    /// more now (its [`Cx::send`] is full) calls [`Cx::pause`] and later [`Cx::resume`].
     fn input(&mut self, cx: &mut Cx<'_, P>, id: CallId, data: &[u8]);
 
-    /// The caller closed its stdin (served calls).
+    /// The caller closed its stdin (served calls). A `MSG_JUST_EXEC` call has no stdin and
+    /// gets this right after [`App::call`].
     fn input_end(&mut self, cx: &mut Cx<'_, P>, id: CallId) {
         let _ = (cx, id);
     }
 
-    /// Bytes of the remote service's stdout (our calls, [`Cx::call`]); never empty.
+    /// Bytes of the remote service's stdout (our calls, [`Cx::call`]); never empty. Its
+    /// stderr is dropped.
     fn output(&mut self, cx: &mut Cx<'_, P>, id: CallId, data: &[u8]) {
         let _ = (cx, id, data);
     }
@@ -113,8 +117,9 @@ pub trait App<P: Platform> {
         None
     }
 
-    /// Adds the event ports of the app's own devices (network, GUI vchan), so the loop
-    /// knows they are expected to wake it; [`Cx::woken`] says which ports fired.
+    /// Adds the event ports of the app's own devices (network, GUI vchan). The loop asks
+    /// before every wait and [`Cx::woken_app`] says which of them fired; a wait wakes for
+    /// every bound port of `env.events` anyway, so a port left out is still not missed.
     fn wait_ports(&self, ports: &mut PortSet) {
         let _ = ports;
     }
@@ -134,6 +139,9 @@ pub trait App<P: Platform> {
 }
 
 /// Bounds and timeouts of [`run`]. Build with struct update from [`Config::default`].
+///
+/// Memory per open call is about `in_bytes` twice, `out_bytes`, 16 KiB of transmit buffer and
+/// the data channel's own queue (at most two 64 KiB chunks): ~340 KiB with the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// qrexec calls open at once, served and ours together; more incoming calls are dropped by
