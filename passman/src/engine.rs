@@ -515,6 +515,18 @@ impl<D: BlockDevice> Passman<D> {
                 out(r)
             }
             Request::Unlock(pw, time) => self.unlock(now, &pw, time),
+            // A vault this service could not reopen would lock its owner out.
+            Request::Init(_, kdf, _) | Request::Passwd(_, kdf)
+                if !self.cfg.kdf_limits.allows(kdf) =>
+            {
+                (
+                    Reply::err(
+                        exit::BAD_REQUEST,
+                        "KDF parameters beyond this vault's limits",
+                    ),
+                    Outcome::Error,
+                )
+            }
             Request::Init(pw, kdf, time) => self.init(now, &pw, kdf, time, entropy),
             Request::Lock => {
                 if !self.is_unlocked() {

@@ -293,6 +293,19 @@ fn refusals_change_nothing_on_disk() {
 }
 
 #[test]
+fn kdf_parameters_the_vault_could_not_reopen_are_refused() {
+    let mut dev = fresh();
+    let before = dev.as_bytes().to_vec();
+    let mut h = H::new(&mut dev);
+    assert_eq!(h.unlock().code, 0);
+    // cfg() limits the KDF to the test parameters: the 64 MiB default is beyond them.
+    let r = h.call("dom0", "passman.Passwd", "", b"new pass\nkdf=argon2id\n");
+    one_line_error(&r, exit::BAD_REQUEST);
+    drop(h);
+    assert_eq!(dev.as_bytes(), &before[..]);
+}
+
+#[test]
 fn a_full_vault_refuses_with_a_clear_error_and_keeps_the_old_state() {
     let mut dev = MemDevice::new(SS, 16); // 8 sectors a slot: under 4 KiB of body
     let mut h = H::new(&mut dev);

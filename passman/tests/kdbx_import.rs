@@ -1,0 +1,151 @@
+//! KDBX 4 import of files written by an independent implementation (pykeepass, PyPI): AES-256 +
+//! Argon2d and ChaCha20 + Argon2id, every entry brought across, through `passman.Import`.
+//! Needs `python3 -m pip install pykeepass`; without it the test says so and passes unless
+//! PASSMAN_REQUIRE_KDBX=1 (set that in CI once pykeepass is installed).
+
+use std::path::Path;
+use std::process::Command;
+
+use passman::{Config, Passman};
+use platform_api::{Entropy, Instant};
+use vault_store::{KdfLimits, MemDevice};
+
+const MAKE: &str = r#"
+import os, sys
+from pykeepass import create_database
+path, cipher, kdf = sys.argv[1], sys.argv[2], sys.argv[3]
+kp = create_database(path, password='kdbx pass')
+h = kp.kdbx.header.value.dynamic_header
+if cipher == 'chacha20':
+    h.cipher_id.data = 'chacha20'
+    h.encryption_iv.data = os.urandom(12)
+d = h.kdf_parameters.data.dict
+if kdf == 'argon2id':
+    d['$UUID'].value = bytes.fromhex('9e298b1956db4773b23dfc3ec6f0a1e6')
+# Small costs so a debug build of the test stays quick; the code path is the same.
+d['M'].value = 1024 * 1024
+d['I'].value = 2
+root = kp.root_group
+kp.add_entry(root, 'github.com', 'alice', 'gh-secret', url='https://github.com',
+             notes='line one\nline two', tags=['work', 'code'],
+             otp='otpauth://totp/GitHub:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=GitHub')
+kp.add_entry(root, 'My Bank', 'bob', 'b@nk <&> "quoted"')
+g = kp.add_group(root, 'mail')
+e = kp.add_entry(g, 'mail.example', 'carol', 'old-mail-pw')
+kp.save()
+e.save_history()
+e.password = 'new-mail-pw'
+kp.save()
+kp.add_entry(root, 'unicode', 'dave', 'pässwörd-€')
+kp.save()
+"#;
+
+struct Rng(u64);
+impl Entropy for Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1);
+            *b = (self.0 >> 33) as u8;
+        }
+    }
+}
+
+fn have_pykeepass() -> bool {
+    Command::new("python3")
+        .args(["-c", "import pykeepass"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn make(dir: &Path, cipher: &str, kdf: &str) -> Vec<u8> {
+    let path = dir.join(format!("{cipher}-{kdf}.kdbx"));
+    let st = Command::new("python3")
+        .args(["-c", MAKE, path.to_str().unwrap(), cipher, kdf])
+        .status()
+        .expect("python3");
+    assert!(st.success(), "pykeepass failed");
+    std::fs::read(path).unwrap()
+}
+
+fn call(pm: &mut Passman<&mut MemDevice>, svc: &str, arg: &str, input: &[u8]) -> String {
+    let r = pm.handle(Instant(1), "dom0", svc, arg, input, &mut Rng(3));
+    assert_eq!(r.code, 0, "{svc}+{arg}: {}", r.text());
+    String::from_utf8(r.out.to_vec()).unwrap()
+}
+
+#[test]
+fn kdbx4_files_from_pykeepass_import_every_entry() {
+    if !have_pykeepass() {
+        assert!(
+            std::env::var("PASSMAN_REQUIRE_KDBX").is_err(),
+            "pykeepass missing but PASSMAN_REQUIRE_KDBX is set"
+        );
+        eprintln!("SKIPPED kdbx import: python3 pykeepass not installed (pip install pykeepass)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("passman-kdbx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (cipher, kdf) in [("aes256", "argon2d"), ("chacha20", "argon2id")] {
+        let file = make(&dir, cipher, kdf);
+        // Wrong password: one-line error, nothing imported.
+        let err = passman::kdbx::read(&file, b"nope").unwrap_err();
+        assert_eq!(err, passman::kdbx::KdbxError::WrongPassword);
+
+        let mut dev = MemDevice::new(512, 256);
+        let cfg = Config {
+            kdf_limits: KdfLimits::insecure_for_tests(),
+            ..Config::default()
+        };
+        let mut pm = Passman::new(&mut dev, cfg, Instant(0));
+        call(
+            &mut pm,
+            "passman.Init",
+            "",
+            b"v\nkdf=argon2id:8:1:1\ntime=1700000000\n",
+        );
+        let mut input = b"kdbx\nkdbx pass\n".to_vec();
+        input.extend_from_slice(&file);
+        assert_eq!(
+            call(&mut pm, "passman.Import", "", &input),
+            "imported 4 entries\n",
+            "{cipher}/{kdf}"
+        );
+        assert_eq!(
+            call(&mut pm, "passman.List", "", b""),
+            "My_Bank\ngithub.com\nmail.example\nunicode\n"
+        );
+        assert_eq!(call(&mut pm, "passman.Get", "github.com", b""), "gh-secret");
+        assert_eq!(
+            call(&mut pm, "passman.GetField", "github.com", b"username"),
+            "alice"
+        );
+        assert_eq!(
+            call(&mut pm, "passman.GetField", "github.com", b"url"),
+            "https://github.com"
+        );
+        assert_eq!(
+            call(&mut pm, "passman.GetField", "github.com", b"notes"),
+            "line one\nline two"
+        );
+        assert_eq!(
+            call(&mut pm, "passman.GetField", "github.com", b"tags"),
+            "work,code"
+        );
+        let created: u64 = call(&mut pm, "passman.GetField", "github.com", b"created")
+            .parse()
+            .unwrap();
+        assert!(created > 1_600_000_000, "creation time {created}");
+        assert_eq!(call(&mut pm, "passman.Otp", "github.com", b"").len(), 7);
+        assert_eq!(
+            call(&mut pm, "passman.Get", "My_Bank", b""),
+            "b@nk <&> \"quoted\""
+        );
+        // The current password, not the one kept in history.
+        assert_eq!(
+            call(&mut pm, "passman.Get", "mail.example", b""),
+            "new-mail-pw"
+        );
+        assert_eq!(call(&mut pm, "passman.Get", "unicode", b""), "pässwörd-€");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
