@@ -200,7 +200,7 @@ fn play(
             "firewall" => record("firewall", flow_firewall(&sim)),
             "fb-viewer" => record("viewer", flow_viewer(&sim)),
             "ssh-agent-vm" => record("ssh-agent", flow_ssh_agent(&sim)),
-            // The password vault's flow is not played yet, so no line is printed for it.
+            "passman" => record("passman", flow_passman(&sim)),
             _ => {}
         }
     }
@@ -282,6 +282,18 @@ fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> R
                 // A light KDF: the demo runs a debug build.
                 sim_cmd("qvm-prefs", &[qube, "kernelopts", "kdf=argon2id:8192:1:1"])?;
                 user_policy.push_str(&format!("qubes.SshAgent +work work {qube} allow\n"));
+            }
+            "passman" => {
+                say(&format!(
+                    "dom0: {qube} (the password vault unikernel); policy: work may read the \
+                     github.com password"
+                ));
+                sim_cmd(
+                    "qvm-create",
+                    &["--class", "StandaloneVM", "-l", "black", qube],
+                )?;
+                sim_cmd("qvm-prefs", &[qube, "kernel", &kernel])?;
+                user_policy.push_str(&format!("passman.Get +github.com work {qube} allow\n"));
             }
             _ => {}
         }
@@ -701,6 +713,81 @@ fn flow_ssh_agent(sim: &Sim) -> Result<String> {
         and signed with it over qubes.SshAgent+work (signature verified in dom0), each signature \
         confirmed by dom0's qubes.UnikernelConfirm (deny refused it); keyring `git` refused by policy"
         .into())
+}
+
+/// The password vault: dom0 makes the vault and stores an entry with the bundle's `qpass`
+/// (passwords on stdin only); the vault is restarted and unlocked again (the entry is on its
+/// private volume); work reads the one password policy lets it read, and nothing else.
+fn flow_passman(sim: &Sim) -> Result<String> {
+    let qpass = sim.root.join("qubes-rpc/passman/qpass");
+    if !qpass.is_file() {
+        bail!("{} is missing", qpass.display());
+    }
+    // dom0's qpass calls `qvm-run -p --service`: the sim's, first on PATH.
+    let bin = sim.state.join("dom0-bin");
+    std::fs::create_dir_all(&bin)?;
+    let link = bin.join("qvm-run");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&sim.exe, &link)?;
+    }
+    let path = match std::env::var_os("PATH") {
+        Some(p) => {
+            let mut v = vec![bin.clone()];
+            v.extend(std::env::split_paths(&p));
+            std::env::join_paths(v)?
+        }
+        None => bin.clone().into_os_string(),
+    };
+    let dom0 = |args: &[&str], input: &str| -> Result<String> {
+        let mut c = Command::new(&qpass)
+            .args(args)
+            .env("PATH", &path)
+            .env("QUBES_SIM_DIR", &sim.state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        c.stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+        let out = c.wait_with_output()?;
+        if !out.status.success() {
+            bail!("qpass {} failed ({})", args.join(" "), out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    sim.ok("qvm-start", &["passman-unikernel"])?;
+    sim.ok("qvm-start", &["work"])?;
+    say("dom0: qpass init (a light KDF: the demo runs a debug build), qpass add -u alice github.com");
+    dom0(&["init", "--kdf", "argon2id:8192:1:1"], "demo-passphrase\n")?;
+    dom0(&["unlock"], "demo-passphrase\n")?;
+    dom0(&["add", "-u", "alice", "github.com"], "s3cret-for-github\n")?;
+    say("dom0: qvm-shutdown passman-unikernel, qvm-start it, qpass unlock (the entry is on its disk)");
+    sim.ok("qvm-shutdown", &["--wait", "passman-unikernel"])?;
+    sim.ok("qvm-start", &["passman-unikernel"])?;
+    dom0(&["unlock"], "demo-passphrase\n")?;
+    let q = qpass.to_string_lossy();
+    say("work: qpass get github.com");
+    let got = sim.ok("qvm-run", &["-p", "work", &format!("{q} get github.com")])?;
+    say(&format!(
+        "  -> {} characters",
+        got.trim_end_matches('\n').len()
+    ));
+    if got.trim_end() != "s3cret-for-github" {
+        bail!("work did not get the stored password");
+    }
+    say("work: qpass ls (not allowed by policy)");
+    let (code, _, _) = sim.run("qvm-run", &["-p", "work", &format!("{q} ls")])?;
+    say(&format!("  -> exit code {code}"));
+    if code == 0 {
+        bail!("work listed the vault's entries without a rule allowing it");
+    }
+    Ok(
+        "passman: dom0 stored github.com in passman-unikernel with qpass; after a restart and \
+        unlock it was still there; work read that password over passman.Get+github.com and was \
+        refused the listing by policy"
+            .into(),
+    )
 }
 
 fn list_dispvms(sim: &Sim) -> Result<Vec<String>> {
