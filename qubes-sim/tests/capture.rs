@@ -281,3 +281,130 @@ fn a_corrupted_capture_fails_to_decode() {
     assert!(decode(&[rec(Kind::Vchan, 111, &[0u8; 71])]).is_err());
     assert!(decode(&[rec(Kind::Vchan, 6000, &[9, 9, 9, 9])]).is_err());
 }
+
+/// A hosted unikernel binary built beside the sim (`cargo build -p NAME`), if there is one.
+fn sibling(name: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(common::EXE).with_file_name(name);
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn hosted_unikernels_speak_only_the_protocols_to_dom0() {
+    let (Some(passman), Some(viewer)) = (sibling("passman"), sibling("fb-viewer")) else {
+        eprintln!("skipped: build the passman and fb-viewer binaries first");
+        return;
+    };
+    let state = State::new("capture-uk");
+    state.ok(
+        "qvm-create",
+        &[
+            "--class",
+            "StandaloneVM",
+            "-l",
+            "black",
+            "passman-unikernel",
+        ],
+    );
+    state.ok(
+        "qvm-prefs",
+        &["passman-unikernel", "kernel", passman.to_str().unwrap()],
+    );
+    state.ok("qvm-create", &["-l", "red", "viewer-unikernel-dvm"]);
+    state.ok(
+        "qvm-prefs",
+        &["viewer-unikernel-dvm", "kernel", viewer.to_str().unwrap()],
+    );
+    state.ok(
+        "qvm-prefs",
+        &["viewer-unikernel-dvm", "template_for_dispvms", "True"],
+    );
+    state.ok("qvm-features", &["viewer-unikernel-dvm", "gui", "1"]);
+    state.ok("qvm-create", &["-l", "blue", "work"]);
+    let pol = state.path().join("policy.d");
+    std::fs::create_dir_all(&pol).unwrap();
+    std::fs::write(
+        pol.join("30-test.policy"),
+        "qubes.OpenInVM * work @dispvm:viewer-unikernel-dvm allow\n",
+    )
+    .unwrap();
+    let rgb: Vec<u8> = (0..32 * 24)
+        .flat_map(|i| [i as u8, (i * 3) as u8, 200])
+        .collect();
+    let png = qubes_sim::png::encode_rgb(32, 24, &rgb).unwrap();
+    let work = state.path().join("vms/work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("pic.png"), png).unwrap();
+    let file = std::env::temp_dir().join(format!("qsim-capture-uk-{}.bin", std::process::id()));
+    let sim = Sim::boot_with(
+        state,
+        &[
+            ("QUBES_SIM_CAPTURE", file.to_str().unwrap()),
+            ("QUBES_SIM_POLICY_DIRS", ""),
+        ],
+    );
+    // The vault: start (xenstore, QubesDB sync, qrexec HELLO), a call from dom0, power-off
+    // through xenstore's control/shutdown.
+    sim.ok("qvm-start", &["passman-unikernel"]);
+    let (code, _, _) = sim.state.run(
+        "qvm-run",
+        &["-p", "--service", "passman-unikernel", "passman.List"],
+    );
+    assert_ne!(code, 0, "a locked vault lists nothing");
+    sim.ok("qvm-shutdown", &["--wait", "passman-unikernel"]);
+    // The viewer: a disposable that shows a window over the GUI protocol.
+    sim.ok("qvm-start", &["work"]);
+    let mut open = sim.in_vm("work", "qvm-open-in-vm");
+    open.args([
+        "--view-only",
+        "@dispvm:viewer-unikernel-dvm",
+        work.join("pic.png").to_str().unwrap(),
+    ]);
+    let mut open = common::sim::Guard(open.spawn().unwrap());
+    let end = Instant::now() + DEADLINE;
+    while !sim.run_dir().join("screenshots/disp1-1.png").exists() {
+        assert!(Instant::now() < end, "no viewer window: {}", sim.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let disp: u32 = sim.domid("disp1").parse().unwrap();
+    let vault: u32 = sim.domid("passman-unikernel").parse().unwrap();
+    sim.ok("qvm-gui-input", &["disp1", "key", "q"]);
+    let end = Instant::now() + DEADLINE;
+    while open.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the viewer call did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(open);
+    drop(sim);
+
+    let bytes = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let records = capture::read(&bytes).unwrap();
+    let seen = decode(&records).unwrap_or_else(|e| panic!("undecodable traffic: {e}"));
+    eprintln!("{seen:?} in {} records", records.len());
+    let has = |d: u32, kind: Kind, port: Option<u32>| {
+        records
+            .iter()
+            .any(|r| r.domid == d && r.kind == kind && port.is_none_or(|p| r.stream == p))
+    };
+    for d in [vault, disp] {
+        assert!(
+            has(d, Kind::Xenstore, None),
+            "domain {d}: no xenstore traffic"
+        );
+        assert!(
+            has(d, Kind::Vchan, Some(512)),
+            "domain {d}: no qrexec control"
+        );
+        assert!(has(d, Kind::Vchan, Some(111)), "domain {d}: no QubesDB");
+    }
+    assert!(
+        has(disp, Kind::Vchan, Some(6000)),
+        "the viewer drew nothing"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.domid == vault && qubes::qrexec::is_data_port(r.stream)),
+        "no data channel with the vault"
+    );
+}
