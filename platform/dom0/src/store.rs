@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use platform_api::{EvtchnPort, PlatformError, StoreError};
+use platform_api::{EvtchnPort, PlatformError, StoreError, XsErrno};
 use xen_store::blocking::{BlockingStore, Transport};
 
 use crate::events::{DomEvents, FdPort};
@@ -52,6 +52,24 @@ impl AsFd for FdTransport {
     }
 }
 
+/// What a failed write means. The xenbus driver handles a complete message inside `write`
+/// and reports some refusals (a watch it cannot register, a message too long) as the write's
+/// errno without queueing a reply; the file stays usable, so those are xenstore errors. The
+/// rest (a closed socket, a dead fd) are a lost connection.
+fn write_error(e: &std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::EILSEQ) => StoreError::Xs(XsErrno::Einval),
+        Some(libc::ENOENT) => StoreError::Xs(XsErrno::Enoent),
+        Some(libc::EACCES) => StoreError::Xs(XsErrno::Eacces),
+        Some(libc::EPERM) => StoreError::Xs(XsErrno::Eperm),
+        Some(libc::E2BIG) => StoreError::Xs(XsErrno::E2big),
+        Some(libc::ENOMEM) => StoreError::Xs(XsErrno::Enomem),
+        Some(libc::ENOSPC) => StoreError::Xs(XsErrno::Enospc),
+        Some(libc::EEXIST) => StoreError::Xs(XsErrno::Eexist),
+        _ => StoreError::Disconnected,
+    }
+}
+
 impl Transport for FdTransport {
     fn send(&mut self, data: &[u8]) -> Result<usize, StoreError> {
         loop {
@@ -62,7 +80,7 @@ impl Transport for FdTransport {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.ready(libc::POLLOUT, None)?;
                 }
-                Err(_) => return Err(StoreError::Disconnected),
+                Err(e) => return Err(write_error(&e)),
             }
         }
     }

@@ -224,3 +224,18 @@ fn the_transport_takes_a_large_write_even_when_the_socket_buffer_fills() {
     drop(t);
     assert_eq!(reader.join().unwrap(), data.len());
 }
+
+#[test]
+fn driver_refusals_of_a_message_are_xenstore_errors_and_dead_fds_are_disconnects() {
+    let e = |n| std::io::Error::from_raw_os_error(n);
+    assert_eq!(
+        write_error(&e(libc::EINVAL)),
+        StoreError::Xs(platform_api::XsErrno::Einval)
+    );
+    assert_eq!(
+        write_error(&e(libc::E2BIG)),
+        StoreError::Xs(platform_api::XsErrno::E2big)
+    );
+    assert_eq!(write_error(&e(libc::EPIPE)), StoreError::Disconnected);
+    assert_eq!(write_error(&e(libc::EBADF)), StoreError::Disconnected);
+}
