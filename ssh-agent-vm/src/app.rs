@@ -94,6 +94,9 @@ impl<P: Platform> App<P> for VaultApp<P> {
                 None
             }
         };
+        for word in &self.cfg.ignored {
+            cx.log(format_args!("kernel option {word:?} is not ours: ignored"));
+        }
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         cx.env.entropy.fill(seed.as_mut());
         let engine = Engine::new(self.cfg.clone(), dev, &seed)

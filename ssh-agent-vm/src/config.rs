@@ -53,6 +53,9 @@ pub struct VaultConfig {
     /// Callers accepted on the admin service whatever the policy says (`admin=dom0,mgmt`;
     /// default dom0 only): a policy mistake alone cannot hand key management to a qube.
     pub admin: RingSet,
+    /// Words of the command line that are not ours (e.g. Xen's or the toolstack's `console=`),
+    /// logged at start and otherwise ignored.
+    pub ignored: Vec<String>,
 }
 
 impl Default for VaultConfig {
@@ -64,6 +67,7 @@ impl Default for VaultConfig {
             max_sessions: 64,
             confirm_timeout_secs: 60,
             admin: RingSet::Some(alloc::vec![String::from("dom0")]),
+            ignored: Vec::new(),
         }
     }
 }
@@ -125,16 +129,23 @@ fn kdf(v: &str) -> Option<KdfParams> {
 }
 
 impl VaultConfig {
-    /// Parses whitespace-separated `key=value` words; other words are refused.
+    /// Parses whitespace-separated `key=value` words: a known key with a bad value is refused,
+    /// any other word is kept in [`VaultConfig::ignored`].
     pub fn parse(cmdline: &str) -> Result<Self, ConfigError> {
         let mut cfg = Self::default();
         for word in cmdline.split_ascii_whitespace() {
             let bad = || ConfigError { word: word.into() };
-            let (k, v) = word.split_once('=').ok_or_else(bad)?;
+            let Some((k, v)) = word.split_once('=') else {
+                cfg.ignored.push(word.into());
+                continue;
+            };
             match k {
                 "rsa" => cfg.rsa = ring_set(v).ok_or_else(bad)?,
                 "confirm" => cfg.confirm = ring_set(v).ok_or_else(bad)?,
-                "admin" if v != "*" => cfg.admin = ring_set(v).ok_or_else(bad)?,
+                // Every qube as an admin source would make policy the only guard: refused.
+                "admin" => {
+                    cfg.admin = ring_set(v).filter(|s| *s != RingSet::All).ok_or_else(bad)?;
+                }
                 "kdf" => cfg.kdf = kdf(v).ok_or_else(bad)?,
                 "max-sessions" => {
                     cfg.max_sessions = v
@@ -150,7 +161,7 @@ impl VaultConfig {
                         .filter(|n| (1..=3600).contains(n))
                         .ok_or_else(bad)?;
                 }
-                _ => return Err(bad()),
+                _ => cfg.ignored.push(word.into()),
             }
         }
         Ok(cfg)
@@ -194,9 +205,11 @@ mod tests {
     }
 
     #[test]
-    fn unknown_or_malformed_words_are_refused() {
+    fn malformed_values_are_refused_and_foreign_words_kept_aside() {
+        let c = VaultConfig::parse("console=hvc0 nopat rsa=work").unwrap();
+        assert_eq!(c.ignored, ["console=hvc0", "nopat"]);
+        assert!(c.rsa.contains("work"));
         for w in [
-            "rsa",
             "rsa=",
             "rsa=a,,b",
             "rsa=../x",
@@ -204,7 +217,6 @@ mod tests {
             "kdf=bcrypt:1:2:3",
             "max-sessions=0",
             "max-sessions=999",
-            "colour=blue",
             "admin=*",
         ] {
             assert_eq!(
