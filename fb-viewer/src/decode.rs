@@ -4,15 +4,10 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use miniz_oxide::inflate::core::inflate_flags::{
-    TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_IGNORE_ADLER32, TINFL_FLAG_PARSE_ZLIB_HEADER,
-};
-use miniz_oxide::inflate::core::{decompress, DecompressorOxide};
-use miniz_oxide::inflate::TINFLStatus;
-
 use crate::chunk::{crc32_update, ChunkKind, CRC_INIT, SIGNATURE};
 use crate::error::{Limit, PngError};
 use crate::header::{ColorType, Header, Pass, ADAM7, FULL};
+use crate::inflate::{Either, InflateError, Inflater};
 
 /// Budgets checked before allocating; a file beyond them is refused with `TooLarge`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +77,6 @@ pub struct Plan {
     pub memory: u64,
 }
 
-const WINDOW: usize = 128 * 1024;
-
 /// Largest chunk the decoder buffers (PLTE: 256 entries of 3 bytes).
 const SMALL_CHUNK_MAX: u64 = 768;
 
@@ -129,12 +122,8 @@ impl Plan {
         too(Limit::DecodedBytes, decoded_bytes, limits.max_decoded_bytes)?;
         let (out_width, out_height) = fit(header.width, header.height, max_w, max_h);
         let canvas = u64::from(out_width) * u64::from(out_height) * 4;
-        let memory = canvas
-            + 2 * row_bytes
-            + u64::from(out_width) * 8
-            + WINDOW as u64
-            + core::mem::size_of::<DecompressorOxide>() as u64
-            + SMALL_CHUNK_MAX;
+        let memory =
+            canvas + 2 * row_bytes + u64::from(out_width) * 8 + Inflater::MEMORY + SMALL_CHUNK_MAX;
         too(Limit::Memory, memory, limits.max_memory)?;
         Ok(Self {
             header,
@@ -314,6 +303,27 @@ impl Rows {
             return;
         };
         let row = &self.cur[1..self.row_len];
+        if p.dx == 1
+            && self.format.header.bit_depth == 8
+            && ow == row_px(row.len(), self.format.header.color)
+        {
+            // Full width: canvas column x is source column x.
+            match self.format.header.color {
+                ColorType::Rgba => {
+                    for (px, s) in line.chunks_exact_mut(4).zip(row.chunks_exact(4)) {
+                        px.copy_from_slice(&[s[2], s[1], s[0], s[3]]);
+                    }
+                    return;
+                }
+                ColorType::Rgb if self.format.key.is_none() => {
+                    for (px, s) in line.chunks_exact_mut(4).zip(row.chunks_exact(3)) {
+                        px.copy_from_slice(&[s[2], s[1], s[0], 255]);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
         if p.dx == 1 && self.format.header.bit_depth == 8 {
             // Whole-row fast paths for the common 8-bit truecolour layouts.
             match self.format.header.color {
@@ -347,6 +357,15 @@ impl Rows {
     }
 }
 
+/// Pixels in an 8-bit row of `len` bytes (0 for layouts without a whole-row fast path).
+fn row_px(len: usize, color: ColorType) -> usize {
+    match color {
+        ColorType::Rgba => len / 4,
+        ColorType::Rgb => len / 3,
+        _ => 0,
+    }
+}
+
 fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
     let Some((filter, line)) = cur.split_first_mut() else {
         return Ok(());
@@ -357,54 +376,66 @@ fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
         // Both buffers are sized from the same row length; a mismatch is a decoder bug, not input.
         return Err(PngError::Inflate);
     }
+    macro_rules! by_bpp {
+        ($f:ident) => {
+            match bpp {
+                1 => $f::<1>(line, up),
+                2 => $f::<2>(line, up),
+                3 => $f::<3>(line, up),
+                4 => $f::<4>(line, up),
+                6 => $f::<6>(line, up),
+                _ => $f::<8>(line, up),
+            }
+        };
+    }
     match filter {
         0 => {}
-        1 => {
-            for i in bpp..line.len() {
-                line[i] = line[i].wrapping_add(line[i - bpp]);
-            }
-        }
+        1 => by_bpp!(sub_row),
         2 => {
             for (c, &u) in line.iter_mut().zip(up) {
                 *c = c.wrapping_add(u);
             }
         }
-        3 => {
-            for (c, &u) in line.iter_mut().zip(up).take(bpp) {
-                *c = c.wrapping_add(u / 2);
-            }
-            for i in bpp..line.len() {
-                line[i] =
-                    line[i].wrapping_add(((u16::from(line[i - bpp]) + u16::from(up[i])) / 2) as u8);
-            }
-        }
-        4 => match bpp {
-            1 => paeth_row::<1>(line, up),
-            2 => paeth_row::<2>(line, up),
-            3 => paeth_row::<3>(line, up),
-            4 => paeth_row::<4>(line, up),
-            6 => paeth_row::<6>(line, up),
-            _ => paeth_row::<8>(line, up),
-        },
+        3 => by_bpp!(avg_row),
+        4 => by_bpp!(paeth_row),
         f => return Err(PngError::BadFilter { filter: f }),
     }
     Ok(())
 }
 
-/// Paeth unfilter with the pixel stride known at compile time, so the loop is unrolled per pixel.
-fn paeth_row<const BPP: usize>(line: &mut [u8], up: &[u8]) {
-    let n = line.len().min(up.len());
-    let (line, up) = (&mut line[..n], &up[..n]);
-    for (c, &u) in line.iter_mut().zip(up).take(BPP) {
-        *c = c.wrapping_add(u);
-    }
-    let mut i = BPP;
-    while i + BPP <= n {
+// The three filters that depend on the pixel to the left, with the pixel size known at compile
+// time: one pass over whole pixels, the left (and upper-left) pixel carried in registers, no
+// index arithmetic to bounds-check. Rows are whole pixels (bpp divides the row length).
+
+fn sub_row<const BPP: usize>(line: &mut [u8], _up: &[u8]) {
+    let mut a = [0u8; BPP];
+    for px in line.chunks_exact_mut(BPP) {
         for k in 0..BPP {
-            let j = i + k;
-            line[j] = line[j].wrapping_add(paeth(line[j - BPP], up[j], up[j - BPP]));
+            a[k] = px[k].wrapping_add(a[k]);
+            px[k] = a[k];
         }
-        i += BPP;
+    }
+}
+
+fn avg_row<const BPP: usize>(line: &mut [u8], up: &[u8]) {
+    let mut a = [0u8; BPP];
+    for (px, u) in line.chunks_exact_mut(BPP).zip(up.chunks_exact(BPP)) {
+        for k in 0..BPP {
+            let avg = ((u16::from(a[k]) + u16::from(u[k])) >> 1) as u8;
+            a[k] = px[k].wrapping_add(avg);
+            px[k] = a[k];
+        }
+    }
+}
+
+fn paeth_row<const BPP: usize>(line: &mut [u8], up: &[u8]) {
+    let (mut a, mut c) = ([0u8; BPP], [0u8; BPP]);
+    for (px, u) in line.chunks_exact_mut(BPP).zip(up.chunks_exact(BPP)) {
+        for k in 0..BPP {
+            a[k] = px[k].wrapping_add(paeth(a[k], u[k], c[k]));
+            px[k] = a[k];
+            c[k] = u[k];
+        }
     }
 }
 
@@ -423,64 +454,52 @@ fn paeth(a: u8, b: u8, c: u8) -> u8 {
     }
 }
 
-/// Inflates IDAT data through a fixed 32 KiB wrapping window.
-struct Inflater {
-    core: Box<DecompressorOxide>,
-    window: Vec<u8>,
-    pos: usize,
+/// The zlib stream of the IDAT chunks, inflated straight into the row assembler.
+#[derive(Debug)]
+struct Idat {
+    inflater: Box<Inflater>,
 }
 
-impl core::fmt::Debug for Inflater {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Inflater")
-            .field("pos", &self.pos)
-            .finish_non_exhaustive()
+fn inflate_error(e: Either<PngError>) -> PngError {
+    match e {
+        Either::Sink(e) => e,
+        Either::Inflate(InflateError::Truncated) => PngError::ImageDataShort,
+        Either::Inflate(_) => PngError::Inflate,
     }
 }
 
-impl Inflater {
-    /// Feeds one IDAT's data; stops early once `rows` is complete (the rest is never inflated).
-    fn feed(&mut self, mut input: &[u8], rows: &mut Rows) -> Result<(), PngError> {
-        // Adler-32 is skipped: decoding stops at the last scanline, before the checksum.
-        let flags =
-            TINFL_FLAG_PARSE_ZLIB_HEADER | TINFL_FLAG_HAS_MORE_INPUT | TINFL_FLAG_IGNORE_ADLER32;
-        while !rows.done {
-            let (status, used, written) =
-                decompress(&mut self.core, input, &mut self.window, self.pos, flags);
-            let out = self
-                .window
-                .get(self.pos..self.pos + written)
-                .ok_or(PngError::Inflate)?;
-            rows.push(out)?;
-            self.pos = (self.pos + written) & (WINDOW - 1);
-            input = input.get(used..).unwrap_or(&[]);
-            if rows.done {
-                // What the stream holds after the last scanline is never used, so neither its
-                // errors nor its length matter; ignoring them keeps results independent of how
-                // the input was split.
-                return Ok(());
-            }
-            match status {
-                TINFLStatus::HasMoreOutput => {}
-                TINFLStatus::NeedsMoreInput => {
-                    if input.is_empty() {
-                        return Ok(());
-                    }
-                    if used == 0 && written == 0 {
-                        return Err(PngError::Inflate);
-                    }
-                }
-                TINFLStatus::Done => {
-                    return if rows.done {
-                        Ok(())
-                    } else {
-                        Err(PngError::ImageDataShort)
-                    };
-                }
-                _ => return Err(PngError::Inflate),
-            }
+impl Idat {
+    /// Feeds one piece of IDAT data; once `rows` is complete the rest is never inflated.
+    fn feed(&mut self, input: &[u8], rows: &mut Rows) -> Result<(), PngError> {
+        let mut sink = |d: &[u8]| -> Result<bool, PngError> {
+            rows.push(d)?;
+            Ok(!rows.done)
+        };
+        match self.inflater.push(input, &mut sink) {
+            // What the stream holds after the last scanline is never used, so neither its
+            // errors nor its length matter; ignoring them keeps results independent of how
+            // the input was split.
+            Err(_) if rows.done => Ok(()),
+            Err(e) => Err(inflate_error(e)),
+            Ok(_) => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The IDAT chunks ended: inflates what is buffered to the end of the stream.
+    fn finish(&mut self, rows: &mut Rows) -> Result<(), PngError> {
+        if rows.done {
+            return Ok(());
+        }
+        let mut sink = |d: &[u8]| -> Result<bool, PngError> {
+            rows.push(d)?;
+            Ok(!rows.done)
+        };
+        match self.inflater.finish(&mut sink) {
+            Err(_) if rows.done => Ok(()),
+            Err(e) => Err(inflate_error(e)),
+            Ok(_) if rows.done => Ok(()),
+            Ok(_) => Err(PngError::ImageDataShort),
+        }
     }
 }
 
@@ -523,7 +542,7 @@ pub struct Decoder {
     key: Option<[u16; 3]>,
     trns_seen: bool,
     ancillary: u64,
-    image: Option<(Rows, Inflater)>,
+    image: Option<(Rows, Idat)>,
     idat_ended: bool,
 }
 
@@ -645,8 +664,11 @@ impl Decoder {
         if (self.header.is_none()) != (&kind == b"IHDR") {
             return order;
         }
-        if self.image.is_some() && &kind != b"IDAT" {
-            self.idat_ended = true;
+        if &kind != b"IDAT" && !self.idat_ended {
+            if let Some((rows, idat)) = self.image.as_mut() {
+                self.idat_ended = true;
+                idat.finish(rows)?;
+            }
         }
         match &kind {
             b"IHDR" if len != 13 => {
@@ -774,7 +796,7 @@ fn start(
     max_h: u32,
     palette: [[u8; 4]; 256],
     key: Option<[u16; 3]>,
-) -> Result<(Rows, Inflater), PngError> {
+) -> Result<(Rows, Idat), PngError> {
     let plan = Plan::new(header, limits, max_w, max_h)?;
     let (ow, oh) = (u64::from(plan.out_width), u64::from(plan.out_height));
     let w = u64::from(header.width);
@@ -804,12 +826,15 @@ fn start(
         cols,
     };
     rows.start_pass();
-    let inflater = Inflater {
-        core: Box::default(),
-        window: try_zeroed(WINDOW as u64)?,
-        pos: 0,
-    };
-    Ok((rows, inflater))
+    let inflater = Inflater::try_new().ok_or(PngError::OutOfMemory {
+        needed: Inflater::MEMORY,
+    })?;
+    Ok((
+        rows,
+        Idat {
+            inflater: Box::new(inflater),
+        },
+    ))
 }
 
 #[cfg(test)]

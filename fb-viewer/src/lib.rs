@@ -1,5 +1,5 @@
-//! Logic of the disposable PNG viewer: a bounded, streaming PNG decoder that scales rows into a
-//! window-sized BGRX canvas. No I/O; budgets are checked before anything is allocated.
+//! The disposable PNG viewer: a bounded streaming PNG decoder (own inflater) scaled into a BGRX
+//! canvas, and the run-loop app serving qubes.OpenInVM into a GUI window. Budgets come first.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -11,6 +11,7 @@ mod decode;
 mod error;
 mod font;
 mod header;
+mod inflate;
 pub mod openinvm;
 pub mod view;
 
