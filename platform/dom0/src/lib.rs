@@ -18,5 +18,5 @@ pub use mem::Region;
 pub use platform::{
     env_from_system, identify, is_control_domain, Dom0, NoBlock, NoNet, DOM0_NAME, ENV_CMDLINE,
 };
-pub use store::{open_xenbus, DomStore, FdTransport};
+pub use store::{open_xenbus, DomStore, FdTransport, ENV_XENSTORED_PATH};
 pub use sys::{Device, EVTCHN, GNTALLOC, GNTDEV, XENBUS};

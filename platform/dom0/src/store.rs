@@ -114,13 +114,35 @@ impl Transport for FdTransport {
 /// The xenstore client of this backend: `platform_api::Store` plus `Watches`.
 pub type DomStore = BlockingStore<FdTransport>;
 
-/// Opens `/dev/xen/xenbus` as a store whose replies and watches wake `events.wait`.
+/// Environment variable naming another way to xenstored, as libxenstore reads it: a Unix
+/// socket (e.g. `/run/xenstored/socket` in dom0) or a device node. Unset: `/dev/xen/xenbus`.
+pub const ENV_XENSTORED_PATH: &str = "XENSTORED_PATH";
+
+/// Opens `/dev/xen/xenbus` (or [`ENV_XENSTORED_PATH`]) as a store whose replies and watches
+/// wake `events.wait`.
 pub fn open_xenbus(events: &DomEvents) -> Result<DomStore, PlatformError> {
-    let dev = sys::open_device(&sys::XENBUS, true)?;
-    Ok(BlockingStore::new(FdTransport::with_events(
-        OwnedFd::from(dev),
-        events,
-    )?))
+    let fd = match std::env::var_os(ENV_XENSTORED_PATH) {
+        Some(path) => open_path(std::path::Path::new(&path))?,
+        None => OwnedFd::from(sys::open_device(&sys::XENBUS, true)?),
+    };
+    Ok(BlockingStore::new(FdTransport::with_events(fd, events)?))
+}
+
+/// Connects to a Unix socket, or opens any other node read-write.
+fn open_path(path: &std::path::Path) -> Result<OwnedFd, PlatformError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| os("stat XENSTORED_PATH", &e))?;
+    if meta.file_type().is_socket() {
+        let s = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|e| os("connect to XENSTORED_PATH", &e))?;
+        return Ok(OwnedFd::from(s));
+    }
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| os("open XENSTORED_PATH", &e))?;
+    Ok(OwnedFd::from(f))
 }
 
 #[cfg(test)]

@@ -239,3 +239,26 @@ fn driver_refusals_of_a_message_are_xenstore_errors_and_dead_fds_are_disconnects
     assert_eq!(write_error(&e(libc::EPIPE)), StoreError::Disconnected);
     assert_eq!(write_error(&e(libc::EBADF)), StoreError::Disconnected);
 }
+
+#[test]
+fn a_store_path_that_is_a_socket_is_connected_to() {
+    let dir = std::env::temp_dir().join(format!("dom0-xs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("socket");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = open_path(&sock).unwrap();
+    let (mut far, _) = listener.accept().unwrap();
+    let mut t = FdTransport::new(fd).unwrap();
+    assert_eq!(t.send(b"ping").unwrap(), 4);
+    let mut got = [0u8; 4];
+    far.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    assert!(matches!(
+        open_path(&dir.join("missing")),
+        Err(PlatformError::Os {
+            what: "stat XENSTORED_PATH",
+            ..
+        })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
