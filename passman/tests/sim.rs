@@ -1,0 +1,361 @@
+//! The vault end to end in the sim: `passman-unikernel` runs our hosted binary as its kernel
+//! with a private volume; dom0 and the AppVMs use the shipped `qpass`; the shipped policy plus a
+//! per-entry rule: `work` may read `github.com` (and list), not `bank`; `other` gets nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VAULT_BIN: &str = env!("CARGO_BIN_EXE_passman");
+const VAULT: &str = "passman-unikernel";
+const DEADLINE: Duration = Duration::from_secs(60);
+const PASS: &str = "vault passphrase";
+
+fn rpc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../qubes-rpc")
+}
+
+fn qpass() -> PathBuf {
+    rpc_dir().join("passman/qpass")
+}
+
+/// The sim binary, next to ours in the target directory (built if missing).
+fn sim_exe() -> PathBuf {
+    let dir = Path::new(VAULT_BIN).parent().unwrap().to_path_buf();
+    let exe = dir.join("qubes-sim");
+    if !exe.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(["build", "-p", "qubes-sim"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            c.arg("--release");
+        }
+        let ok = c.status().is_ok_and(|s| s.success());
+        assert!(
+            ok && exe.exists(),
+            "cannot build qubes-sim next to {VAULT_BIN}"
+        );
+    }
+    exe
+}
+
+struct Sim {
+    exe: PathBuf,
+    dir: PathBuf,
+    daemon: Child,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.exe)
+            .arg("shutdown")
+            .env("QUBES_SIM_DIR", &self.dir)
+            .status();
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Sim {
+    fn boot() -> Sim {
+        let exe = sim_exe();
+        let dir = std::env::temp_dir().join(format!("passman-sim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+        std::fs::copy(
+            rpc_dir().join("policy.d/90-unikernel-passman.policy"),
+            dir.join("policy.d/90-unikernel-passman.policy"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("policy.d/30-test.policy"),
+            format!(
+                "passman.Get +github.com work {VAULT} allow\n\
+                 passman.Otp +github.com work {VAULT} allow\n\
+                 passman.List * work {VAULT} allow\n"
+            ),
+        )
+        .unwrap();
+        // dom0's qvm-run is the sim's, by name.
+        std::fs::create_dir_all(dir.join("dom0bin")).unwrap();
+        std::os::unix::fs::symlink(&exe, dir.join("dom0bin/qvm-run")).unwrap();
+        let run = |args: &[&str]| {
+            let st = Command::new(&exe)
+                .args(args)
+                .env("QUBES_SIM_DIR", &dir)
+                .stdin(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "{args:?}");
+        };
+        run(&["qvm-create", "--label", "red", "work"]);
+        run(&["qvm-create", "--label", "red", "other"]);
+        run(&["qvm-create", "--label", "black", VAULT]);
+        run(&["qvm-prefs", VAULT, "kernel", VAULT_BIN]);
+        run(&["qvm-prefs", VAULT, "kernelopts", "passman.idle=600"]);
+        let log = std::fs::File::create(dir.join("sim.log")).unwrap();
+        let mut daemon = Command::new(&exe)
+            .args(["daemon", "--stdin-lifeline"])
+            .env("QUBES_SIM_DIR", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(daemon.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.starts_with("ready "), "{line}");
+        let sim = Sim { exe, dir, daemon };
+        sim.ok(&["qvm-start", "work"]);
+        sim.ok(&["qvm-start", "other"]);
+        sim.start_vault(1);
+        sim
+    }
+
+    fn start_vault(&self, n: usize) {
+        self.ok(&["qvm-start", VAULT]);
+        self.wait_console("passman ready", n);
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vms").join(VAULT).join("console.log"))
+            .unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sim.log")).unwrap_or_default()
+    }
+
+    fn wait_console(&self, what: &str, count: usize) {
+        let end = Instant::now() + DEADLINE;
+        while self.console().matches(what).count() < count {
+            assert!(
+                Instant::now() < end,
+                "no {what:?} on the vault's console:\n{}\nsim log:\n{}",
+                self.console(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.exe)
+            .args(args)
+            .env("QUBES_SIM_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `qpass ARGS` in dom0 with `stdin`.
+    fn dom0(&self, args: &[&str], stdin: &str) -> Output {
+        let path = format!(
+            "{}:{}",
+            self.dir.join("dom0bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = Command::new("bash");
+        c.arg(qpass())
+            .args(args)
+            .env("QUBES_SIM_DIR", &self.dir)
+            .env("PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn dom0_ok(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.dom0(args, stdin);
+        assert!(
+            out.status.success(),
+            "dom0 qpass {args:?}: {}\nconsole:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.console()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell command line in `qube` (qvm-run -p), returning (exit code, stdout, stderr).
+    fn in_qube(&self, qube: &str, cmd: &str) -> (i32, String, String) {
+        let out = Command::new(&self.exe)
+            .args(["qvm-run", "-p", qube, cmd])
+            .env("QUBES_SIM_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn qpass_in(&self, qube: &str, args: &str) -> (i32, String, String) {
+        self.in_qube(
+            qube,
+            &format!("QPASS_VAULT={VAULT} bash {} {args} 2>&1", qpass().display()),
+        )
+    }
+
+    /// Sets the vault clock by unlocking again with an explicit time.
+    fn set_clock(&self, unix: u64) {
+        let out = Command::new(&self.exe)
+            .args(["qvm-run", "-p", "--service", VAULT, "passman.Unlock"])
+            .env("QUBES_SIM_DIR", &self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                std::io::Write::write_all(
+                    &mut c.stdin.take().unwrap(),
+                    format!("{PASS}\ntime={unix}\n").as_bytes(),
+                )?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn qpass_through_the_sim_with_per_entry_policy_and_audit() {
+    if Command::new("bash").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: bash missing");
+        return;
+    }
+    let sim = Sim::boot();
+    let pw = format!("{PASS}\n");
+
+    // dom0: create the vault, lock, unlock, add two entries.
+    sim.dom0_ok(&["init", "--kdf", "argon2id:8:1:1"], &pw);
+    sim.dom0_ok(&["lock"], "");
+    assert_eq!(sim.dom0_ok(&["status"], ""), "locked\n");
+    let wrong = sim.dom0(&["unlock"], "nope\n");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    std::thread::sleep(Duration::from_millis(1100)); // the one-second back-off
+    sim.dom0_ok(&["unlock"], &pw);
+    sim.dom0_ok(
+        &[
+            "add",
+            "-u",
+            "alice",
+            "--url",
+            "https://github.com",
+            "--otp",
+            "github.com",
+        ],
+        "gh-secret\notpauth://totp/GitHub:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&digits=8\n",
+    );
+    sim.dom0_ok(&["add", "bank"], "bank-secret\n");
+
+    // work: github.com yes, bank no.
+    let (code, out, _) = sim.qpass_in("work", "get github.com");
+    assert_eq!((code, out.as_str()), (0, "gh-secret\n"));
+    let (code, out, _) = sim.qpass_in("work", "ls");
+    assert_eq!((code, out.as_str()), (0, "bank\ngithub.com\n"));
+    let (code, out, _) = sim.qpass_in("work", "get bank");
+    assert_ne!(code, 0, "work read bank: {out}");
+    assert!(!out.contains("bank-secret"));
+    // RFC 6238 appendix B (SHA1, 8 digits) at vector times, each 29 s from its step's end.
+    for (t, want) in [(1234567890u64, "89005924"), (1111111111, "14050471")] {
+        sim.set_clock(t);
+        let (code, out, _) = sim.qpass_in("work", "otp github.com");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, format!("{want}\n").as_str()),
+            "t={t}"
+        );
+    }
+    // Clipboard: copied, then cleared after the timeout.
+    let clip = sim.dir.join("clip");
+    let (code, out, _) = sim.in_qube(
+        "work",
+        &format!(
+            "QPASS_VAULT={VAULT} QPASS_CLIP_TIMEOUT=1 QPASS_CLIP_COPY='cat > {c}' \
+             QPASS_CLIP_PASTE='cat {c}' bash {q} get -c github.com 2>&1",
+            c = clip.display(),
+            q = qpass().display()
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("gh-secret"), "secret printed with -c: {out}");
+    assert_eq!(std::fs::read_to_string(&clip).unwrap(), "gh-secret");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&clip).unwrap_or_default() == "gh-secret" {
+        assert!(Instant::now() < end, "clipboard never cleared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&clip).unwrap(), "");
+    // work may not manage.
+    let (code, _, _) = sim.in_qube(
+        "work",
+        &format!(
+            "printf 'x\\n' | QPASS_VAULT={VAULT} bash {} add evil",
+            qpass().display()
+        ),
+    );
+    assert_ne!(code, 0);
+
+    // other: nothing at all.
+    for cmd in ["get github.com", "ls", "otp github.com", "get bank"] {
+        let (code, out, _) = sim.qpass_in("other", cmd);
+        assert_ne!(code, 0, "other {cmd}: {out}");
+        assert!(!out.contains("secret"), "other {cmd}: {out}");
+    }
+
+    // dom0: generate, delete, list.
+    let generated = sim.dom0_ok(&["generate", "new.site", "20", "lud"], "");
+    assert_eq!(generated.trim_end().len(), 20, "{generated}");
+    sim.dom0_ok(&["rm", "bank"], "");
+    assert_eq!(sim.dom0_ok(&["ls"], ""), "github.com\nnew.site\n");
+    let (code, _, _) = sim.qpass_in("work", "get bank");
+    assert_ne!(code, 0);
+
+    // Audit log: each access the vault served, by whom.
+    let audit = sim.dom0_ok(&["audit"], "");
+    for want in [
+        "work passman.Get github.com ok",
+        "work passman.List - ok",
+        "work passman.Otp github.com ok",
+        "dom0 passman.Put bank ok",
+        "dom0 passman.Delete bank ok",
+        "dom0 passman.Generate new.site ok",
+        "dom0 passman.Unlock - wrong-passphrase",
+    ] {
+        assert!(audit.contains(want), "audit lacks {want:?}:\n{audit}");
+    }
+    assert!(
+        !audit.contains("other "),
+        "policy-denied calls reached the vault:\n{audit}"
+    );
+
+    // Restart: locked, then everything is back after unlock.
+    sim.ok(&["qvm-shutdown", "--wait", VAULT]);
+    let _ = std::fs::remove_file(sim.dir.join("vms").join(VAULT).join("console.log"));
+    sim.start_vault(1);
+    let (code, _, _) = sim.qpass_in("work", "get github.com");
+    assert_ne!(code, 0, "vault open after restart");
+    sim.dom0_ok(&["unlock"], &pw);
+    let (code, out, _) = sim.qpass_in("work", "get github.com");
+    assert_eq!((code, out.as_str()), (0, "gh-secret\n"));
+    let audit = sim.dom0_ok(&["audit"], "");
+    assert!(audit.contains("dom0 passman.Delete bank ok"), "{audit}");
+}
