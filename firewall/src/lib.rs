@@ -23,6 +23,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod app;
+pub mod bench;
 pub mod classify;
 pub mod config;
 pub mod dns;

@@ -1,9 +1,12 @@
 //! Bounded translation and connection-tracking table: each flow's key as the client sent it and as
 //! it leaves, looked up both ways; when full, the least recently used flow is evicted.
 
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use core::fmt;
+use core::hash::{BuildHasher, Hasher};
 use core::net::IpAddr;
+
+use hashbrown::HashMap;
 
 use platform_api::Instant;
 
@@ -26,7 +29,6 @@ pub struct Entry {
     /// Opened from the uplink through a ruleset port forward (not by the client).
     pub forwarded: bool,
     pub last_used: Instant,
-    stamp: u64,
 }
 
 /// Why a flow could not be added.
@@ -52,61 +54,166 @@ impl fmt::Display for NatError {
 
 impl core::error::Error for NatError {}
 
-/// The table. Lookups are `O(log n)`; size never exceeds `max`.
+/// A keyed multiply-rotate hasher: fast for the small fixed-size flow keys; the per-table random
+/// key keeps a remote peer from choosing ports that all land in one bucket group.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedHasher(u64);
+
+impl Hasher for KeyedHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^ (x >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(23) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+/// Builds [`KeyedHasher`]s with the table's key.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedState(u64);
+
+impl BuildHasher for KeyedState {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher(self.0)
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    e: Entry,
+    /// Towards the least recently used end.
+    older: u32,
+    /// Towards the most recently used end.
+    newer: u32,
+}
+
+/// The table: a slab of flows threaded on a least-recently-used list, and two hash indexes
+/// (by the client's key, by the reply's key). Lookups and updates are O(1); size never exceeds `max`.
 #[derive(Debug)]
 pub struct NatTable {
-    entries: BTreeMap<u64, Entry>,
-    by_orig: BTreeMap<FlowKey, u64>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    by_orig: HashMap<FlowKey, u32, KeyedState>,
     /// Keyed by the reply as it arrives: `xlat.reverse()`.
-    by_reply: BTreeMap<FlowKey, u64>,
-    lru: BTreeMap<u64, u64>,
-    next_id: u64,
-    tick: u64,
+    by_reply: HashMap<FlowKey, u32, KeyedState>,
+    /// Least and most recently used.
+    oldest: u32,
+    newest: u32,
+    len: usize,
     max: usize,
     rng: u64,
 }
 
 impl NatTable {
-    /// A table of at most `max` flows; `seed` drives the choice of masquerade ports.
+    /// A table of at most `max` flows; `seed` drives the choice of masquerade ports and the hash key.
     pub fn new(max: usize, seed: u64) -> Self {
+        let max = max.min(NIL as usize - 1);
+        let key = KeyedState(seed.rotate_left(32) ^ 0x243f_6a88_85a3_08d3);
         NatTable {
-            entries: BTreeMap::new(),
-            by_orig: BTreeMap::new(),
-            by_reply: BTreeMap::new(),
-            lru: BTreeMap::new(),
-            next_id: 0,
-            tick: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_orig: HashMap::with_hasher(key),
+            by_reply: HashMap::with_hasher(key),
+            oldest: NIL,
+            newest: NIL,
+            len: 0,
             max,
             rng: seed | 1,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     pub fn capacity(&self) -> usize {
         self.max
     }
 
-    /// Every tracked flow, oldest id first.
+    /// Every tracked flow, least recently used first.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.entries.values()
+        let mut at = self.oldest;
+        core::iter::from_fn(move || {
+            let s = self.slots.get(at as usize)?.as_ref()?;
+            at = s.newer;
+            Some(&s.e)
+        })
     }
 
-    fn touch(&mut self, id: u64, now: Instant) -> Option<Entry> {
-        self.tick += 1;
-        let tick = self.tick;
-        let e = self.entries.get_mut(&id)?;
-        self.lru.remove(&e.stamp);
-        e.stamp = tick;
-        e.last_used = now;
-        self.lru.insert(tick, id);
-        Some(*e)
+    fn slot(&mut self, id: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(id as usize)?.as_mut()
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let Some(s) = self.slot(id).copied() else {
+            return;
+        };
+        match self.slot(s.older) {
+            Some(o) => o.newer = s.newer,
+            None => self.oldest = s.newer,
+        }
+        match self.slot(s.newer) {
+            Some(n) => n.older = s.older,
+            None => self.newest = s.older,
+        }
+    }
+
+    fn link_newest(&mut self, id: u32) {
+        let prev = self.newest;
+        if let Some(s) = self.slot(id) {
+            s.older = prev;
+            s.newer = NIL;
+        }
+        match self.slot(prev) {
+            Some(p) => p.newer = id,
+            None => self.oldest = id,
+        }
+        self.newest = id;
+    }
+
+    fn touch(&mut self, id: u32, now: Instant) -> Option<Entry> {
+        if self.newest != id {
+            self.unlink(id);
+            self.link_newest(id);
+        }
+        let s = self.slot(id)?;
+        s.e.last_used = now;
+        Some(s.e)
     }
 
     /// The flow a client packet (`key` as sent by the client) belongs to.
@@ -123,7 +230,8 @@ impl NatTable {
 
     /// Looks a flow up by its reply key without counting it as used.
     pub fn peek_inbound(&self, key: &FlowKey) -> Option<&Entry> {
-        self.entries.get(self.by_reply.get(key)?)
+        let id = *self.by_reply.get(key)?;
+        Some(&self.slots.get(id as usize)?.as_ref()?.e)
     }
 
     /// Tracks a new flow, evicting the least recently used one if the table is full.
@@ -165,45 +273,61 @@ impl NatTable {
         if self.by_reply.contains_key(&xlat.reverse()) {
             return Err(NatError::Clash);
         }
-        while self.entries.len() >= self.max {
-            let Some((_, id)) = self.lru.pop_first() else {
-                break;
-            };
-            self.remove_id(id);
+        while self.len >= self.max && self.oldest != NIL {
+            self.remove_id(self.oldest);
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.tick += 1;
         let e = Entry {
             orig,
             xlat,
             to_uplink,
             forwarded,
             last_used: now,
-            stamp: self.tick,
         };
-        self.entries.insert(id, e);
+        let slot = Some(Slot {
+            e,
+            older: NIL,
+            newer: NIL,
+        });
+        let id = match self.free.pop() {
+            Some(id) => {
+                if let Some(s) = self.slots.get_mut(id as usize) {
+                    *s = slot;
+                }
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.link_newest(id);
         self.by_orig.insert(orig, id);
         self.by_reply.insert(xlat.reverse(), id);
-        self.lru.insert(self.tick, id);
+        self.len += 1;
         Ok(e)
     }
 
-    fn remove_id(&mut self, id: u64) {
-        if let Some(e) = self.entries.remove(&id) {
-            self.by_orig.remove(&e.orig);
-            self.by_reply.remove(&e.xlat.reverse());
-            self.lru.remove(&e.stamp);
+    fn remove_id(&mut self, id: u32) {
+        let Some(e) = self.slot(id).map(|s| s.e) else {
+            return;
+        };
+        self.unlink(id);
+        if let Some(s) = self.slots.get_mut(id as usize) {
+            *s = None;
         }
+        self.free.push(id);
+        self.by_orig.remove(&e.orig);
+        self.by_reply.remove(&e.xlat.reverse());
+        self.len -= 1;
     }
 
     /// Keeps only the flows for which `keep` is true; returns how many were removed.
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
-        let gone: alloc::vec::Vec<u64> = self
-            .entries
+        let gone: Vec<u32> = self
+            .slots
             .iter()
-            .filter(|(_, e)| !keep(e))
-            .map(|(id, _)| *id)
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|s| !keep(&s.e)).map(|_| i as u32))
             .collect();
         for id in &gone {
             self.remove_id(*id);
@@ -214,7 +338,20 @@ impl NatTable {
     /// Removes flows idle since before `now - idle_nanos`.
     pub fn expire(&mut self, now: Instant, idle_nanos: u64) -> usize {
         let cutoff = now.0.saturating_sub(idle_nanos);
-        self.retain(|e| e.last_used.0 >= cutoff)
+        // The list is in order of use: stop at the first flow used recently enough.
+        let mut n = 0;
+        while let Some(s) = self
+            .slots
+            .get(self.oldest as usize)
+            .and_then(|s| s.as_ref())
+        {
+            if s.e.last_used.0 >= cutoff {
+                break;
+            }
+            self.remove_id(self.oldest);
+            n += 1;
+        }
+        n
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -328,9 +465,10 @@ mod tests {
             assert!(t.len() <= 100);
         }
         assert_eq!(t.len(), 100);
-        assert_eq!(t.lru.len(), 100);
+        assert_eq!(t.iter().count(), 100);
         assert_eq!(t.by_orig.len(), 100);
         assert_eq!(t.by_reply.len(), 100);
+        assert!(t.slots.len() <= 100, "slots are reused");
     }
 
     #[test]
@@ -380,7 +518,8 @@ mod tests {
                     _ => { t.retain(|e| e.orig.sport % 2 == 0); }
                 }
                 prop_assert!(t.len() <= max);
-                prop_assert_eq!(t.lru.len(), t.len());
+                prop_assert_eq!(t.iter().count(), t.len());
+                prop_assert!(t.slots.len() <= max);
                 prop_assert_eq!(t.by_orig.len(), t.len());
                 prop_assert_eq!(t.by_reply.len(), t.len());
             }

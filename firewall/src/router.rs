@@ -242,8 +242,10 @@ impl Router {
         self.counters.received += 1;
         let verdict = match from {
             Link::Uplink => {
-                if let Ok(Parsed::Arp(arp)) = packet::parse(frame) {
-                    self.uplink_arp(now, frame, &arp);
+                if frame.get(12..14) == Some(&[0x08, 0x06][..]) {
+                    if let Ok(Parsed::Arp(arp)) = packet::parse(frame) {
+                        self.uplink_arp(now, frame, &arp);
+                    }
                     return None;
                 }
                 if let Some(done) = self.uplink_ndp(frame) {
