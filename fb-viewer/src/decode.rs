@@ -55,6 +55,9 @@ impl Canvas {
     pub fn composite_checkerboard(&mut self) {
         let w = self.width as usize;
         for (i, px) in self.pixels.chunks_exact_mut(4).enumerate() {
+            if px[3] == 0xff {
+                continue;
+            }
             let (x, y) = (i % w.max(1), i / w.max(1));
             let bg: u16 = if (x / 8 + y / 8) % 2 == 0 { 0x99 } else { 0x66 };
             let a = u16::from(px[3]);

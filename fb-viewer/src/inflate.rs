@@ -35,9 +35,10 @@ const HEADER_INPUT: usize = 640;
 /// Largest input buffer kept (pieces are consumed as they come; this bounds the leftover).
 const MAX_INPUT: usize = 64 * 1024;
 
-const LIT_BITS: u32 = 11;
+const LIT_BITS: u32 = 12;
 const DIST_BITS: u32 = 10;
-const SUB_BITS: u32 = 4;
+/// Longest code: subtables take the bits past a table's primary bits up to this.
+const MAX_CODE: u32 = 15;
 
 const K_LIT: u32 = 0;
 const K_LEN: u32 = 1;
@@ -45,6 +46,8 @@ const K_EOB: u32 = 2;
 const K_SUB: u32 = 3;
 const K_BAD: u32 = 4;
 const K_DIST: u32 = 5;
+/// Two literals in one lookup: value = first | second << 8, length = both codes.
+const K_LIT2: u32 = 6;
 
 #[inline(always)]
 fn entry(kind: u32, value: u32, len: u32, extra: u32) -> u32 {
@@ -151,21 +154,42 @@ impl<const N: usize> Table<N> {
                     e_value(p) as usize
                 } else {
                     let base = self.sub.len();
-                    self.sub
-                        .extend(core::iter::repeat_n(entry(K_BAD, 0, 1, 0), 1 << SUB_BITS));
+                    self.sub.extend(core::iter::repeat_n(
+                        entry(K_BAD, 0, 1, 0),
+                        1 << (MAX_CODE - pb),
+                    ));
                     self.primary[low] = entry(K_SUB, base as u32, pb, 0);
                     base
                 };
                 let rest = rev >> pb;
                 let sl = l - pb;
                 let mut i = rest;
-                while i < (1 << SUB_BITS) {
+                while i < (1 << (MAX_CODE - pb)) {
                     self.sub[base + i as usize] = v | sl;
                     i += 1 << sl;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Where a short literal code is followed by bits that already decide a second literal,
+    /// the entry gives both at once (photos are mostly literals).
+    fn pair_literals(&mut self) {
+        let pb = self.bits;
+        // Downwards: the second code's entry (index i >> l1, below i) is still unpaired.
+        for i in (0..N).rev() {
+            let e1 = self.primary[i];
+            let l1 = e_len(e1);
+            if e_kind(e1) != K_LIT || l1 >= pb {
+                continue;
+            }
+            let e2 = self.primary[i >> l1];
+            let l2 = e_len(e2);
+            if e_kind(e2) == K_LIT && l1 + l2 <= pb {
+                self.primary[i] = entry(K_LIT2, e_value(e1) | (e_value(e2) << 8), l1 + l2, 0);
+            }
+        }
     }
 }
 
@@ -286,7 +310,10 @@ impl Default for Inflater {
 impl Inflater {
     /// Heap use: output buffer, input buffer, tables.
     pub const MEMORY: u64 = (WINDOW + CHUNK + SLACK + MAX_INPUT + FAST_INPUT) as u64
-        + 4 * ((1 << LIT_BITS) + (1 << DIST_BITS) + 2 * 320 * (1 << SUB_BITS));
+        + 4 * ((1 << LIT_BITS)
+            + (1 << DIST_BITS)
+            + 286 * (1 << (MAX_CODE - LIT_BITS))
+            + 30 * (1 << (MAX_CODE - DIST_BITS)));
 
     /// A new stream, or `None` if its buffers cannot be allocated.
     pub fn try_new() -> Option<Self> {
@@ -526,6 +553,7 @@ impl Inflater {
         l[256..280].fill(7);
         l[280..].fill(8);
         self.lit.build(&l, litlen_value)?;
+        self.lit.pair_literals();
         self.dist.build(&[5u8; 30], dist_value)
     }
 
@@ -575,6 +603,7 @@ impl Inflater {
             return Err(InflateError::BadBlock);
         }
         self.lit.build(&lens[..hlit], litlen_value)?;
+        self.lit.pair_literals();
         self.dist.build(&lens[hlit..n], dist_value)
     }
 
@@ -590,7 +619,8 @@ impl Inflater {
         let limit = out.len() - SLACK;
         let lmask = (1u64 << LIT_BITS) - 1;
         let dmask = (1u64 << DIST_BITS) - 1;
-        let smask = (1u64 << SUB_BITS) - 1;
+        let lsub = (1u64 << (MAX_CODE - LIT_BITS)) - 1;
+        let dsub = (1u64 << (MAX_CODE - DIST_BITS)) - 1;
         let result = loop {
             if op >= limit {
                 break Progress::OutputFull;
@@ -603,10 +633,16 @@ impl Inflater {
             let mut e = lit.primary[(b.buf & lmask) as usize];
             if e_kind(e) == K_SUB {
                 b.drop(LIT_BITS);
-                e = lit.sub[e_value(e) as usize + (b.buf & smask) as usize];
+                e = lit.sub[e_value(e) as usize + (b.buf & lsub) as usize];
             }
             b.drop(e_len(e));
             match e_kind(e) {
+                K_LIT2 => {
+                    let v = e_value(e);
+                    out[op] = v as u8;
+                    out[op + 1] = (v >> 8) as u8;
+                    op += 2;
+                }
                 K_LIT => {
                     out[op] = e_value(e) as u8;
                     op += 1;
@@ -625,7 +661,7 @@ impl Inflater {
                     let mut d = dist.primary[(b.buf & dmask) as usize];
                     if e_kind(d) == K_SUB {
                         b.drop(DIST_BITS);
-                        d = dist.sub[e_value(d) as usize + (b.buf & smask) as usize];
+                        d = dist.sub[e_value(d) as usize + (b.buf & dsub) as usize];
                     }
                     b.drop(e_len(d));
                     if e_kind(d) != K_DIST {
@@ -798,6 +834,33 @@ mod tests {
         let z = compress_to_vec_zlib(&data, 6);
         for cut in [1, 2, 10, z.len() / 2, z.len() - 5] {
             assert!(inflate_pieces(&z[..cut], 1000).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn codes_of_every_length_up_to_15_decode() {
+        // Lengths 1..=15 plus one more of 15: a complete code with a 15-bit pair.
+        let mut lens: Vec<u8> = (1..=15).collect();
+        lens.push(15);
+        let mut t = Table::<1024>::new();
+        t.build(&lens, dist_value).unwrap();
+        for (sym, &l) in lens.iter().enumerate() {
+            // Canonical code of `sym`: all ones for l-1 bits then 0 (the last two: 15 ones
+            // and 14 ones plus a zero, in that order).
+            let code: u32 = if sym == 15 {
+                (1 << 15) - 1
+            } else {
+                ((1 << l) - 1) & !1
+            };
+            let rev = code.reverse_bits() >> (32 - u32::from(l));
+            let mut e = t.primary[(rev & 1023) as usize];
+            if e_kind(e) == K_SUB {
+                e = t.sub[e_value(e) as usize + (rev >> 10) as usize];
+                assert_eq!(e_len(e) + 10, u32::from(l), "symbol {sym}");
+            } else {
+                assert_eq!(e_len(e), u32::from(l), "symbol {sym}");
+            }
+            assert_eq!(e_kind(e), K_DIST, "symbol {sym}");
         }
     }
 
