@@ -399,11 +399,17 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 #[test]
 fn hostile_files_get_a_message_window_within_memory_budget() {
     let sim = Sim::boot("bomb");
-    let mut truncated = encode_rgb(64, 64, &pattern(64, 64));
+    let good = encode_rgb(64, 64, &pattern(64, 64));
+    let mut truncated = good.clone();
     truncated.truncate(truncated.len() / 2);
+    let mut bad_crc = good.clone();
+    // The last byte of IDAT's data (IEND's 12 bytes and IDAT's CRC follow it).
+    let at = bad_crc.len() - 12 - 4 - 1;
+    bad_crc[at] ^= 0x55;
     for (name, data, says) in [
         ("bomb.png", bomb_100k(), "too large"),
         ("cut.png", truncated, "truncated"),
+        ("crc.png", bad_crc, "wrong CRC"),
     ] {
         let (child, _) = sim.open(name, &data);
         let s = sim.shot_where("of the message", |s| (s.w, s.h) == (640, 120));
