@@ -363,6 +363,12 @@ fn qvm_volume(state: &Path, args: &[String]) -> Result<i32> {
                 v.size = size;
                 Ok(())
             })?;
+            // A hosted unikernel's image grows now; the qube sees the new size at its next
+            // start (its vbd's `sectors`).
+            if vol == "private" && crate::devices::private_image(state, vm).exists() {
+                let reg = Registry::load(state)?;
+                crate::devices::ensure_private_image(state, reg.get(vm)?)?;
+            }
             Ok(0)
         }
         ("info", [target]) => {

@@ -273,6 +273,9 @@ fn check_devices(netns: bool) {
     )
     .unwrap();
     assert_eq!(&buf, b"vault data");
+    // A resize while it runs grows the image at once (the vbd shows it at the next start).
+    sim.ok("qvm-volume", &["resize", "fw:private", "192M"]);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 192 << 20);
     // fw's restart re-links its running client.
     xs.wait_for(
         &format!("{fe}/backend"),
