@@ -4,9 +4,6 @@
 #![cfg_attr(not(xen_image), forbid(unsafe_code))]
 
 #[cfg(xen_image)]
-extern crate alloc;
-
-#[cfg(xen_image)]
 platform_xen::entry!(xen_main);
 
 #[cfg(xen_image)]
