@@ -1,11 +1,12 @@
 //! Traffic capture for tests (`QUBES_SIM_CAPTURE=<file>`): every byte between a qube and dom0 on
 //! xenstore sockets (a recording proxy) and dom0's vchans (qrexec, QubesDB, GUI), as records.
 //!
-//! File: `QSIMCAP1`, then records `kind u8` (0 xenstore, 1 vchan), `dir u8` (0 qube→dom0,
+//! [`decode`] checks a capture with the protocol crates (the tests and `qubes-sim
+//! capture-decode FILE`). File: `QSIMCAP1`, then records `kind u8` (0 xenstore, 1 vchan), `dir u8` (0 qube→dom0,
 //! 1 dom0→qube), `domid u32`, `stream u32` (xenstore connection / vchan port), `chan u32`
 //! (vchan instance), `len u32`, bytes; all little-endian. [`read`] parses it back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -300,6 +301,214 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Record>> {
         off = start + len;
     }
     Ok(out)
+}
+
+/// What a decoded capture held, by protocol.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Count (xs requests).
+    pub xs_requests: usize,
+    /// Count (xs replies).
+    pub xs_replies: usize,
+    /// Count (qrexec control).
+    pub qrexec_control: usize,
+    /// Count (qrexec data).
+    pub qrexec_data: usize,
+    /// Count (qubesdb).
+    pub qubesdb: usize,
+    /// Count (gui from agent).
+    pub gui_from_agent: usize,
+    /// Count (gui to agent).
+    pub gui_to_agent: usize,
+    /// Count (gui to agent bytes).
+    pub gui_to_agent_bytes: usize,
+}
+
+/// Decodes a stream of xs_wire messages; every byte must belong to one.
+fn xenstore(bytes: &[u8], dir: Dir, seen: &mut Seen) -> Result<(), String> {
+    use xen_store::wire::MsgHeader;
+    use xen_store::wire::ReplyMsg;
+    use xen_store::wire::RequestMsg;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let h = MsgHeader::new_checked(rest).map_err(|e| format!("xs header: {e}"))?;
+        let n = h.total_len();
+        match dir {
+            Dir::ToDom0 => {
+                RequestMsg::parse(&h).map_err(|e| format!("xs request: {e}"))?;
+                seen.xs_requests += 1;
+            }
+            Dir::FromDom0 => {
+                ReplyMsg::parse(&h).map_err(|e| format!("xs reply: {e}"))?;
+                seen.xs_replies += 1;
+            }
+        }
+        rest = rest.get(n..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+/// Decodes qrexec messages (control or data channel): header, then exactly the declared body.
+fn qrexec(bytes: &[u8], count: &mut usize) -> Result<(), String> {
+    use qubes::qrexec::Message;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let m = Message::parse(rest).map_err(|e| format!("qrexec: {e}"))?;
+        let len = rest
+            .get(4..8)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("qrexec: short header")?;
+        if m.buffer_len() != 8 + len {
+            return Err(format!(
+                "qrexec: {m:?} re-encodes to {} bytes, not {}",
+                m.buffer_len(),
+                8 + len
+            ));
+        }
+        rest = rest.get(8 + len..).unwrap_or(&[]);
+        *count += 1;
+    }
+    Ok(())
+}
+
+/// Decodes QubesDB messages (72-byte header and its value).
+fn qubesdb(bytes: &[u8], count: &mut usize) -> Result<(), String> {
+    use qubes::qubesdb::wire::{Message, HEADER_LEN, MAX_DATA};
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let len = rest
+            .get(68..72)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("qubesdb: short header")?;
+        if len >= MAX_DATA {
+            return Err(format!("qubesdb: {len}-byte value"));
+        }
+        let frame = rest
+            .get(..HEADER_LEN + len)
+            .ok_or("qubesdb: truncated message")?;
+        Message::parse(frame).map_err(|e| format!("qubesdb: {e}"))?;
+        rest = rest.get(HEADER_LEN + len..).unwrap_or(&[]);
+        *count += 1;
+    }
+    Ok(())
+}
+
+/// Feeds one direction of a GUI connection to the machine of the receiving side, which
+/// validates the handshake and every message; all bytes must be taken.
+fn gui(bytes: &[u8], dir: Dir, seen: &mut Seen) -> Result<(), String> {
+    use qubes::gui::wire::XConf;
+    use qubes::gui::{Agent, AgentLimits, Daemon, DaemonLimits};
+    let mut scratch = vec![0u8; 1 << 16];
+    let mut off = 0;
+    match dir {
+        Dir::ToDom0 => {
+            let mut d = Daemon::new(DaemonLimits::DEFAULT, XConf::for_screen(1920, 1080));
+            while off < bytes.len() {
+                let n = d
+                    .handle_input(bytes.get(off..).unwrap_or(&[]))
+                    .map_err(|e| format!("gui from agent: {e}"))?;
+                off += n;
+                while d.poll_transmit(&mut scratch).is_some() {}
+                while d.poll_event().is_some() {
+                    seen.gui_from_agent += 1;
+                }
+                if n == 0 && off < bytes.len() {
+                    return Err("gui from agent: the daemon machine took no more".into());
+                }
+            }
+        }
+        Dir::FromDom0 => {
+            seen.gui_to_agent_bytes += bytes.len();
+            let mut a = Agent::new(AgentLimits::DEFAULT);
+            while a.poll_transmit(&mut scratch).is_some() {}
+            while off < bytes.len() {
+                let n = a
+                    .handle_input(bytes.get(off..).unwrap_or(&[]))
+                    .map_err(|e| format!("gui to agent: {e}"))?;
+                off += n;
+                while a.poll_transmit(&mut scratch).is_some() {}
+                while a.poll_event().is_some() {
+                    seen.gui_to_agent += 1;
+                }
+                if n == 0 && off < bytes.len() {
+                    return Err("gui to agent: the agent machine took no more".into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes every stream of a capture with the protocol crates: each byte must belong to an
+/// xs_wire message (on xenstore), or to a qrexec (control port 512, data ports), QubesDB
+/// (port 111) or GUI (port 6000) message on a vchan; the first one that does not is the error.
+pub fn decode(records: &[Record]) -> Result<Seen, String> {
+    // One byte stream per connection and direction, in capture order.
+    let mut streams: BTreeMap<(Kind, u32, u32, u32, Dir), Vec<u8>> = BTreeMap::new();
+    for r in records {
+        streams
+            .entry((r.kind, r.domid, r.stream, r.chan, r.dir))
+            .or_default()
+            .extend_from_slice(&r.data);
+    }
+    let mut seen = Seen::default();
+    for ((kind, domid, stream, chan, dir), bytes) in &streams {
+        let what = format!("{kind:?} domain {domid} stream {stream} chan {chan} {dir:?}");
+        let r = match (kind, *stream) {
+            (Kind::Xenstore, _) => xenstore(bytes, *dir, &mut seen),
+            (Kind::Vchan, qubes::qrexec::CONTROL_PORT) => qrexec(bytes, &mut seen.qrexec_control),
+            (Kind::Vchan, p) if qubes::qrexec::is_data_port(p) => {
+                qrexec(bytes, &mut seen.qrexec_data)
+            }
+            (Kind::Vchan, crate::qdb::PORT) => qubesdb(bytes, &mut seen.qubesdb),
+            (Kind::Vchan, crate::gui::PORT) => gui(bytes, *dir, &mut seen),
+            (Kind::Vchan, p) => Err(format!("vchan port {p} carries no known protocol")),
+        };
+        r.map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(seen)
+}
+
+/// `qubes-sim capture-decode FILE`: decodes a capture; prints what it held (exit 0) or the
+/// first undecodable byte's stream (exit 1).
+pub fn decode_file(args: &[String]) -> Result<i32> {
+    let [file] = args else {
+        bail!("usage: qubes-sim capture-decode FILE");
+    };
+    let meta = std::fs::metadata(file).with_context(|| format!("cannot read {file}"))?;
+    if meta.len() > 1 << 30 {
+        bail!("{file} is larger than 1 GiB");
+    }
+    let records = read(&std::fs::read(file)?)?;
+    let domains: BTreeSet<u32> = records.iter().map(|r| r.domid).collect();
+    match decode(&records) {
+        Ok(s) => {
+            let messages = s.xs_requests
+                + s.xs_replies
+                + s.qrexec_control
+                + s.qrexec_data
+                + s.qubesdb
+                + s.gui_from_agent;
+            println!(
+                "{} records from {} qubes, all decoded: {} xs_wire requests and {} replies, \
+                 {} qrexec control and {} data messages, {} QubesDB messages, {} GUI events \
+                 ({messages} in all)",
+                records.len(),
+                domains.len(),
+                s.xs_requests,
+                s.xs_replies,
+                s.qrexec_control,
+                s.qrexec_data,
+                s.qubesdb,
+                s.gui_from_agent
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            println!("undecodable: {e}");
+            Ok(1)
+        }
+    }
 }
 
 #[cfg(test)]

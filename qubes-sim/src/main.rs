@@ -64,6 +64,8 @@ fn main() -> ExitCode {
         // A test GUI agent (one window with a known pattern); not in the help.
         "gui-test-agent" => qubes_sim::gui_vm::run(),
         "net-probe" => qubes_sim::netns::probe(&args),
+        // Checks a `QUBES_SIM_CAPTURE` file; not in the help (a test and demo tool).
+        "capture-decode" => qubes_sim::capture::decode_file(&args),
         _ => Err(Usage(format!("unknown command {prog:?}")).into()),
     };
     match result {

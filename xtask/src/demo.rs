@@ -26,6 +26,9 @@ const UNIKERNELS: [(&str, &str); 4] = [
 /// Set (to anything) to skip the image build and boot test: only the simulated flows.
 const ENV_SIM_ONLY: &str = "XTASK_DEMO_SIM_ONLY";
 
+/// The sim's traffic capture, in the state directory.
+const CAPTURE: &str = "capture.bin";
+
 /// A sim daemon that is stopped (lifeline closed, then killed) on drop.
 struct Sim {
     exe: PathBuf,
@@ -206,6 +209,7 @@ fn play(
     }
     say("shutting the sim down");
     drop(sim);
+    record("protocols", flow_protocols(exe, state));
     std::io::stdout().flush()?;
     Ok(failed)
 }
@@ -334,6 +338,8 @@ fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> R
     if netns {
         cmd.env("QUBES_SIM_NETNS", "1");
     }
+    // Every byte between the qubes and dom0 is recorded, to be decoded at the end.
+    cmd.env("QUBES_SIM_CAPTURE", state.join(CAPTURE));
     let mut daemon = cmd.spawn().context("starting qubes-sim daemon")?;
     let out = daemon.stdout.take().context("daemon stdout")?;
     let sim = Sim {
@@ -788,6 +794,22 @@ fn flow_passman(sim: &Sim) -> Result<String> {
         refused the listing by policy"
             .into(),
     )
+}
+
+/// After the sim stopped: everything the qubes (the unikernels among them) and dom0 said to
+/// each other decodes as xs_wire, qrexec, QubesDB or GUI messages.
+fn flow_protocols(exe: &Path, state: &Path) -> Result<String> {
+    say("decoding the capture of all traffic between the qubes and dom0");
+    let out = Command::new(exe)
+        .arg("capture-decode")
+        .arg(state.join(CAPTURE))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    say(&format!("  -> {text}"));
+    if !out.status.success() {
+        bail!("{text}");
+    }
+    Ok(format!("protocols: {text}"))
 }
 
 fn list_dispvms(sim: &Sim) -> Result<Vec<String>> {
