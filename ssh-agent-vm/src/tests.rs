@@ -717,3 +717,72 @@ fn crash_at_every_write_of_the_key_store_loses_no_acknowledged_key() {
         "every save was crashed at least once ({crashes})"
     );
 }
+
+#[test]
+fn the_prompt_names_the_host_the_session_is_bound_to() {
+    use ssh_agent_wire::wire::{Extension, SessionBind};
+    let mut h = H::<MemDevice>::new(None);
+    let admin = h.admin("work");
+    assert_eq!(
+        h.send(admin, &add(1, vec![Constraint::Confirm])),
+        [Response::Success]
+    );
+    let c = h.client("work");
+    // The host signs the session id with its key, as in the SSH key exchange.
+    let host = key(42);
+    let session_id = vec![0x77; 32];
+    let signature =
+        ssh_agent_wire::key::sign(host.keypair(), &session_id, SignFlags::default(), false)
+            .unwrap();
+    let bind = Request::Extension(Extension::SessionBind(SessionBind {
+        host_key: host.public_blob().clone(),
+        session_id,
+        signature,
+        is_forwarding: false,
+    }));
+    assert_eq!(h.send(c, &req(&bind)), [Response::Success]);
+    assert_eq!(h.send(c, &sign(1, b"x")), []);
+    let call = h.io.next_call;
+    let text = String::from_utf8(h.io.call_input[&call].clone()).unwrap();
+    let fp = host.public_blob().fingerprint().unwrap();
+    assert!(text.contains(&format!("host={fp}\n")), "{text}");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Hostile bytes in any split into client and admin sessions: no panic, every answer a
+        /// whole valid response frame, held input bounded.
+        #[test]
+        fn hostile_sessions_never_panic_and_answer_whole_frames(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..12),
+            admin in any::<bool>(),
+        ) {
+            let mut h = H::<MemDevice>::new(None);
+            let a = h.admin("work");
+            prop_assert_eq!(h.send(a, &add(1, vec![Constraint::Confirm])), [Response::Success]);
+            let id = if admin { h.admin("work") } else { h.client("work") };
+            let mut raw = Vec::new();
+            for c in &chunks {
+                h.e.input(&mut h.io, id, c);
+                raw.extend(h.io.out.remove(&id).unwrap_or_default());
+                // Answer any prompt, alternating.
+                if let Some((&call, _)) = h.io.calls.iter().next_back() {
+                    h.e.closed(&mut h.io, call, Some(i32::from(raw.len() % 2 == 0)));
+                    h.io.calls.clear();
+                    raw.extend(h.io.out.remove(&id).unwrap_or_default());
+                }
+            }
+            let mut r = Reader::new(&raw);
+            while !r.is_empty() {
+                let body = r.string("frame");
+                prop_assert!(body.is_ok(), "output is whole frames");
+                prop_assert!(Response::parse(body.unwrap()).is_ok());
+            }
+        }
+    }
+}
