@@ -359,3 +359,25 @@ fn qpass_through_the_sim_with_per_entry_policy_and_audit() {
     let audit = sim.dom0_ok(&["audit"], "");
     assert!(audit.contains("dom0 passman.Delete bank ok"), "{audit}");
 }
+
+/// Bench (`cargo test --release -p passman --test sim -- --ignored --nocapture`): mean time of
+/// `qrexec-client-vm passman-unikernel passman.Get+github.com` run in `work`, 50 calls.
+#[test]
+#[ignore = "benchmark"]
+fn bench_get_latency_through_the_sim() {
+    let sim = Sim::boot();
+    let pw = format!("{PASS}\n");
+    sim.dom0_ok(&["init", "--kdf", "argon2id:8:1:1"], &pw);
+    sim.dom0_ok(&["add", "github.com"], "gh-secret\n");
+    let n = 50;
+    let (code, out, err) = sim.in_qube(
+        "work",
+        &format!(
+            "s=$(date +%s%N); i=0; while [ $i -lt {n} ]; do \
+             qrexec-client-vm {VAULT} passman.Get+github.com >/dev/null || exit 1; i=$((i+1)); done; \
+             e=$(date +%s%N); echo $(( (e - s) / {n} / 1000 ))"
+        ),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    println!("get_through_sim_qrexec {} us", out.trim());
+}

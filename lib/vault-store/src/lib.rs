@@ -2,7 +2,9 @@
 //! the password vault (passman) and the ssh-agent vault (ssh-agent-vm).
 //!
 //! **Layer**: lib (no_std + alloc, `forbid(unsafe_code)`), sans-IO over the [`BlockDevice`] trait;
-//! entropy comes from the caller ([`platform_api::Entropy`]), never from the OS.
+//! entropy comes from the caller ([`platform_api::Entropy`]), never from the OS. A
+//! [`platform_api::BlockDevice`] (blkfront, the hosted file) is used through [`PlatformDevice`];
+//! [`MemDevice`] implements both traits.
 //!
 //! **Model**: the state is a set of [`Records`] (opaque byte values keyed by name: passman keeps one
 //! record per entry plus its audit log, ssh-agent-vm one per key with its constraints). Each save

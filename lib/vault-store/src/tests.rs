@@ -698,3 +698,62 @@ fn write_fuzz_seeds() {
     }
     std::fs::write(format!("{dir}/records-only"), &state(2).encode()[..]).unwrap();
 }
+
+/// A platform block device (as blkfront or the hosted file are) that counts flushes.
+struct PlatformMem {
+    mem: MemDevice,
+    flushes: usize,
+}
+
+impl platform_api::BlockDevice for PlatformMem {
+    fn sector_size(&self) -> usize {
+        SS
+    }
+    fn sectors(&self) -> u64 {
+        BlockDevice::sectors(&self.mem)
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), platform_api::PlatformError> {
+        platform_api::BlockDevice::read(&mut self.mem, lba, buf)
+    }
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), platform_api::PlatformError> {
+        platform_api::BlockDevice::write(&mut self.mem, lba, data)
+    }
+    fn flush(&mut self) -> Result<(), platform_api::PlatformError> {
+        self.flushes += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn platform_devices_carry_a_vault_through_the_adapter() {
+    let dev = PlatformDevice(PlatformMem {
+        mem: MemDevice::new(SS, SECTORS),
+        flushes: 0,
+    });
+    let mut v = Vault::create(dev, PW, tiny(), &mut TestRng(5)).unwrap();
+    *v.records_mut() = state(2);
+    v.save(&mut TestRng(6)).unwrap();
+    let dev = v.close();
+    assert_eq!(dev.0.flushes, 2, "create and save each flush once");
+    let v = Vault::open_with_limits(dev, PW, KdfLimits::insecure_for_tests()).unwrap();
+    assert_eq!(v.records(), &state(2));
+    // Out-of-range requests map to OutOfRange, not Io.
+    let mut dev = v.close();
+    let mut buf = vec![0u8; SS];
+    assert_eq!(
+        BlockDevice::read(&mut dev, SECTORS as u64, &mut buf),
+        Err(DeviceError::OutOfRange)
+    );
+}
+
+#[test]
+fn try_open_hands_the_device_back_on_failure() {
+    let dev = fresh(&state(1));
+    let (err, dev) = Vault::try_open(dev, b"wrong", KdfLimits::insecure_for_tests()).unwrap_err();
+    assert_eq!(err, VaultError::WrongPassphrase);
+    let v = Vault::try_open(dev, PW, KdfLimits::insecure_for_tests()).unwrap();
+    assert_eq!(v.records(), &state(1));
+    let (err, _dev) =
+        Vault::try_create(MemDevice::new(SS, 1), PW, tiny(), &mut TestRng(3)).unwrap_err();
+    assert_eq!(err, VaultError::BadGeometry);
+}
