@@ -636,51 +636,50 @@ impl Inflater {
                 e = lit.sub[e_value(e) as usize + (b.buf & lsub) as usize];
             }
             b.drop(e_len(e));
-            match e_kind(e) {
-                K_LIT2 => {
-                    let v = e_value(e);
-                    out[op] = v as u8;
-                    out[op + 1] = (v >> 8) as u8;
-                    op += 2;
-                }
-                K_LIT => {
-                    out[op] = e_value(e) as u8;
-                    op += 1;
-                    // A second literal often fits in what is left of the buffer.
-                    if b.n >= 15 {
-                        let e2 = lit.primary[(b.buf & lmask) as usize];
-                        if e_kind(e2) == K_LIT && e_len(e2) <= b.n {
-                            b.drop(e_len(e2));
-                            out[op] = e_value(e2) as u8;
-                            op += 1;
-                        }
+            let kind = e_kind(e);
+            if kind == K_LIT2 || kind == K_LIT {
+                let v = e_value(e);
+                out[op] = v as u8;
+                out[op + 1] = (v >> 8) as u8;
+                op += 1 + (kind == K_LIT2) as usize;
+                // More literals often fit in what is left of the buffer.
+                if b.n >= 15 {
+                    let e2 = lit.primary[(b.buf & lmask) as usize];
+                    let k2 = e_kind(e2);
+                    if (k2 == K_LIT || k2 == K_LIT2) && e_len(e2) <= b.n {
+                        b.drop(e_len(e2));
+                        let v = e_value(e2);
+                        out[op] = v as u8;
+                        out[op + 1] = (v >> 8) as u8;
+                        op += 1 + (k2 == K_LIT2) as usize;
                     }
                 }
-                K_LEN => {
-                    let len = (e_value(e) + b.take(e_extra(e))) as usize;
-                    let mut d = dist.primary[(b.buf & dmask) as usize];
-                    if e_kind(d) == K_SUB {
-                        b.drop(DIST_BITS);
-                        d = dist.sub[e_value(d) as usize + (b.buf & dsub) as usize];
-                    }
-                    b.drop(e_len(d));
-                    if e_kind(d) != K_DIST {
-                        break Progress::Error(InflateError::BadSymbol);
-                    }
-                    let dd = (e_value(d) + b.take(e_extra(d))) as usize;
-                    // Before the first slide `op` is all that was produced; after it, `op` is
-                    // at least the 32 KiB a distance can reach.
-                    if dd > op {
-                        break Progress::Error(InflateError::BadDistance);
-                    }
-                    if last && b.overran() {
-                        break Progress::Error(InflateError::Truncated);
-                    }
-                    copy_match(out, op, dd, len);
-                    op += len;
+            } else if kind == K_LEN {
+                let len = (e_value(e) + b.take(e_extra(e))) as usize;
+                let mut d = dist.primary[(b.buf & dmask) as usize];
+                if e_kind(d) == K_SUB {
+                    b.drop(DIST_BITS);
+                    d = dist.sub[e_value(d) as usize + (b.buf & dsub) as usize];
                 }
-                K_EOB => break Progress::Done,
-                _ => break Progress::Error(InflateError::BadSymbol),
+                b.drop(e_len(d));
+                if e_kind(d) != K_DIST {
+                    break Progress::Error(InflateError::BadSymbol);
+                }
+                let dd = (e_value(d) + b.take(e_extra(d))) as usize;
+                // Before the first slide `op` is all that was produced; after it, `op` is
+                // at least the 32 KiB a distance can reach.
+                if dd > op {
+                    break Progress::Error(InflateError::BadDistance);
+                }
+                if last && b.overran() {
+                    break Progress::Error(InflateError::Truncated);
+                }
+                copy_match(out, op, dd, len);
+                op += len;
+            } else if kind == K_EOB {
+                break Progress::Done;
+            } else {
+                break Progress::Error(InflateError::BadSymbol);
             }
             if last && b.overran() {
                 break Progress::Error(InflateError::Truncated);
