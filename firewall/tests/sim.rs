@@ -567,4 +567,49 @@ fn firewall_between_linux_clients_and_sys_net() {
     assert!(drops.contains("client-to-client not allowed"), "{drops}");
     assert!(drops.contains("counters: received"), "{drops}");
     eprintln!("drop log:\n{drops}");
+
+    // 11. Commit-to-effect latency, with reject mode so a refused connection fails at once:
+    // from qvm-firewall's start (dom0 writes the rules and the commit) to the first refusal.
+    let (code, out, _) = w.run(
+        "qvm-run",
+        &[
+            "-p",
+            "--service",
+            "fw-unikernel",
+            "qubes.UnikernelFirewallRuleset",
+        ],
+        Some(&format!("reject {work_ip}\n")),
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut lat = Vec::new();
+    for _ in 0..5 {
+        assert!(curl(&work, "http://192.0.2.80/", &[]).is_some());
+        let t = Instant::now();
+        w.ok(
+            "qvm-firewall",
+            &[
+                "work",
+                "add",
+                "--before",
+                "0",
+                "action=drop",
+                "dst4=192.0.2.80",
+            ],
+        );
+        let cmd = t.elapsed();
+        let (ok, _) = in_ns(&work, &["curl", "-sS", "-m", "2", "http://192.0.2.80/"]);
+        let refused = t.elapsed();
+        assert!(!ok, "first connection after the commit went through");
+        assert!(
+            refused - cmd < Duration::from_secs(1),
+            "refusal was not immediate (reject mode)"
+        );
+        lat.push((cmd, refused));
+        w.ok("qvm-firewall", &["work", "del", "--rule-no", "0"]);
+    }
+    lat.sort();
+    eprintln!(
+        "commit-to-effect: qvm-firewall {:?} (median of 5), first connection refused {:?} after its start",
+        lat[2].0, lat[2].1
+    );
 }
