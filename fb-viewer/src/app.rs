@@ -152,6 +152,8 @@ impl<P: Platform> Viewer<P> {
     fn refuse(&mut self, cx: &mut Cx<'_, P>, msg: String) {
         cx.log(format_args!("fb-viewer: {msg}"));
         self.image = Image::Refused(msg);
+        // At once: a caller that never ends its input still gets its answer on screen.
+        self.show(cx);
     }
 
     fn file_name(&self) -> &str {
