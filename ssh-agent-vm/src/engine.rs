@@ -15,7 +15,7 @@ use ssh_agent_wire::agent::ConfirmId;
 use ssh_agent_wire::wire::codec::{put_string, Reader};
 use ssh_agent_wire::{Agent, Event, OwnerKind, OwnerRequest, Response, Session};
 use vault_store::{BlockDevice, DeviceError};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{valid_keyring, VaultConfig, MAX_KEYRINGS};
 use crate::ring::VaultRing;
@@ -427,10 +427,18 @@ impl<D: BlockDevice> Engine<D> {
     }
 
     fn owner(&mut self, io: &mut impl Io, kind: OwnerKind) -> Response {
+        let resp = self.owner_answer(io, &kind);
+        if let OwnerKind::Extension { mut contents, .. } = kind {
+            contents.zeroize(); // the passphrase extension carries a secret
+        }
+        resp
+    }
+
+    fn owner_answer(&mut self, io: &mut impl Io, kind: &OwnerKind) -> Response {
         match kind {
             OwnerKind::Unlock(p) => self.unlock(io, p.as_bytes()),
             OwnerKind::Extension { name, contents } if name == PASSPHRASE_EXTENSION => {
-                let mut r = Reader::new(&contents);
+                let mut r = Reader::new(contents);
                 let Ok(new) = r.string("passphrase") else {
                     return Response::Failure;
                 };
@@ -451,7 +459,10 @@ impl<D: BlockDevice> Engine<D> {
             OwnerKind::Extension { name, .. } if name == STATUS_EXTENSION => {
                 let mut contents = Vec::new();
                 put_string(&mut contents, self.store_state().as_bytes());
-                Response::ExtensionResponse { name, contents }
+                Response::ExtensionResponse {
+                    name: name.clone(),
+                    contents,
+                }
             }
             OwnerKind::Extension { .. } => Response::ExtensionFailure,
         }

@@ -6,6 +6,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use platform_api::Instant;
+use zeroize::Zeroize;
 use signature::Verifier;
 use ssh_key::{Fingerprint, Signature};
 
@@ -149,7 +150,11 @@ impl Session {
             let (n, frame) = self.frames.push(data.get(taken..).unwrap_or(&[]));
             taken += n;
             match frame {
-                Some(Frame::Message(body)) => self.handle_message(now, agent, &body),
+                Some(Frame::Message(mut body)) => {
+                    self.handle_message(now, agent, &body);
+                    // ADD_IDENTITY and LOCK bodies carry secrets.
+                    body.zeroize();
+                }
                 Some(Frame::Oversized { .. }) => self.respond(&Response::Failure),
                 None if n == 0 => break,
                 None => {}

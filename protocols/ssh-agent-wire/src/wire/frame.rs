@@ -81,9 +81,11 @@ impl FrameReader {
                         self.state = State::Discard { left: len };
                         return (taken, Some(Frame::Oversized { declared }));
                     }
+                    // Sized once (len is bounded above): growing would free copies of key
+                    // material the caller can no longer zeroize.
                     self.state = State::Body {
                         len,
-                        buf: Vec::new(),
+                        buf: Vec::with_capacity(len),
                     };
                 }
                 State::Body { len, buf } => {
