@@ -2,6 +2,7 @@
 //! channels, xenstore): the paths a real sim cannot provoke — QubesDB never appearing, dom0
 //! breaking the control protocol — plus poweroff and a dom0 → VM call.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
@@ -235,7 +236,18 @@ struct Run {
     hub: Hub,
     seen: Arc<Mutex<Seen>>,
     log: Log,
+    /// Set when the loop's thread ends, returning or panicking.
+    done: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+/// Sets its flag when dropped, also while unwinding from a panic.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Run {
@@ -262,11 +274,17 @@ impl Run {
         };
         let seen = Arc::new(Mutex::new(Seen::default()));
         let app = EchoApp(seen.clone());
-        let thread = std::thread::spawn(move || runloop::run(env, app, cfg));
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = SetOnDrop(done.clone());
+        let thread = std::thread::spawn(move || {
+            let _flag = flag;
+            runloop::run(env, app, cfg)
+        });
         Run {
             hub,
             seen,
             log,
+            done,
             thread: Some(thread),
         }
     }
@@ -289,6 +307,18 @@ impl Run {
     }
 }
 
+impl Drop for Run {
+    /// Powers the loop off so that its thread does not outlive the test case.
+    fn drop(&mut self) {
+        self.hub
+            .set_node(&format!("/local/domain/{VM}/control/shutdown"), b"poweroff");
+        let end = StdInstant::now() + StdDuration::from_secs(2);
+        while !self.finished() && StdInstant::now() < end {
+            std::thread::sleep(StdDuration::from_millis(2));
+        }
+    }
+}
+
 fn cfg() -> Config {
     Config {
         qubesdb_timeout: Duration::from_millis(300),
@@ -303,6 +333,8 @@ type FakeClient = Client<vchan::test_utils::FakeMem, vchan::test_utils::FakePort
 
 /// dom0's side: QubesDB server and the qrexec daemon's control client, pumped by hand.
 struct Dom0 {
+    /// The loop's thread ended: waiting for it is in vain.
+    loop_done: Arc<AtomicBool>,
     d: vchan::test_utils::FakeDomain,
     qdb: FakeServer,
     db: QdbDaemon,
@@ -315,8 +347,8 @@ fn vm() -> DomId {
 }
 
 impl Dom0 {
-    fn new(hub: &Hub) -> Dom0 {
-        let mut d = hub.domain(0);
+    fn new(run: &Run) -> Dom0 {
+        let mut d = run.hub.domain(0);
         let (qdb, _dir) = server_init(
             &mut d.grants,
             &mut d.events,
@@ -332,6 +364,7 @@ impl Dom0 {
         db.write("/qubes-vm-type", b"AppVM").unwrap();
         db.connect();
         Dom0 {
+            loop_done: run.done.clone(),
             d,
             qdb,
             db,
@@ -376,6 +409,8 @@ impl Dom0 {
         let end = StdInstant::now() + DEADLINE;
         while !done(self) {
             assert!(StdInstant::now() < end, "dom0 waited in vain for {what}");
+            let ended = self.loop_done.load(Ordering::SeqCst);
+            assert!(!ended, "the loop ended while dom0 waited for {what}");
             self.pump();
         }
     }
@@ -401,6 +436,8 @@ impl Dom0 {
         let end = StdInstant::now() + DEADLINE;
         let what = String::from_utf8_lossy(cmd).into_owned();
         while code.is_none() {
+            let ended = self.loop_done.load(Ordering::SeqCst);
+            assert!(!ended, "the loop ended during {what}\n{}", run.log.text());
             assert!(
                 StdInstant::now() < end,
                 "no exit code for {what}\n{}",
@@ -475,7 +512,7 @@ fn qubesdb_that_never_appears_ends_run_with_timeout_and_unadvertises_control() {
 #[test]
 fn dom0_breaking_the_control_protocol_ends_run() {
     let mut run = Run::start(cfg());
-    let mut dom0 = Dom0::new(&run.hub);
+    let mut dom0 = Dom0::new(&run);
     dom0.pump_until("sync", |d| d.db.is_ready() && d.daemon.version().is_some());
     let seen = run.seen.clone();
     dom0.pump_until("app start", |_| seen.lock().unwrap().started);
@@ -497,7 +534,7 @@ fn dom0_breaking_the_control_protocol_ends_run() {
 #[test]
 fn dom0_call_is_served_then_poweroff_returns_ok() {
     let mut run = Run::start(cfg());
-    let mut dom0 = Dom0::new(&run.hub);
+    let mut dom0 = Dom0::new(&run);
     dom0.pump_until("sync", |d| d.db.is_ready() && d.daemon.version().is_some());
     let seen = run.seen.clone();
     dom0.pump_until("app start", |_| seen.lock().unwrap().started);
@@ -554,7 +591,7 @@ fn dom0_call_is_served_then_poweroff_returns_ok() {
 #[test]
 fn restarted_dom0_daemons_are_reconnected() {
     let mut run = Run::start(cfg());
-    let mut dom0 = Dom0::new(&run.hub);
+    let mut dom0 = Dom0::new(&run);
     dom0.pump_until("sync", |d| d.db.is_ready() && d.daemon.version().is_some());
     let seen = run.seen.clone();
     dom0.pump_until("app start", |_| seen.lock().unwrap().started);
@@ -597,4 +634,66 @@ fn restarted_dom0_daemons_are_reconnected() {
     );
     assert!(log.contains("serving it again"), "{log}");
     assert!(!run.finished(), "the loop ended: {:?}", run.join());
+}
+
+impl Dom0 {
+    /// A dom0 → VM call of `test.Echo` whose caller side writes `bytes` raw, then closes;
+    /// returns once the VM released the port (CONNECTION_TERMINATED).
+    fn raw_call(&mut self, bytes: &[u8]) {
+        let port = self
+            .daemon
+            .exec(DomId::DOM0, b"u:QUBESRPC test.Echo dom0", false)
+            .unwrap();
+        let (mut srv, dir) = server_init(
+            &mut self.d.grants,
+            &mut self.d.events,
+            &mut self.d.store,
+            vm(),
+            port,
+            65536,
+            65536,
+        )
+        .unwrap();
+        self.pump_until("the VM to attach", |_| srv.is_connected().unwrap_or(false));
+        dir.remove(&mut self.d.store).unwrap();
+        write_all(&mut |b| srv.write(b), bytes);
+        srv.close().unwrap();
+        self.pump_until("CONNECTION_TERMINATED", |d| {
+            matches!(
+                d.daemon.poll_event(),
+                Some(qrexec::daemon::Event::ConnectionTerminated { port: p, .. }) if p == port
+            )
+        });
+    }
+}
+
+fn hello() -> Vec<u8> {
+    let mut v = 0x300u32.to_le_bytes().to_vec();
+    v.extend_from_slice(&4u32.to_le_bytes());
+    v.extend_from_slice(&3u32.to_le_bytes());
+    v
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Whatever a caller writes on its data channel (after a valid HELLO or not), the loop
+    /// ends that call, releases its port, and goes on serving: no panic, no stop.
+    #[test]
+    fn arbitrary_data_channel_bytes_end_only_that_call(
+        with_hello in proptest::bool::ANY,
+        tail in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+    ) {
+        let run = Run::start(cfg());
+        let mut dom0 = Dom0::new(&run);
+        dom0.pump_until("sync", |d| d.db.is_ready() && d.daemon.version().is_some());
+        let seen = run.seen.clone();
+        dom0.pump_until("app start", |_| seen.lock().unwrap().started);
+        let mut bytes = if with_hello { hello() } else { Vec::new() };
+        bytes.extend_from_slice(&tail);
+        dom0.raw_call(&bytes);
+        let (out, code) = dom0.call(&run, b"u:QUBESRPC test.Echo dom0", b"after");
+        proptest::prop_assert_eq!((out, code), (b"after".to_vec(), 7));
+        proptest::prop_assert!(!run.finished(), "the loop ended");
+    }
 }
