@@ -47,7 +47,10 @@ const EARLY_EVENTS: usize = 4096;
 ///
 /// Order: the qrexec control vchan server is advertised and the shutdown watch set; QubesDB
 /// connects and syncs (within `cfg.qubesdb_timeout`); [`App::start`]; then calls are served.
-/// Every vchan is closed and every advertised xenstore directory removed before returning.
+/// Before returning, every data vchan and QubesDB are closed (open calls end with
+/// [`App::closed`] `None`, their ports released) and every advertised xenstore directory is
+/// removed; after a poweroff the control vchan is left open for the domain's end to close
+/// (dom0 treats an agent that closes it as failed).
 pub fn run<P: Platform, A: App<P>>(env: Env<P>, app: A, cfg: Config) -> Result<(), RunError> {
     let mut engine = Engine::new(env, app, cfg)?;
     let result = engine.main_loop();
