@@ -614,6 +614,8 @@ fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
         .map(|k| std::fs::read_to_string(k.with_extension("pub")).unwrap())
         .collect();
     std::fs::write(&auth, ak).unwrap();
+    // sshd refuses to start without its privilege separation directory (Debian: /run/sshd).
+    let _ = std::fs::create_dir_all("/run/sshd");
     let mut d = Command::new(sshd)
         .args([
             "-D",
@@ -635,6 +637,8 @@ fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
             "-o",
             "PasswordAuthentication=no",
         ])
+        // 32 parallel logins below: no random early drop of unauthenticated connections.
+        .args(["-o", "MaxStartups=100", "-o", "MaxSessions=100"])
         .arg("-o")
         .arg(format!("PidFile={}", env.dir.join("sshd.pid").display()))
         .spawn()
@@ -672,6 +676,48 @@ fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // 32 parallel logins with the ed25519 key, each its own agent session in the vault.
+    let args: Vec<String> = [
+        "-F",
+        "/dev/null",
+        "-p",
+        &port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        &format!("IdentityFile={}", keys[0].with_extension("pub").display()),
+        "-o",
+        "BatchMode=yes",
+        &format!("{user}@127.0.0.1"),
+        "echo",
+        "logged-in",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            Command::new("ssh")
+                .args(&args)
+                .env("SSH_AUTH_SOCK", env.dir.join("work.sock"))
+                .env("HOME", &env.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ok = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("logged-in"))
+        .count();
+    assert_eq!(ok, 32, "parallel logins");
     let _ = d.kill();
     let _ = d.wait();
     vault.stop();
