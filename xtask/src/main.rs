@@ -17,8 +17,9 @@ mod rpm;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo            build and boot the images, then play what works in the simulated Qubes:
-                  qrexec with policy, QubesDB firewall rules, a GUI window screenshot
+  demo            build the images and the hosted unikernels, then play the flows in the
+                  simulated Qubes with real clients (firewall, split-SSH, password vault, PNG
+                  viewer, plus qrexec/QubesDB/GUI basics), one summary line each
   test            install test dependencies, then fmt, clippy, unit/vector/property tests,
                   libxenvchan interop, the QEMU boot test of every image, fuzz corpus replay
   interop         Debian's real libxenvchan against our vchan over the hosted shims, both roles
