@@ -432,7 +432,14 @@ impl Sim {
     /// The qube's qrexec daemon gave up on its agent (protocol violation, no HELLO): the
     /// qube is killed; the supervisor then reports it and releases the domain.
     pub fn agent_failed(&self, name: &str) {
-        if let Some(c) = self.vms().get(name).and_then(|v| v.child.as_ref()) {
+        // A qube shutting down closes its control channel on its way out: that is not a failure,
+        // and killing it would race its clean exit.
+        if let Some(c) = self
+            .vms()
+            .get(name)
+            .filter(|v| !v.halting)
+            .and_then(|v| v.child.as_ref())
+        {
             kill_group(c.id());
         }
     }
