@@ -1,12 +1,15 @@
-//! Arbitrary frames from two clients and the uplink through classify + NAT, with rule reloads and
-//! replies built from what we forwarded; checks the NAT bound and what leaves on each link.
+//! Arbitrary frames from two clients and the uplink through the router (classify, NAT, uplink
+//! ARP/NDP, own DNS queries, ruleset forwards/allows/reject), with rule reloads, ruleset changes,
+//! timers and replies built from what we forwarded; checks the bounds and what leaves each link.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use firewall::packet::{self, Parsed};
 use firewall::rules::{parse_rule, RuleSet};
-use firewall::{ClientAddrs, ClientId, Firewall, Limits, NetConfig, Verdict};
+use firewall::router::{Link, Router, RouterLimits};
+use firewall::ruleset::Ruleset;
+use firewall::{ClientAddrs, ClientId, Firewall, Limits, NetConfig};
 use libfuzzer_sys::fuzz_target;
 use platform_api::Instant;
 
@@ -26,6 +29,15 @@ enum Op {
     Reload { b: bool, rules: String },
     Tick { secs: u16 },
     RemoveAdd { b: bool },
+    /// A ruleset from text, or a well-formed one naming our clients.
+    SetRuleset { text: Vec<u8> },
+    KnownRuleset { reject: bool, port: u16 },
+    /// Run the timers and send what they made.
+    Poll,
+    /// Answer (from the uplink) the last DNS query the firewall sent, with this payload.
+    AnswerOwnQuery { payload: Vec<u8> },
+    /// A new flow from the uplink to the forwarded port.
+    Forwarded { sport: u16, port: u16, payload: Vec<u8> },
 }
 
 fn cfg() -> NetConfig {
@@ -134,47 +146,80 @@ fn build(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, payload: &
     f
 }
 
-fn check_out(v: Verdict, frame: &[u8], fw: &Firewall, last: &mut Option<Vec<u8>>) {
-    if let Verdict::Reject(_) = v {
-        let mut out = [0u8; 1600];
-        let n = fw.emit_reject(frame, &mut out).expect("1600 bytes hold any reject");
-        if n > 0 {
-            assert!(packet::parse(&out[..n]).is_ok(), "reject does not parse");
+const UPLINK_MAC: [u8; 6] = [0, 0x16, 0x3e, 0x5e, 0x6c, 0x42];
+
+fn check_out(to: Option<Link>, frame: &[u8], r: &Router, last: &mut Option<Vec<u8>>) {
+    match to {
+        Some(Link::Uplink) => {
+            // What leaves on the uplink is from us: our MAC, and (IP) one of our addresses.
+            assert_eq!(&frame[6..12], &UPLINK_MAC, "uplink frame not from our MAC");
+            match packet::parse(frame) {
+                Ok(Parsed::Ip(p)) => {
+                    assert!(r.firewall().config().is_own(p.src), "uplink frame not from us: {p:?}");
+                    *last = Some(frame.to_vec());
+                }
+                Ok(Parsed::Arp(_)) => {}
+                Err(e) => panic!("uplink frame does not parse: {e}"),
+            }
+        }
+        Some(Link::Client(_)) => {
+            assert_eq!(&frame[6..12], &packet::GATEWAY_MAC, "client frame not from the gateway MAC");
+            assert!(packet::parse(frame).is_ok(), "client frame does not parse");
+        }
+        None => {}
+    }
+}
+
+/// Sends the router's generated frames; the last DNS query is kept.
+fn drain(r: &mut Router, last_query: &mut Option<Vec<u8>>) {
+    let mut n = 0;
+    while let Some((link, f)) = r.poll_transmit() {
+        n += 1;
+        assert!(f.len() <= firewall::router::MAX_FRAME);
+        assert!(packet::parse(&f).is_ok(), "generated frame does not parse");
+        if link == Link::Uplink {
+            if let Ok(Parsed::Ip(p)) = packet::parse(&f) {
+                if p.key().is_some_and(|k| k.dport == 53) {
+                    *last_query = Some(f.clone());
+                }
+            }
         }
     }
-    if v == Verdict::ToUplink {
-        // What leaves on the uplink parses and carries one of our own source addresses.
-        let Ok(Parsed::Ip(p)) = packet::parse(frame) else { panic!("uplink frame does not parse") };
-        assert!(fw.config().is_own(p.src), "uplink frame not from us: {p:?}");
-        *last = Some(frame.to_vec());
-    }
+    assert!(n <= RouterLimits::DEFAULT.out);
 }
 
 fuzz_target!(|ops: Vec<Op>| {
     let limits = Limits { nat_entries: NAT_MAX, dns_records: 8, clients: 4 };
     let mut fw = Firewall::new(cfg(), limits, 0x5eed);
-    for b in [false, true] {
-        fw.add_client(id(b), addrs(b)).unwrap();
-    }
     fw.reload(Instant(0), IpAddr::V4(Ipv4Addr::new(10, 137, 0, 7)), RuleSet::accept_all());
     fw.reload(
         Instant(0),
         IpAddr::V6(Ipv6Addr::new(0xfd09, 0x24ef, 0x4179, 0, 0, 0, 0xa89, 7)),
         RuleSet::accept_all(),
     );
+    let mut r = Router::new(fw, UPLINK_MAC, RouterLimits::DEFAULT);
+    for b in [false, true] {
+        r.add_client(id(b), addrs(b), [0, 0x16, 0x3e, 0x5e, 0x6c, 0]).unwrap();
+    }
+    // The gateway answers ARP, so uplink frames leave at once (held frames are tested apart).
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 8, 6, 0, 1, 8, 0, 6, 4, 0, 2, 2, 0, 0, 0, 0, 1]);
+    arp.extend_from_slice(&[10, 138, 0, 1, 0, 0, 0, 0, 0, 0, 10, 138, 5, 9]);
+    assert_eq!(r.handle(Instant(0), Link::Uplink, &mut arp), None);
     let mut now = Instant(0);
     let mut last: Option<Vec<u8>> = None;
+    let mut last_query: Option<Vec<u8>> = None;
     for op in ops.into_iter().take(64) {
         match op {
             Op::FromClient { b, mut frame } => {
-                let v = fw.handle_client(now, id(b), &mut frame);
-                check_out(v, &frame, &fw, &mut last);
+                let to = r.handle(now, Link::Client(id(b)), &mut frame);
+                check_out(to, &frame, &r, &mut last);
             }
             Op::Synth { b, v6, proto, to, sport, dport, payload, flip_at, flip } => {
                 let (src, dst) = if v6 {
                     let dst = match to % 4 {
                         0 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-                        1 => IpAddr::V6(fw.config().own_ip6.unwrap()),
+                        1 => IpAddr::V6(r.firewall().config().own_ip6.unwrap()),
                         2 => ip6(8),
                         _ => ip6(7),
                     };
@@ -194,24 +239,26 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(x) = frame.get_mut(usize::from(flip_at)) {
                     *x ^= flip;
                 }
-                let v = fw.handle_client(now, id(b), &mut frame);
-                check_out(v, &frame, &fw, &mut last);
+                let to = r.handle(now, Link::Client(id(b)), &mut frame);
+                check_out(to, &frame, &r, &mut last);
             }
             Op::AnswerLast { payload } => {
                 let Some(frame) = last.as_ref() else { continue };
                 let Ok(Parsed::Ip(p)) = packet::parse(frame) else { continue };
                 let Some(k) = p.key() else { continue };
-                let r = k.reverse();
-                let proto = match r.proto {
+                let rk = k.reverse();
+                let proto = match rk.proto {
                     firewall::packet::L4::Tcp => 0,
                     firewall::packet::L4::Udp => 1,
                     firewall::packet::L4::Echo => 3,
                 };
-                let mut frame = build(r.src, r.dst, proto, r.sport, r.dport, &payload);
-                let _ = fw.handle_uplink(now, &mut frame);
+                let mut frame = build(rk.src, rk.dst, proto, rk.sport, rk.dport, &payload);
+                let to = r.handle(now, Link::Uplink, &mut frame);
+                check_out(to, &frame, &r, &mut last);
             }
             Op::FromUplink { mut frame } => {
-                let _ = fw.handle_uplink(now, &mut frame);
+                let to = r.handle(now, Link::Uplink, &mut frame);
+                check_out(to, &frame, &r, &mut last);
             }
             Op::ReplyToLast { flip_at, flip } => {
                 let Some(mut frame) = last.clone() else { continue };
@@ -223,7 +270,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(x) = frame.get_mut(usize::from(flip_at)) {
                     *x ^= flip;
                 }
-                let _ = fw.handle_uplink(now, &mut frame);
+                let to = r.handle(now, Link::Uplink, &mut frame);
+                check_out(to, &frame, &r, &mut last);
             }
             Op::Reload { b, rules } => {
                 let set = rules.lines().map(parse_rule).collect::<Result<Vec<_>, _>>();
@@ -232,15 +280,54 @@ fuzz_target!(|ops: Vec<Op>| {
                     Err(_) => RuleSet::deny_all(),
                 };
                 let ip = addrs(b).ip4.map(IpAddr::V4).unwrap();
-                fw.reload(now, ip, set);
+                r.firewall_mut().reload(now, ip, set);
             }
             Op::Tick { secs } => now = Instant(now.0 + u64::from(secs) * 1_000_000_000),
             Op::RemoveAdd { b } => {
-                fw.remove_client(id(b));
-                fw.add_client(id(b), addrs(b)).unwrap();
+                r.remove_client(id(b));
+                r.add_client(id(b), addrs(b), [0, 0x16, 0x3e, 0x5e, 0x6c, 0]).unwrap();
+            }
+            Op::SetRuleset { text } => {
+                if let Ok(rs) = Ruleset::parse(&text) {
+                    r.firewall_mut().set_ruleset(now, rs);
+                }
+            }
+            Op::KnownRuleset { reject, port } => {
+                let mut t = format!(
+                    "forward tcp {p} 10.137.0.8 80\nforward udp {p} fd09:24ef:4179::a89:7 53\nallow 10.137.0.7 10.137.0.8\n",
+                    p = port.max(1)
+                );
+                if reject {
+                    t.push_str("reject 10.137.0.7\nreject 10.137.0.8\n");
+                }
+                r.firewall_mut().set_ruleset(now, Ruleset::parse(t.as_bytes()).unwrap());
+            }
+            Op::Poll => {
+                let _ = r.poll(now);
+            }
+            Op::AnswerOwnQuery { payload } => {
+                let Some(q) = last_query.as_ref() else { continue };
+                let Ok(Parsed::Ip(p)) = packet::parse(q) else { continue };
+                let Some(k) = p.key() else { continue };
+                let mut msg = q.get(42..44).map(|b| b.to_vec()).unwrap_or_default();
+                msg.extend_from_slice(&payload);
+                let mut frame = build(k.dst, k.src, 1, 53, k.sport, &msg);
+                let to = r.handle(now, Link::Uplink, &mut frame);
+                assert_eq!(to, None, "an answer to our own query went somewhere");
+            }
+            Op::Forwarded { sport, port, payload } => {
+                let own = IpAddr::V4(r.firewall().config().own_ip);
+                let mut frame = build(ip4([10, 138, 0, 1]), own, 0, sport, port, &payload);
+                let to = r.handle(now, Link::Uplink, &mut frame);
+                check_out(to, &frame, &r, &mut last);
             }
         }
-        assert!(fw.nat().len() <= NAT_MAX);
-        assert!(fw.dns().len() <= 8);
+        drain(&mut r, &mut last_query);
+        while r.take_log().is_some() {}
+        assert!(r.firewall().nat().len() <= NAT_MAX);
+        assert!(r.firewall().dns().len() <= 8);
+        for l in [Link::Uplink, Link::Client(id(false)), Link::Client(id(true))] {
+            assert!(r.drops(l).count() <= RouterLimits::DEFAULT.drops_per_link);
+        }
     }
 });

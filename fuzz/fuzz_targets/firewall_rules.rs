@@ -1,11 +1,19 @@
 //! Arbitrary text as `qvm-firewall` rules: one rule, then each line as a numbered QubesDB entry of
-//! one client's rule directory; a refused set must be deny-all and every error one line.
+//! one client's rule directory; a refused set must be deny-all and every error one line. The same
+//! bytes as a ruleset-RPC text: bounded, refused whole with a one-line error.
 #![no_main]
 
 use firewall::rules::{parse_rule, ruleset_from_entries, RuleSet};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    match firewall::ruleset::Ruleset::parse(data) {
+        Ok(r) => {
+            let max = firewall::ruleset::MAX_ENTRIES;
+            assert!(r.forwards.len() <= max && r.allows.len() <= max && r.reject.len() <= max);
+        }
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
     let Ok(text) = core::str::from_utf8(data) else {
         return;
     };
