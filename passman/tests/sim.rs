@@ -326,8 +326,47 @@ fn qpass_through_the_sim_with_per_entry_policy_and_audit() {
     assert_eq!(generated.trim_end().len(), 20, "{generated}");
     sim.dom0_ok(&["rm", "bank"], "");
     assert_eq!(sim.dom0_ok(&["ls"], ""), "github.com\nnew.site\n");
+    let _ = sim.dom0_ok(&["status"], "");
     let (code, _, _) = sim.qpass_in("work", "get bank");
     assert_ne!(code, 0);
+
+    // Bulk: a pass import over 64 KiB of stdin, an export over 64 KiB of stdout, re-imported.
+    let plain = sim.dir.join("pass-plain");
+    for i in 0..300 {
+        let d = plain.join(format!("bulk{}", i % 3));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join(format!("site{i}")),
+            format!("pw-{i}\nlogin: user{i}\n{}\n", "n".repeat(300)),
+        )
+        .unwrap();
+    }
+    let out = sim.dom0_ok(&["import-pass", plain.to_str().unwrap()], "");
+    assert_eq!(out, "imported 300 entries\n");
+    let (code, out, _) = sim.in_qube(
+        "work",
+        &format!(
+            "qrexec-client-vm {VAULT} passman.Get+bulk2.site299 2>&1 </dev/null; echo \" $?\""
+        ),
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.ends_with(" 126\n"),
+        "work read an entry policy does not give it: {out}"
+    );
+    let backup = sim.dir.join("backup.qvault");
+    sim.dom0_ok(&["export", backup.to_str().unwrap()], "backup pass\n");
+    let size = std::fs::metadata(&backup).unwrap().len();
+    assert!(size > 100_000, "backup of {size} bytes");
+    let out = sim.dom0_ok(
+        &["import-backup", backup.to_str().unwrap()],
+        "backup pass\n",
+    );
+    assert_eq!(out, "imported 302 entries\n");
+    assert_eq!(
+        sim.dom0_ok(&["field", "bulk1.site7", "username"], ""),
+        "user7\n"
+    );
 
     // Audit log: each access the vault served, by whom.
     let audit = sim.dom0_ok(&["audit"], "");
@@ -380,4 +419,23 @@ fn bench_get_latency_through_the_sim() {
     );
     assert_eq!(code, 0, "{out}{err}");
     println!("get_through_sim_qrexec {} us", out.trim());
+    // The same loop against a shell service in a built-in qube, for comparison.
+    let svc = sim.dir.join("vms/other/qubes-rpc/test.Echo");
+    std::fs::write(&svc, "#!/bin/sh\necho hi\n").unwrap();
+    Command::new("chmod").arg("+x").arg(&svc).status().unwrap();
+    std::fs::write(
+        sim.dir.join("policy.d/20-bench.policy"),
+        "test.Echo * work other allow\n",
+    )
+    .unwrap();
+    let (code, out, err) = sim.in_qube(
+        "work",
+        &format!(
+            "s=$(date +%s%N); i=0; while [ $i -lt {n} ]; do \
+             qrexec-client-vm other test.Echo >/dev/null || exit 1; i=$((i+1)); done; \
+             e=$(date +%s%N); echo $(( (e - s) / {n} / 1000 ))"
+        ),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    println!("shell_service_through_sim_qrexec {} us", out.trim());
 }
