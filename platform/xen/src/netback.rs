@@ -173,14 +173,14 @@ impl XenNetback {
     /// Unmaps the frontend's rings, closes the port, and says Closed (the toolstack waits
     /// for that before it removes the device; the frontend's domain can then go away).
     pub fn close<S: Store + ?Sized>(self, store: &mut S) -> Result<(), PlatformError> {
-        let dir = self.dir.clone();
+        let path = format!("{}/state", self.dir);
         drop(self);
-        let state = format!("{}", xenbus::CLOSED);
-        store.write(
-            platform_api::Tx::NONE,
-            &format!("{dir}/state"),
-            state.as_bytes(),
-        )?;
+        // A toolstack that already removed the directory waits for nothing; writing would
+        // bring the node back.
+        if xenbus::state(store, &path) != 0 {
+            let state = format!("{}", xenbus::CLOSED);
+            store.write(platform_api::Tx::NONE, &path, state.as_bytes())?;
+        }
         Ok(())
     }
 

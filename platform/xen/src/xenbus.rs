@@ -25,7 +25,7 @@ pub const CLOSED: u8 = 6;
 /// How long a backend gets to reach a state (dom0's hotplug scripts run first under TCG).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 /// How long a frontend gets: the client domain may still be booting its kernel.
-pub const FRONTEND_PATIENCE: Duration = Duration::from_secs(300);
+pub const FRONTEND_PATIENCE: Duration = Duration::from_secs(600);
 
 /// A node's value as trimmed text (lossy: a value is only compared or parsed).
 pub fn read_text<S: Store + ?Sized>(store: &mut S, path: &str) -> Result<String, PlatformError> {
