@@ -1,6 +1,6 @@
 //! Sequences of qrexec calls (service, source, argument, stdin) against an unlocked passman vault
 //! on a memory device; every call must answer with an exit code, and the vault must reopen after.
-//! The same bytes also go to the KDBX reader and the request decoder directly.
+//! The same bytes also go to the KDBX reader (file, decrypted payload, XML) and the request decoder.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -58,8 +58,16 @@ fn image() -> &'static [u8] {
     })
 }
 
+/// A KDBX inner header choosing the ChaCha20 stream (id 3) with a 4-byte key, then the end.
+const INNER: &[u8] = &[1, 4, 0, 0, 0, 3, 0, 0, 0, 2, 4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0];
+
 fuzz_target!(|data: &[u8]| {
     let _ = passman::kdbx::read(data, b"pw");
+    // The decrypted side of a KDBX file: raw or gzip payload, and XML after a valid inner header.
+    let _ = passman::kdbx::parse_payload(data, data.first() == Some(&0x1f));
+    let mut xml = INNER.to_vec();
+    xml.extend_from_slice(data);
+    let _ = passman::kdbx::parse_payload(&xml, false);
 
     let mut dev = MemDevice::from_bytes(512, image().to_vec());
     let mut rng = Counter(7);

@@ -617,12 +617,19 @@ impl<D: BlockDevice> Passman<D> {
     }
 
     fn unlock(&mut self, now: Instant, pw: &[u8], time: Option<u64>) -> (Reply, Outcome) {
-        if self.is_unlocked() {
-            self.set_clock(now, time);
-            return (Reply::ok(""), Outcome::Ok);
-        }
         if let Some(refusal) = self.backoff_refusal(now) {
             return refusal;
+        }
+        if let State::Open(v) = &self.state {
+            // Already open: the passphrase is still checked, since this can reset the clock.
+            return match v.verify_passphrase(pw) {
+                Ok(()) => {
+                    self.failures = 0;
+                    self.set_clock(now, time);
+                    (Reply::ok(""), Outcome::Ok)
+                }
+                Err(e) => self.unlock_failed(now, e),
+            };
         }
         let dev = match core::mem::replace(&mut self.state, State::Moving) {
             State::Locked(d) => d,
@@ -643,16 +650,21 @@ impl<D: BlockDevice> Passman<D> {
             }
             Err((e, dev)) => {
                 self.state = State::Locked(dev);
-                if e == VaultError::WrongPassphrase {
-                    self.failures = self.failures.saturating_add(1);
-                    let secs = 1u64 << self.failures.saturating_sub(1).min(16);
-                    let wait = Duration::from_secs(secs).min(MAX_BACKOFF);
-                    self.retry_at = Some(now.saturating_add(wait));
-                    return (vault_error(e), Outcome::WrongPassphrase);
-                }
-                (vault_error(e), Outcome::Error)
+                self.unlock_failed(now, e)
             }
         }
+    }
+
+    /// A wrong passphrase doubles the back-off (1 s, 2 s, … up to [`MAX_BACKOFF`]).
+    fn unlock_failed(&mut self, now: Instant, e: VaultError) -> (Reply, Outcome) {
+        if e == VaultError::WrongPassphrase {
+            self.failures = self.failures.saturating_add(1);
+            let secs = 1u64 << self.failures.saturating_sub(1).min(16);
+            let wait = Duration::from_secs(secs).min(MAX_BACKOFF);
+            self.retry_at = Some(now.saturating_add(wait));
+            return (vault_error(e), Outcome::WrongPassphrase);
+        }
+        (vault_error(e), Outcome::Error)
     }
 
     /// Reads the vault clock and the audit log out of the opened records, keeping records made

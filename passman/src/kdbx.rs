@@ -407,10 +407,16 @@ pub fn read(file: &[u8], password: &[u8]) -> Result<Vec<KdbxEntry>, KdbxError> {
         let iv: [u8; 16] = iv.as_slice().try_into().map_err(|_| KdbxError::BadHeader)?;
         cbc_decrypt(&key, iv, &mut payload)?;
     }
+    parse_payload(&payload, compressed)
+}
+
+/// The decrypted payload (gzip if `compressed`): inner header, then the XML with its
+/// protected values. Split out so it can be fuzzed without forging HMACs.
+pub fn parse_payload(payload: &[u8], compressed: bool) -> Result<Vec<KdbxEntry>, KdbxError> {
     let plain = if compressed {
-        Zeroizing::new(gunzip(&payload)?)
+        Zeroizing::new(gunzip(payload)?)
     } else {
-        payload
+        Zeroizing::new(payload.to_vec())
     };
 
     // Inner header: (u8 id, u32 len, data) until id 0.
@@ -784,6 +790,7 @@ fn append_note(notes: &mut Zeroizing<String>, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
 
     #[test]
     fn uuids_decode() {
@@ -848,6 +855,42 @@ mod tests {
         assert_eq!(&*got[0].password, "real-pw");
         assert_eq!(&*got[0].notes, "Custom: x");
         assert_eq!(got[0].tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn gzip_payload_with_inner_header_parses_and_bombs_are_bounded() {
+        let xml = "<KeePassFile><Root><Group><Entry><String><Key>Title</Key><Value>t</Value>\
+                   </String></Entry></Group></Root></KeePassFile>";
+        let mut plain = vec![1, 4, 0, 0, 0, 2, 0, 0, 0, 2, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0];
+        plain.extend_from_slice(xml.as_bytes());
+        let gz = |body: &[u8]| {
+            let mut g = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
+            g.extend_from_slice(b"name\0");
+            g.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(body, 6));
+            g
+        };
+        let got = parse_payload(&gz(&plain), true).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].title, "t");
+        assert_eq!(parse_payload(&plain, false).unwrap().len(), 1);
+        // Unknown inner stream, truncated gzip, and more than MAX_XML of zeros.
+        let mut bad = plain.clone();
+        bad[5] = 7;
+        assert_eq!(
+            parse_payload(&bad, false).unwrap_err(),
+            KdbxError::UnsupportedKdf
+        );
+        let g = gz(&plain);
+        assert_eq!(
+            parse_payload(&g[..12], true).unwrap_err(),
+            KdbxError::Decompress
+        );
+        let bomb = gz(&vec![0u8; MAX_XML + 1]);
+        assert!(bomb.len() < 200_000);
+        assert_eq!(
+            parse_payload(&bomb, true).unwrap_err(),
+            KdbxError::Decompress
+        );
     }
 
     #[test]

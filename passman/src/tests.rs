@@ -170,10 +170,14 @@ fn rfc6238_codes_through_the_service_follow_the_vault_clock() {
         (2000000000, "69279037"),
         (20000000000, "65353130"),
     ] {
-        let input = format!("x\ntime={t}\n");
+        let input = format!("{}\ntime={t}\n", core::str::from_utf8(PW).unwrap());
         h.ok("passman.Unlock", "", input.as_bytes());
         assert_eq!(h.ok("passman.Otp", "t", b""), format!("{want}\n"), "t={t}");
     }
+    // Resetting the clock of an open vault still needs the passphrase.
+    let r = h.call("dom0", "passman.Unlock", "", b"wrong\ntime=59\n");
+    one_line_error(&r, exit::DENIED);
+    assert_eq!(h.ok("passman.Otp", "t", b""), "65353130\n");
 }
 
 #[test]

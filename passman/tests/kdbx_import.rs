@@ -1,5 +1,6 @@
 //! KDBX 4 import of files written by an independent implementation (pykeepass, PyPI): AES-256 +
-//! Argon2d and ChaCha20 + Argon2id, every entry brought across, through `passman.Import`.
+//! Argon2d, ChaCha20 + Argon2id and ChaCha20 + AES-KDF, every entry brought across, through
+//! `passman.Import`.
 //! Needs `python3 -m pip install pykeepass`; without it the test says so and passes unless
 //! PASSMAN_REQUIRE_KDBX=1 (set that in CI once pykeepass is installed).
 
@@ -22,9 +23,18 @@ if cipher == 'chacha20':
 d = h.kdf_parameters.data.dict
 if kdf == 'argon2id':
     d['$UUID'].value = bytes.fromhex('9e298b1956db4773b23dfc3ec6f0a1e6')
-# Small costs so a debug build of the test stays quick; the code path is the same.
-d['M'].value = 1024 * 1024
-d['I'].value = 2
+if kdf == 'aeskdf':
+    # AES-KDF takes R (rounds) and S (seed): rename the rounds entry in place.
+    d['$UUID'].value = bytes.fromhex('c9d9f39a628a4460bf740d08c18a4fea')
+    c = d['I']; c.key = 'R'; c.value = 1000
+    items = [(('R' if k == 'I' else k), v) for k, v in d.items()]
+    d.clear()
+    for k, v in items:
+        d[k] = v
+else:
+    # Small costs so a debug build of the test stays quick; the code path is the same.
+    d['M'].value = 1024 * 1024
+    d['I'].value = 2
 root = kp.root_group
 kp.add_entry(root, 'github.com', 'alice', 'gh-secret', url='https://github.com',
              notes='line one\nline two', tags=['work', 'code'],
@@ -85,7 +95,11 @@ fn kdbx4_files_from_pykeepass_import_every_entry() {
     }
     let dir = std::env::temp_dir().join(format!("passman-kdbx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (cipher, kdf) in [("aes256", "argon2d"), ("chacha20", "argon2id")] {
+    for (cipher, kdf) in [
+        ("aes256", "argon2d"),
+        ("chacha20", "argon2id"),
+        ("chacha20", "aeskdf"),
+    ] {
         let file = make(&dir, cipher, kdf);
         // Wrong password: one-line error, nothing imported.
         let err = passman::kdbx::read(&file, b"nope").unwrap_err();

@@ -753,6 +753,8 @@ fn try_open_hands_the_device_back_on_failure() {
     assert_eq!(err, VaultError::WrongPassphrase);
     let v = Vault::try_open(dev, PW, KdfLimits::insecure_for_tests()).unwrap();
     assert_eq!(v.records(), &state(1));
+    assert_eq!(v.verify_passphrase(PW), Ok(()));
+    assert_eq!(v.verify_passphrase(PW2), Err(VaultError::WrongPassphrase));
     let (err, _dev) =
         Vault::try_create(MemDevice::new(SS, 1), PW, tiny(), &mut TestRng(3)).unwrap_err();
     assert_eq!(err, VaultError::BadGeometry);

@@ -443,6 +443,16 @@ impl<D: BlockDevice> Vault<D> {
         }
     }
 
+    /// Checks `passphrase` against the open vault (runs the KDF once); nothing is written.
+    pub fn verify_passphrase(&self, passphrase: &[u8]) -> Result<(), VaultError> {
+        let key = unwrap_key(&self.wrap, passphrase)?;
+        if ct_eq(key.as_ref(), self.data_key.as_ref()) {
+            Ok(())
+        } else {
+            Err(VaultError::WrongPassphrase)
+        }
+    }
+
     /// The records as last opened or changed (not necessarily saved).
     pub fn records(&self) -> &Records {
         &self.records
