@@ -256,6 +256,8 @@ impl Installed {
             "qvm-create",
             &["--class", "TemplateVM", "--label", "black", TEMPLATE],
         );
+        // The sim's own policy directory (empty: the installed files are all the policy).
+        std::fs::create_dir_all(dom0.dir.join("state/policy.d")).unwrap();
         let template_root = dom0.dir.join("state/vms").join(TEMPLATE);
         std::fs::create_dir_all(&template_root).unwrap();
         rpm_install(&dom0, &template_root, &built_rpm("qubes-unikernel-bundle-vm"));
