@@ -10,8 +10,13 @@ const VIEWER: &str = env!("CARGO_BIN_EXE_fb-viewer");
 const DEADLINE: Duration = Duration::from_secs(30);
 const DVM: &str = "viewer-unikernel-dvm";
 
-/// The sim binary, next to ours in the target directory (built if missing).
+/// The sim binary, next to ours in the target directory (built once if missing).
 fn sim_exe() -> PathBuf {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(build_sim).clone()
+}
+
+fn build_sim() -> PathBuf {
     let dir = Path::new(VIEWER).parent().unwrap().to_path_buf();
     let exe = dir.join("qubes-sim");
     if !exe.exists() {
