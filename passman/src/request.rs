@@ -420,6 +420,29 @@ pub fn service_list() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_and_refuses_what_it_cannot_hold(
+            svc in 0usize..SERVICE_NAMES.len(),
+            arg in "[A-Za-z0-9+._-]{0,140}",
+            input in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let service = SERVICE_NAMES[svc];
+            match Request::decode(service, &arg, &input) {
+                Ok(_) => {
+                    let s = Service::from_name(service).unwrap();
+                    prop_assert!(!s.takes_entry() || (1..=crate::name::MAX_NAME_LEN).contains(&arg.len()));
+                    prop_assert!(s.takes_entry() || arg.is_empty());
+                }
+                Err(e) => {
+                    let line = alloc::format!("{}", e);
+                    prop_assert!(!line.contains('\n'));
+                }
+            }
+        }
+    }
 
     #[test]
     fn service_names_round_trip_through_codes() {
