@@ -188,7 +188,12 @@ pub fn have(prog: &str) -> bool {
 }
 
 /// Waits up to `limit` for `f`; panics with `what` and `diag()` when it never holds.
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool, diag: impl Fn() -> String) {
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> bool,
+    diag: impl Fn() -> String,
+) {
     let end = Instant::now() + limit;
     loop {
         if f() {
@@ -260,7 +265,11 @@ impl Installed {
         std::fs::create_dir_all(dom0.dir.join("state/policy.d")).unwrap();
         let template_root = dom0.dir.join("state/vms").join(TEMPLATE);
         std::fs::create_dir_all(&template_root).unwrap();
-        rpm_install(&dom0, &template_root, &built_rpm("qubes-unikernel-bundle-vm"));
+        rpm_install(
+            &dom0,
+            &template_root,
+            &built_rpm("qubes-unikernel-bundle-vm"),
+        );
         dom0.ok(
             "qvm-create",
             &["--class", "StandaloneVM", "--label", "red", "sys-net"],
@@ -358,7 +367,10 @@ impl Installed {
         let mut c = Command::new(sim);
         c.args(["daemon", "--stdin-lifeline"])
             .env("QUBES_SIM_DIR", self.state())
-            .env("QUBES_SIM_POLICY_DIRS", self.root.join("etc/qubes/policy.d"))
+            .env(
+                "QUBES_SIM_POLICY_DIRS",
+                self.root.join("etc/qubes/policy.d"),
+            )
             .env("QUBES_SIM_DOM0_RPC", self.root.join("etc/qubes-rpc"))
             .env(
                 "QUBES_UNIKERNEL_FIREWALL_DIR",

@@ -30,7 +30,10 @@ fn flow2_firewall_unikernel_forwards_and_qvm_firewall_blocks_at_once() {
 
     // dom0: the bundle's setup makes fw-unikernel (netvm sys-net); work goes behind it.
     let out = q.setup(&[("firewall", &fw, "")]);
-    assert!(out.contains("qvm-prefs fw-unikernel netvm sys-net"), "{out}");
+    assert!(
+        out.contains("qvm-prefs fw-unikernel netvm sys-net"),
+        "{out}"
+    );
     q.ok("qvm-prefs", &["work", "netvm", "fw-unikernel"]);
     q.start(true);
     for vm in ["sys-net", "fw-unikernel", "work"] {

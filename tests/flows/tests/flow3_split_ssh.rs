@@ -161,7 +161,10 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
         .nth(1)
         .expect("ssh-keygen -l prints a fingerprint")
         .to_string();
-    for args in [&["work", "run", "ssh-add", "-X"][..], &["work", "run", "ssh-add", key.to_str().unwrap()]] {
+    for args in [
+        &["work", "run", "ssh-add", "-X"][..],
+        &["work", "run", "ssh-add", key.to_str().unwrap()],
+    ] {
         let o = q
             .cmd("qvm-ssh-agent-admin")
             .args(args)
@@ -187,18 +190,28 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
             .in_vm_ok("sys-net", "qubesdb-read /qubes-netvm-gateway")
             .trim()
             .to_string();
-        (ip.clone(), 22u16, format!("in sys-net's network namespace at {ip}:22"))
+        (
+            ip.clone(),
+            22u16,
+            format!("in sys-net's network namespace at {ip}:22"),
+        )
     } else {
         let port = 20000 + (std::process::id() % 20000) as u16;
         (
             "127.0.0.1".to_string(),
             port,
-            format!("on loopback 127.0.0.1:{port} (no network namespaces: not root, or FLOWS_NO_NETNS)"),
+            format!(
+                "on loopback 127.0.0.1:{port} (no network namespaces: not root, or FLOWS_NO_NETNS)"
+            ),
         )
     };
     let mut put = q
         .cmd("qvm-run")
-        .args(["-p", "sys-net", "cat > \"$QUBES_SIM_VM_DIR/authorized_keys\""])
+        .args([
+            "-p",
+            "sys-net",
+            "cat > \"$QUBES_SIM_VM_DIR/authorized_keys\"",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -224,9 +237,7 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
     wait_for(
         "sshd in sys-net listens",
         DEADLINE,
-        || {
-            std::fs::read_to_string(&sshd_log).is_ok_and(|l| l.contains("Server listening on"))
-        },
+        || std::fs::read_to_string(&sshd_log).is_ok_and(|l| l.contains("Server listening on")),
         || {
             format!(
                 "sshd log:\n{}\n{}",
@@ -250,7 +261,8 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
     assert_eq!(exec, "/usr/lib/qubes/qubes-ssh-agent-connect");
     let listen = listen.replace("%t", "$XDG_RUNTIME_DIR");
     // The qube's session: its runtime dir and home in its own directory.
-    let session = "export XDG_RUNTIME_DIR=\"$QUBES_SIM_VM_DIR/run-user\" HOME=\"$QUBES_SIM_VM_DIR\"";
+    let session =
+        "export XDG_RUNTIME_DIR=\"$QUBES_SIM_VM_DIR/run-user\" HOME=\"$QUBES_SIM_VM_DIR\"";
     std::fs::write(q.vm_dir("work").join("accept.py"), ACCEPT_LOOP).unwrap();
     q.spawn_in(
         "work",
@@ -258,9 +270,7 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
             "{session}; exec python3 \"$QUBES_SIM_VM_DIR/accept.py\" \"{listen}\" \"$QUBES_SIM_TEMPLATE_DIRS{exec}\""
         ),
     );
-    let sock = q
-        .vm_dir("work")
-        .join("run-user/qubes-ssh-agent/agent.sock");
+    let sock = q.vm_dir("work").join("run-user/qubes-ssh-agent/agent.sock");
     wait_for(
         "the agent socket in work",
         DEADLINE,
@@ -270,7 +280,8 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
 
     // work: a login shell's profile (the installed snippet) sets SSH_AUTH_SOCK; ssh-add lists
     // the vault's key; ssh logs into sys-net and runs a command there.
-    let profile = format!("{session}; . \"$QUBES_SIM_TEMPLATE_DIRS/etc/profile.d/qubes-ssh-agent.sh\"");
+    let profile =
+        format!("{session}; . \"$QUBES_SIM_TEMPLATE_DIRS/etc/profile.d/qubes-ssh-agent.sh\"");
     let listed = q.in_vm_ok("work", &format!("{profile}; ssh-add -l"));
     assert!(
         listed.contains(&fingerprint) && listed.contains("flow3@work"),
