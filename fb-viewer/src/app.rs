@@ -20,6 +20,7 @@ use vchan::{Interest, PeerState};
 use crate::decode::{fit, Canvas, Decoder, Limits};
 use crate::font;
 use crate::openinvm::{FileName, Request};
+use crate::rgba::{RgbaAnswer, RgbaRequest};
 use crate::view::{key_action, Action, ColMap, View};
 
 /// The service we serve.
@@ -121,6 +122,16 @@ pub struct Viewer<P: Platform> {
     call_closed: bool,
     /// When to stop even if the call's end was not reported.
     stop_at: Option<Instant>,
+    /// A `qubes.GetImageRGBA` call (instead of the OpenInVM one).
+    rgba: Option<(CallId, Rgba)>,
+    /// Reused buffer for RGBA pieces.
+    piece: Vec<u8>,
+}
+
+enum Rgba {
+    Reading(RgbaRequest),
+    Sending(RgbaAnswer),
+    Done,
 }
 
 impl<P: Platform> core::fmt::Debug for Viewer<P> {
@@ -146,6 +157,8 @@ impl<P: Platform> Viewer<P> {
             quitting: false,
             call_closed: false,
             stop_at: None,
+            rgba: None,
+            piece: Vec::new(),
         }
     }
 
@@ -463,6 +476,41 @@ impl<P: Platform> Viewer<P> {
         false
     }
 
+    /// Sends what fits of a GetImageRGBA answer; whether more remains.
+    fn pump_rgba(&mut self, cx: &mut Cx<'_, P>) -> bool {
+        let Some((id, Rgba::Sending(a))) = self.rgba.as_mut() else {
+            return false;
+        };
+        let id = *id;
+        loop {
+            if a.is_empty() {
+                cx.finish(id, 0);
+                self.rgba = Some((id, Rgba::Done));
+                self.quitting = true;
+                self.stop_at = Some(cx.now().saturating_add(STOP_GRACE));
+                return false;
+            }
+            let space = cx.send_space(id);
+            if space < 4 {
+                return true;
+            }
+            a.next_piece(space.min(64 * 1024), &mut self.piece);
+            if cx.send(id, &self.piece).is_err() {
+                // The call is gone; `closed` stops the qube.
+                self.rgba = Some((id, Rgba::Done));
+                return false;
+            }
+        }
+    }
+
+    /// Ends a GetImageRGBA call with exit code 1, as the agent script's `set -e` would.
+    fn rgba_fail(&mut self, cx: &mut Cx<'_, P>, id: CallId) {
+        self.rgba = Some((id, Rgba::Done));
+        cx.finish(id, 1);
+        self.quitting = true;
+        self.stop_at = Some(cx.now().saturating_add(STOP_GRACE));
+    }
+
     fn gui_failed(&mut self, cx: &mut Cx<'_, P>, e: &str) {
         cx.log(format_args!("fb-viewer: GUI connection ended: {e}"));
         if let Some(g) = self.gui.as_mut() {
@@ -590,7 +638,7 @@ impl<P: Platform> Gui<P> {
 
 impl<P: Platform> App<P> for Viewer<P> {
     fn services(&self) -> &[&str] {
-        &[SERVICE]
+        &[SERVICE, crate::rgba::SERVICE]
     }
 
     fn start(&mut self, cx: &mut Cx<'_, P>) -> Result<(), AppError> {
@@ -638,8 +686,21 @@ impl<P: Platform> App<P> for Viewer<P> {
     }
 
     fn call(&mut self, cx: &mut Cx<'_, P>, id: CallId, call: &Call<'_>) -> Admit {
-        if call.service != SERVICE || self.call.is_some() {
+        if self.call.is_some() || self.rgba.is_some() || self.quitting {
             // One file per disposable.
+            return Admit::Refuse;
+        }
+        if call.service == crate::rgba::SERVICE {
+            cx.log(format_args!(
+                "fb-viewer: {} from {}",
+                call.service, call.source
+            ));
+            let req = RgbaRequest::new(self.cfg.limits, self.cfg.canvas_pixels);
+            self.rgba = Some((id, Rgba::Reading(req)));
+            self.started = Some(cx.now());
+            return Admit::Accept;
+        }
+        if call.service != SERVICE {
             return Admit::Refuse;
         }
         cx.log(format_args!("fb-viewer: {SERVICE} from {}", call.source));
@@ -649,6 +710,23 @@ impl<P: Platform> App<P> for Viewer<P> {
     }
 
     fn input(&mut self, cx: &mut Cx<'_, P>, id: CallId, data: &[u8]) {
+        if let Some((rid, Rgba::Reading(req))) = self.rgba.as_mut() {
+            if *rid == id {
+                let late = self
+                    .started
+                    .is_some_and(|t| cx.now().saturating_duration_since(t) > self.cfg.time_budget);
+                if let Err(e) = req.push(data) {
+                    cx.log(format_args!("fb-viewer: {e}"));
+                    self.rgba_fail(cx, id);
+                } else if late {
+                    cx.log(format_args!(
+                        "fb-viewer: GetImageRGBA: over the time budget"
+                    ));
+                    self.rgba_fail(cx, id);
+                }
+            }
+            return;
+        }
         if self.call != Some(id) || matches!(self.image, Image::Refused(_) | Image::Ready { .. }) {
             return;
         }
@@ -677,6 +755,27 @@ impl<P: Platform> App<P> for Viewer<P> {
     }
 
     fn input_end(&mut self, cx: &mut Cx<'_, P>, id: CallId) {
+        if let Some((rid, state)) = self.rgba.as_mut() {
+            if *rid == id {
+                if let Rgba::Reading(_) = state {
+                    let Rgba::Reading(req) = core::mem::replace(state, Rgba::Done) else {
+                        return;
+                    };
+                    match req.finish() {
+                        Ok(a) => {
+                            cx.log(format_args!("fb-viewer: GetImageRGBA: {} bytes", a.len()));
+                            *state = Rgba::Sending(a);
+                            self.pump_rgba(cx);
+                        }
+                        Err(e) => {
+                            cx.log(format_args!("fb-viewer: {e}"));
+                            self.rgba_fail(cx, id);
+                        }
+                    }
+                }
+                return;
+            }
+        }
         if self.call != Some(id) {
             return;
         }
@@ -726,6 +825,11 @@ impl<P: Platform> App<P> for Viewer<P> {
     }
 
     fn closed(&mut self, cx: &mut Cx<'_, P>, id: CallId, exit: Option<i32>) {
+        if self.rgba.as_ref().is_some_and(|(rid, _)| *rid == id) {
+            self.rgba = Some((id, Rgba::Done));
+            cx.request_stop();
+            return;
+        }
         if self.call != Some(id) {
             return;
         }
@@ -740,6 +844,10 @@ impl<P: Platform> App<P> for Viewer<P> {
 
     fn poll(&mut self, cx: &mut Cx<'_, P>) -> Option<Instant> {
         self.check_time(cx);
+        if self.pump_rgba(cx) {
+            // Ring space frees as the caller reads; look again soon even without a wake-up.
+            return Some(cx.now().saturating_add(Duration::from_millis(10)));
+        }
         if let Some(t) = self.stop_at {
             if cx.now() >= t {
                 cx.request_stop();

@@ -13,6 +13,7 @@ mod font;
 mod header;
 mod inflate;
 pub mod openinvm;
+pub mod rgba;
 pub mod view;
 
 pub use chunk::{crc32, crc32_update, Chunk, ChunkKind, Chunks, CRC_INIT, SIGNATURE};

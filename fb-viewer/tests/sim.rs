@@ -433,3 +433,57 @@ fn hostile_files_get_a_message_window_within_memory_budget() {
         let _ = std::fs::remove_file(sim.shot_path());
     }
 }
+
+#[test]
+fn get_image_rgba_returns_size_and_straight_rgba() {
+    let sim = Sim::boot("rgba");
+    let (w, h) = (37u32, 23u32);
+    let mut rgba = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            rgba.extend_from_slice(&[(x * 7) as u8, (y * 11) as u8, (x ^ y) as u8, (x * y) as u8]);
+        }
+    }
+    let mut file = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut file, w, h);
+        e.set_color(png::ColorType::Rgba);
+        e.set_depth(png::BitDepth::Eight);
+        e.write_header().unwrap().write_image_data(&rgba).unwrap();
+    }
+    let domid = sim.ok(&["qvm-prefs", "work", "qid"]).trim().to_string();
+    let mut child = Command::new(&sim.exe)
+        .args([
+            "qrexec-client-vm",
+            &format!("@dispvm:{DVM}"),
+            "qubes.GetImageRGBA",
+        ])
+        .env("QUBES_HOSTED_DIR", sim.dir.join("run"))
+        .env("QUBES_HOSTED_DOMID", domid)
+        .env("QUBES_SIM_VM_DIR", sim.dir.join("vms").join("work"))
+        .env_remove("QUBES_SIM_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(b"-\n").unwrap();
+        stdin.write_all(&file).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        sim.log()
+    );
+    let head = format!("{w} {h}\n");
+    assert_eq!(&out.stdout[..head.len()], head.as_bytes());
+    assert_eq!(&out.stdout[head.len()..], &rgba[..]);
+    sim.wait_gone();
+}
