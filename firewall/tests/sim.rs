@@ -34,12 +34,13 @@ fn sim_exe() -> PathBuf {
     let exe = dir.join("qubes-sim");
     if !exe.exists() {
         let target = dir.parent().unwrap();
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "qubes-sim", "--target-dir"])
-            .arg(target)
-            .status()
-            .unwrap();
-        assert!(st.success(), "building qubes-sim failed");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-p", "qubes-sim", "--target-dir"])
+            .arg(target);
+        if dir.ends_with("release") {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success(), "building qubes-sim failed");
     }
     exe
 }
@@ -612,4 +613,107 @@ fn firewall_between_linux_clients_and_sys_net() {
         "commit-to-effect: qvm-firewall {:?} (median of 5), first connection refused {:?} after its start",
         lat[2].0, lat[2].1
     );
+}
+
+/// Received bits per second of an `iperf3 -J` client run.
+fn iperf_bps(json: &str) -> f64 {
+    let at = json
+        .find("\"sum_received\"")
+        .expect("iperf3 JSON has sum_received");
+    let rest = &json[at..];
+    let b = rest.find("\"bits_per_second\":").expect("bits_per_second") + 18;
+    rest[b..]
+        .trim_start()
+        .split(|c: char| c == ',' || c == '}' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn iperf_client(ns: &str, server: &str) -> f64 {
+    let (ok, out) = in_ns(ns, &["iperf3", "-c", server, "-t", "5", "-J"]);
+    assert!(ok, "iperf3 client failed: {out}");
+    iperf_bps(&out)
+}
+
+/// The same path through Linux: client netns -> forwarding netns with nftables masquerade ->
+/// server netns, veth links.
+fn linux_nft_bps() -> f64 {
+    let p = format!("fwb{}", std::process::id() % 100000);
+    let (c, f, s) = (format!("{p}c"), format!("{p}f"), format!("{p}s"));
+    let run = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    for n in [&c, &f, &s] {
+        run(&["netns", "add", n]);
+    }
+    let script = format!(
+        "set -e
+ip link add {p}a netns {c} type veth peer name {p}b netns {f}
+ip link add {p}d netns {f} type veth peer name {p}e netns {s}
+ip -n {c} addr add 10.137.0.3/32 dev {p}a; ip -n {c} link set {p}a up; ip -n {c} link set lo up
+ip -n {c} route add 10.137.0.2 dev {p}a; ip -n {c} route add default via 10.137.0.2
+ip -n {f} addr add 10.137.0.2/32 dev {p}b; ip -n {f} link set {p}b up
+ip -n {f} route add 10.137.0.3 dev {p}b
+ip -n {f} addr add 10.138.0.2/24 dev {p}d; ip -n {f} link set {p}d up
+ip -n {f} route add default via 10.138.0.1
+ip -n {s} addr add 10.138.0.1/24 dev {p}e; ip -n {s} link set {p}e up; ip -n {s} link set lo up
+ip -n {s} addr add 192.0.2.80/32 dev lo
+ip netns exec {f} sysctl -qw net.ipv4.ip_forward=1
+ip netns exec {f} nft add table ip nat
+ip netns exec {f} nft add chain ip nat post '{{ type nat hook postrouting priority 100; }}'
+ip netns exec {f} nft add rule ip nat post oifname {p}d masquerade
+"
+    );
+    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &s, "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let bps = st.success().then(|| iperf_client(&c, "192.0.2.80"));
+    let _ = server.kill();
+    let _ = server.wait();
+    for n in [&c, &f, &s] {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
+    }
+    bps.expect("Linux comparison setup failed")
+}
+
+/// `cargo test -p firewall --test sim -- --ignored --nocapture throughput`: iperf3 TCP from
+/// `work` to sys-net through the hosted firewall, and through Linux with nftables masquerade.
+#[test]
+#[ignore = "benchmark: run on purpose (root, iperf3, nft)"]
+fn throughput_vs_linux_nftables() {
+    if !usable() || !have("iperf3") || !have("nft") {
+        eprintln!("skipped: needs root, iperf3, nft and the sim test's tools");
+        return;
+    }
+    let mut w = boot();
+    for vm in ["sys-net", "fw-unikernel", "work"] {
+        w.ok("qvm-start", &[vm]);
+    }
+    let (net, work) = (w.netns("sys-net"), w.netns("work"));
+    eventually("uplink and the client vif up", || {
+        let c = w.console();
+        c.contains("uplink up: ") && c.contains("client vif")
+    });
+    sh(&net, "ip addr add 192.0.2.80/32 dev lo");
+    let dir = w.dir.clone();
+    w.spawn_in(&net, &dir, &["iperf3", "-s"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let fw = iperf_client(&work, "192.0.2.80");
+    drop(w);
+    let linux = linux_nft_bps();
+    eprintln!(
+        "iperf3 TCP client->sys-net, 5 s: hosted firewall {:.0} Mbit/s, Linux nftables masquerade {:.0} Mbit/s, ratio {:.3}",
+        fw / 1e6,
+        linux / 1e6,
+        fw / linux
+    );
+    assert!(fw > 0.0 && linux > 0.0);
 }
