@@ -1,5 +1,5 @@
-//! The viewer as a run-loop app: `qubes.OpenInVM` in (decoded as it streams), one window out
-//! over the GUI protocol on our own vchan (port 6000); closing it ends the call and the qube.
+//! The viewer as a run-loop app: `qubes.OpenInVM` in (decoded as it streams), one window out over
+//! the GUI protocol on our own vchan (port 6000), or `qubes.GetImageRGBA`; then the qube stops.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
