@@ -19,6 +19,8 @@ use crate::ruleset::Ruleset;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub nat_entries: usize,
+    /// Most flows one client address holds (its new flows then replace its own oldest).
+    pub nat_per_client: usize,
     pub dns_records: usize,
     pub clients: usize,
 }
@@ -26,6 +28,7 @@ pub struct Limits {
 impl Limits {
     pub const DEFAULT: Limits = Limits {
         nat_entries: 5000,
+        nat_per_client: 3750,
         dns_records: 1024,
         clients: 256,
     };
@@ -50,14 +53,16 @@ impl fmt::Display for CmdlineError {
 impl core::error::Error for CmdlineError {}
 
 impl Limits {
-    /// Reads `--nat-table-size=N` (16..=65536, as mirage's option), `--dns-cache-size=N` and
-    /// `--max-clients=N` from the kernel command line; other words are refused.
+    /// Reads `--nat-table-size=N` (16..=65536, as mirage's option), `--nat-per-client=N`
+    /// (default 3/4 of the table), `--dns-cache-size=N` and `--max-clients=N` from the kernel
+    /// command line; other words are refused.
     pub fn from_cmdline(cmdline: &str) -> Result<Limits, CmdlineError> {
         let mut l = Limits::DEFAULT;
         for w in cmdline.split_ascii_whitespace() {
             let (k, v) = w.split_once('=').ok_or(CmdlineError::UnknownOption)?;
             let (name, slot, lo, hi): (&'static str, &mut usize, usize, usize) = match k {
                 "--nat-table-size" => ("nat-table-size", &mut l.nat_entries, 16, 65536),
+                "--nat-per-client" => ("nat-per-client", &mut l.nat_per_client, 1, 65536),
                 "--dns-cache-size" => ("dns-cache-size", &mut l.dns_records, 16, 16384),
                 "--max-clients" => ("max-clients", &mut l.clients, 1, 1024),
                 _ => return Err(CmdlineError::UnknownOption),
@@ -67,6 +72,10 @@ impl Limits {
                 return Err(CmdlineError::BadValue(name));
             }
             *slot = n;
+        }
+        if !cmdline.contains("--nat-per-client=") {
+            // Three quarters of the table, as the default does.
+            l.nat_per_client = l.nat_entries - l.nat_entries / 4;
         }
         Ok(l)
     }
@@ -274,7 +283,7 @@ impl Firewall {
             by_ip: BTreeMap::new(),
             rules: BTreeMap::new(),
             deny_all: RuleSet::deny_all(),
-            nat: NatTable::new(limits.nat_entries, seed),
+            nat: NatTable::with_quota(limits.nat_entries, limits.nat_per_client, seed),
             dns: DnsCache::new(limits.dns_records),
             resolver: DnsClient::new(seed.rotate_left(17)),
             ruleset: Ruleset::default(),

@@ -108,18 +108,70 @@ impl BuildHasher for KeyedState {
 }
 
 const NIL: u32 = u32::MAX;
+/// The two lists every flow is on: all flows, and its client's flows.
+const ALL: usize = 0;
+const SRC: usize = 1;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     e: Entry,
-    /// Towards the least recently used end.
-    older: u32,
-    /// Towards the most recently used end.
-    newer: u32,
+    /// Towards the least recently used end, per list.
+    older: [u32; 2],
+    /// Towards the most recently used end, per list.
+    newer: [u32; 2],
 }
 
-/// The table: a slab of flows threaded on a least-recently-used list, and two hash indexes
-/// (by the client's key, by the reply's key). Lookups and updates are O(1); size never exceeds `max`.
+/// The two ends of a least-recently-used list and its length.
+#[derive(Clone, Copy, Debug)]
+struct Ends {
+    oldest: u32,
+    newest: u32,
+    count: usize,
+}
+
+impl Ends {
+    const EMPTY: Ends = Ends {
+        oldest: NIL,
+        newest: NIL,
+        count: 0,
+    };
+}
+
+fn slot_mut(slots: &mut [Option<Slot>], id: u32) -> Option<&mut Slot> {
+    slots.get_mut(id as usize)?.as_mut()
+}
+
+fn unlink(slots: &mut [Option<Slot>], ends: &mut Ends, list: usize, id: u32) {
+    let Some(s) = slots.get(id as usize).copied().flatten() else {
+        return;
+    };
+    let (o, n) = (s.older[list], s.newer[list]);
+    match slot_mut(slots, o) {
+        Some(x) => x.newer[list] = n,
+        None => ends.oldest = n,
+    }
+    match slot_mut(slots, n) {
+        Some(x) => x.older[list] = o,
+        None => ends.newest = o,
+    }
+}
+
+fn link_newest(slots: &mut [Option<Slot>], ends: &mut Ends, list: usize, id: u32) {
+    let prev = ends.newest;
+    if let Some(s) = slot_mut(slots, id) {
+        s.older[list] = prev;
+        s.newer[list] = NIL;
+    }
+    match slot_mut(slots, prev) {
+        Some(p) => p.newer[list] = id,
+        None => ends.oldest = id,
+    }
+    ends.newest = id;
+}
+
+/// The table: a slab of flows threaded on a least-recently-used list of all flows and one per
+/// client, and two hash indexes (by the client's key, by the reply's key). Lookups and updates
+/// are O(1); size never exceeds `max`, nor one client's share `per_client`.
 #[derive(Debug)]
 pub struct NatTable {
     slots: Vec<Option<Slot>>,
@@ -127,17 +179,25 @@ pub struct NatTable {
     by_orig: HashMap<FlowKey, u32, KeyedState>,
     /// Keyed by the reply as it arrives: `xlat.reverse()`.
     by_reply: HashMap<FlowKey, u32, KeyedState>,
-    /// Least and most recently used.
-    oldest: u32,
-    newest: u32,
-    len: usize,
+    all: Ends,
+    /// Per client (`orig.src`).
+    by_src: HashMap<IpAddr, Ends, KeyedState>,
     max: usize,
+    per_client: usize,
     rng: u64,
 }
 
 impl NatTable {
-    /// A table of at most `max` flows; `seed` drives the choice of masquerade ports and the hash key.
+    /// A table of at most `max` flows, any client taking them all; `seed` drives the choice of
+    /// masquerade ports and the hash key.
     pub fn new(max: usize, seed: u64) -> Self {
+        Self::with_quota(max, max, seed)
+    }
+
+    /// A table of at most `max` flows of which one client holds at most `per_client`: a client
+    /// at its share replaces its own least recently used flow, so the others keep
+    /// `max - per_client` whatever one client does.
+    pub fn with_quota(max: usize, per_client: usize, seed: u64) -> Self {
         let max = max.min(NIL as usize - 1);
         let key = KeyedState(seed.rotate_left(32) ^ 0x243f_6a88_85a3_08d3);
         NatTable {
@@ -145,73 +205,54 @@ impl NatTable {
             free: Vec::new(),
             by_orig: HashMap::with_hasher(key),
             by_reply: HashMap::with_hasher(key),
-            oldest: NIL,
-            newest: NIL,
-            len: 0,
+            all: Ends::EMPTY,
+            by_src: HashMap::with_hasher(key),
             max,
+            per_client: per_client.clamp(1, max.max(1)),
             rng: seed | 1,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.all.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.all.count == 0
     }
 
     pub fn capacity(&self) -> usize {
         self.max
     }
 
+    /// Flows held for client address `src`.
+    pub fn client_flows(&self, src: IpAddr) -> usize {
+        self.by_src.get(&src).map_or(0, |e| e.count)
+    }
+
     /// Every tracked flow, least recently used first.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
-        let mut at = self.oldest;
+        let mut at = self.all.oldest;
         core::iter::from_fn(move || {
             let s = self.slots.get(at as usize)?.as_ref()?;
-            at = s.newer;
+            at = s.newer[ALL];
             Some(&s.e)
         })
     }
 
-    fn slot(&mut self, id: u32) -> Option<&mut Slot> {
-        self.slots.get_mut(id as usize)?.as_mut()
-    }
-
-    fn unlink(&mut self, id: u32) {
-        let Some(s) = self.slot(id).copied() else {
-            return;
-        };
-        match self.slot(s.older) {
-            Some(o) => o.newer = s.newer,
-            None => self.oldest = s.newer,
-        }
-        match self.slot(s.newer) {
-            Some(n) => n.older = s.older,
-            None => self.newest = s.older,
-        }
-    }
-
-    fn link_newest(&mut self, id: u32) {
-        let prev = self.newest;
-        if let Some(s) = self.slot(id) {
-            s.older = prev;
-            s.newer = NIL;
-        }
-        match self.slot(prev) {
-            Some(p) => p.newer = id,
-            None => self.oldest = id,
-        }
-        self.newest = id;
-    }
-
     fn touch(&mut self, id: u32, now: Instant) -> Option<Entry> {
-        if self.newest != id {
-            self.unlink(id);
-            self.link_newest(id);
+        let src = slot_mut(&mut self.slots, id)?.e.orig.src;
+        if self.all.newest != id {
+            unlink(&mut self.slots, &mut self.all, ALL, id);
+            link_newest(&mut self.slots, &mut self.all, ALL, id);
         }
-        let s = self.slot(id)?;
+        if let Some(ends) = self.by_src.get_mut(&src) {
+            if ends.newest != id {
+                unlink(&mut self.slots, ends, SRC, id);
+                link_newest(&mut self.slots, ends, SRC, id);
+            }
+        }
+        let s = slot_mut(&mut self.slots, id)?;
         s.e.last_used = now;
         Some(s.e)
     }
@@ -234,7 +275,8 @@ impl NatTable {
         Some(&self.slots.get(id as usize)?.as_ref()?.e)
     }
 
-    /// Tracks a new flow, evicting the least recently used one if the table is full.
+    /// Tracks a new flow, evicting the client's own least recently used flow if it is at its
+    /// share, else the least recently used of all if the table is full.
     pub fn insert(
         &mut self,
         orig: FlowKey,
@@ -273,8 +315,19 @@ impl NatTable {
         if self.by_reply.contains_key(&xlat.reverse()) {
             return Err(NatError::Clash);
         }
-        while self.len >= self.max && self.oldest != NIL {
-            self.remove_id(self.oldest);
+        while let Some(own) = self
+            .by_src
+            .get(&orig.src)
+            .filter(|e| e.count >= self.per_client)
+        {
+            let oldest = own.oldest;
+            if oldest == NIL {
+                break;
+            }
+            self.remove_id(oldest);
+        }
+        while self.all.count >= self.max && self.all.oldest != NIL {
+            self.remove_id(self.all.oldest);
         }
         let e = Entry {
             orig,
@@ -285,8 +338,8 @@ impl NatTable {
         };
         let slot = Some(Slot {
             e,
-            older: NIL,
-            newer: NIL,
+            older: [NIL; 2],
+            newer: [NIL; 2],
         });
         let id = match self.free.pop() {
             Some(id) => {
@@ -300,25 +353,35 @@ impl NatTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.link_newest(id);
+        link_newest(&mut self.slots, &mut self.all, ALL, id);
+        self.all.count += 1;
+        let ends = self.by_src.entry(orig.src).or_insert(Ends::EMPTY);
+        link_newest(&mut self.slots, ends, SRC, id);
+        ends.count += 1;
         self.by_orig.insert(orig, id);
         self.by_reply.insert(xlat.reverse(), id);
-        self.len += 1;
         Ok(e)
     }
 
     fn remove_id(&mut self, id: u32) {
-        let Some(e) = self.slot(id).map(|s| s.e) else {
+        let Some(e) = self.slots.get(id as usize).copied().flatten().map(|s| s.e) else {
             return;
         };
-        self.unlink(id);
+        unlink(&mut self.slots, &mut self.all, ALL, id);
+        self.all.count -= 1;
+        if let Some(ends) = self.by_src.get_mut(&e.orig.src) {
+            unlink(&mut self.slots, ends, SRC, id);
+            ends.count -= 1;
+            if ends.count == 0 {
+                self.by_src.remove(&e.orig.src);
+            }
+        }
         if let Some(s) = self.slots.get_mut(id as usize) {
             *s = None;
         }
         self.free.push(id);
         self.by_orig.remove(&e.orig);
         self.by_reply.remove(&e.xlat.reverse());
-        self.len -= 1;
     }
 
     /// Keeps only the flows for which `keep` is true; returns how many were removed.
@@ -342,13 +405,13 @@ impl NatTable {
         let mut n = 0;
         while let Some(s) = self
             .slots
-            .get(self.oldest as usize)
+            .get(self.all.oldest as usize)
             .and_then(|s| s.as_ref())
         {
             if s.e.last_used.0 >= cutoff {
                 break;
             }
-            self.remove_id(self.oldest);
+            self.remove_id(self.all.oldest);
             n += 1;
         }
         n
@@ -472,6 +535,34 @@ mod tests {
     }
 
     #[test]
+    fn flooding_client_replaces_its_own_flows_not_others() {
+        let mut t = NatTable::with_quota(100, 75, 5);
+        let victim = key("10.137.0.8", 1, "1.1.1.1", 443);
+        let x = t.masquerade(&victim, own(), victim.dst).unwrap();
+        t.insert(victim, x, true, Instant(0)).unwrap();
+        for i in 0..10_000u32 {
+            let k = key("10.137.0.7", (i % 60000) as u16 + 2, "9.9.9.9", 53);
+            if let Ok(x) = t.masquerade(&k, own(), k.dst) {
+                t.insert(k, x, true, Instant(u64::from(i) + 1)).unwrap();
+            }
+            assert!(t.client_flows("10.137.0.7".parse().unwrap()) <= 75);
+        }
+        // The victim's flow is the oldest of all, yet it survives the flood.
+        assert!(t.outbound(&victim, Instant(20_000)).is_some());
+        assert_eq!(t.len(), 76);
+        assert_eq!(t.client_flows("10.137.0.8".parse().unwrap()), 1);
+        // Without a quota the flood evicts it.
+        let mut t = NatTable::new(100, 5);
+        t.insert(victim, x, true, Instant(0)).unwrap();
+        for i in 0..200u32 {
+            let k = key("10.137.0.7", i as u16 + 2, "9.9.9.9", 53);
+            let x = t.masquerade(&k, own(), k.dst).unwrap();
+            t.insert(k, x, true, Instant(u64::from(i) + 1)).unwrap();
+        }
+        assert!(t.outbound(&victim, Instant(20_000)).is_none());
+    }
+
+    #[test]
     fn zero_size_table_refuses() {
         let mut t = NatTable::new(0, 1);
         let k = key("10.137.0.7", 1, "1.1.1.1", 80);
@@ -504,10 +595,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn size_never_exceeds_bound(max in 0usize..20, ops in proptest::collection::vec((0u16..40, 0u8..3), 0..200)) {
-            let mut t = NatTable::new(max, 9);
+        fn size_never_exceeds_bound(max in 0usize..20, quota in 1usize..20, ops in proptest::collection::vec((0u16..40, 0u8..3), 0..200)) {
+            let mut t = NatTable::with_quota(max, quota, 9);
             for (i, (port, op)) in ops.into_iter().enumerate() {
-                let k = key("10.137.0.7", port, "1.1.1.1", 80);
+                let src = if port % 3 == 0 { "10.137.0.8" } else { "10.137.0.7" };
+                let k = key(src, port, "1.1.1.1", 80);
                 match op {
                     0 => {
                         if let Ok(x) = t.masquerade(&k, own(), k.dst) {
@@ -520,6 +612,9 @@ mod tests {
                 prop_assert!(t.len() <= max);
                 prop_assert_eq!(t.iter().count(), t.len());
                 prop_assert!(t.slots.len() <= max);
+                let (a, b) = (t.client_flows("10.137.0.7".parse().unwrap()), t.client_flows("10.137.0.8".parse().unwrap()));
+                prop_assert_eq!(a + b, t.len());
+                prop_assert!(a <= quota.max(1) && b <= quota.max(1));
                 prop_assert_eq!(t.by_orig.len(), t.len());
                 prop_assert_eq!(t.by_reply.len(), t.len());
             }

@@ -189,7 +189,7 @@ fn drain(r: &mut Router, last_query: &mut Option<Vec<u8>>) {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let limits = Limits { nat_entries: NAT_MAX, dns_records: 8, clients: 4 };
+    let limits = Limits { nat_entries: NAT_MAX, nat_per_client: 12, dns_records: 8, clients: 4 };
     let mut fw = Firewall::new(cfg(), limits, 0x5eed);
     fw.reload(Instant(0), IpAddr::V4(Ipv4Addr::new(10, 137, 0, 7)), RuleSet::accept_all());
     fw.reload(

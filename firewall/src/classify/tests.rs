@@ -849,6 +849,9 @@ fn limits_from_cmdline() {
     assert_eq!(Limits::from_cmdline(""), Ok(Limits::DEFAULT));
     let l = Limits::from_cmdline("--nat-table-size=100 --max-clients=8").unwrap();
     assert_eq!((l.nat_entries, l.clients, l.dns_records), (100, 8, 1024));
+    assert_eq!(l.nat_per_client, 75);
+    let l = Limits::from_cmdline("--nat-per-client=10").unwrap();
+    assert_eq!((l.nat_entries, l.nat_per_client), (5000, 10));
     assert_eq!(
         Limits::from_cmdline("--nat-table-size=1"),
         Err(CmdlineError::BadValue("nat-table-size"))
