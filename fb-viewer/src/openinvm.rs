@@ -217,6 +217,32 @@ mod tests {
         assert_eq!(r.end(), Err(RequestError::NameTruncated { got: 100 }));
     }
 
+    proptest::proptest! {
+        /// Any input, cut anywhere: never a panic, and the same name, file bytes and outcome
+        /// as in one piece.
+        #[test]
+        fn hostile_input_in_any_pieces_matches_whole(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+            cut in 1usize..300,
+        ) {
+            let run = |step: usize| {
+                let mut r = Request::new(400);
+                let (mut names, mut file) = (Vec::new(), Vec::new());
+                for p in data.chunks(step) {
+                    match r.push(p) {
+                        Ok((n, d)) => {
+                            names.extend(n.map(|n| (alloc::string::String::from(n.as_str()), n.view_only)));
+                            file.extend_from_slice(d);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                r.end().map(|()| (names, file))
+            };
+            proptest::prop_assert_eq!(run(cut), run(data.len().max(1)));
+        }
+    }
+
     #[test]
     fn hostile_request_beyond_file_budget_is_refused() {
         let mut r = Request::new(10);

@@ -212,6 +212,27 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any first line and bytes after it: a typed error or a decode, never a panic.
+        #[test]
+        fn hostile_input_never_panics(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cut in 1usize..100,
+        ) {
+            let mut r = RgbaRequest::new(Limits::default(), 1 << 16);
+            let mut ok = true;
+            for p in data.chunks(cut) {
+                if r.push(p).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                let _ = r.finish();
+            }
+        }
+    }
+
     #[test]
     fn hostile_request_without_newline_is_refused() {
         let mut r = RgbaRequest::new(Limits::default(), 1 << 20);
