@@ -512,3 +512,12 @@ impl Drop for Installed {
         }
     }
 }
+
+/// Prints a flow's one summary line straight to stdout, so it shows in `cargo test` output
+/// (libtest captures only the print macros).
+pub fn report(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -194,8 +194,8 @@ fn flow1_rpm_install_then_one_setup_command_creates_the_four_qubes() {
         "128"
     );
 
-    println!(
+    flows::report(&format!(
         "flow 1: the dom0 RPM installed into a scratch root ({} kernel(s)); one qubes-unikernel-setup created the four qubes with their properties, a second run changed nothing, a foreign same-named qube was refused",
         installed_kernels.len()
-    );
+    ));
 }

@@ -22,7 +22,7 @@ fn flow2_firewall_unikernel_forwards_and_qvm_firewall_blocks_at_once() {
             std::env::var_os("CI").is_none(),
             "flow 2 needs root, ip and curl (network namespaces and TAP devices); CI must provide them"
         );
-        println!("flow 2: skipped: needs root, ip and curl for the qubes' network namespaces");
+        flows::report("flow 2: skipped: needs root, ip and curl for the qubes' network namespaces");
         return;
     }
     let fw = unikernel_bin("firewall");
@@ -83,17 +83,17 @@ fn flow2_firewall_unikernel_forwards_and_qvm_firewall_blocks_at_once() {
     // work: curl through the firewall.
     let url = format!("http://{net_ip}/");
     let url_8080 = format!("http://{net_ip}:8080/");
-    let mut first = Err(0);
+    let first = std::cell::RefCell::new(Err(0));
     wait_for(
         "work reaches sys-net through fw-unikernel",
         DEADLINE,
         || {
-            first = curl(&q, &url);
-            first.is_ok()
+            *first.borrow_mut() = curl(&q, &url);
+            first.borrow().is_ok()
         },
-        || q.diag(),
+        || format!("last curl: {:?}\n{}", first.borrow(), q.diag()),
     );
-    assert_eq!(first.as_deref(), Ok("hello from sys-net\n"));
+    assert_eq!(first.borrow().as_deref(), Ok("hello from sys-net\n"));
 
     // dom0: drop tcp/80 to sys-net for work; the very next connection is dropped.
     let t = Instant::now();
@@ -137,9 +137,9 @@ fn flow2_firewall_unikernel_forwards_and_qvm_firewall_blocks_at_once() {
         q.diag()
     );
 
-    println!(
+    flows::report(&format!(
         "flow 2: work (netvm fw-unikernel, made by the installed qubes-unikernel-setup) fetched sys-net's HTTP page at {net_ip} through the hosted firewall unikernel; `qvm-firewall work add --before 0 action=drop dsthost={net_ip} proto=tcp dstports=80` (returned in {} ms) blocked the very next curl (exit {}) while :8080 still worked; deleting the rule let it through again",
         rule_took.as_millis(),
         blocked.err().unwrap_or(0)
-    );
+    ));
 }

@@ -70,7 +70,7 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
                 std::env::var_os("CI").is_none(),
                 "flow 3 needs {tool}; CI must provide it"
             );
-            println!("flow 3: skipped: {tool} is not installed");
+            flows::report(&format!("flow 3: skipped: {tool} is not installed"));
             return;
         }
     }
@@ -82,7 +82,7 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
             std::env::var_os("CI").is_none(),
             "flow 3 needs sshd (openssh-server); CI must provide it"
         );
-        println!("flow 3: skipped: sshd (openssh-server) is not installed");
+        flows::report("flow 3: skipped: sshd (openssh-server) is not installed");
         return;
     };
     let vault_bin = unikernel_bin("ssh-agent-vm");
@@ -330,7 +330,7 @@ fn flow3_ssh_from_work_with_a_key_only_the_vault_holds() {
         "ssh without the vault's agent logged in: {out}"
     );
 
-    println!(
+    flows::report(&format!(
         "flow 3: ssh in work logged into sshd {where_} (sshd saw {from}) and ran a command there with ed25519 key {fingerprint}, held only by the hosted ssh-agent vault unikernel (added by dom0's installed qvm-ssh-agent-admin, dom0's copy deleted), reached through the installed socket unit's forwarder and profile snippet under the installed policy's split-SSH rule; no private key is in work and ssh without the agent is refused"
-    );
+    ));
 }

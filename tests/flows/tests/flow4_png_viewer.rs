@@ -203,9 +203,9 @@ fn flow4_png_opens_in_a_viewer_disposable_pixel_exact() {
         "the picture in work was changed"
     );
 
-    println!(
+    flows::report(&format!(
         "flow 4: picture.png ({w}x{h}) from work opened through the installed image/png routing (`{}` -> {first}, shown {} ms after the call) and with `qvm-open-in-dvm picture.png` ({second}); both GUI-daemon screenshots equal the png crate's decode pixel for pixel at 100%; q closed each viewer and its disposable went; the file is unchanged",
         cmd.replace("\"$QUBES_SIM_VM_DIR/picture.png\"", "picture.png"),
         first_after.as_millis()
-    );
+    ));
 }
