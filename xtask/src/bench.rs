@@ -14,11 +14,61 @@ const BENCH_BYTES: u64 = 512 << 20;
 /// Measured runs per pair; the best is reported (least disturbed by other load).
 const RUNS: usize = 5;
 
+/// The apps' benchmarks: (name, package, example). Each example prints its own table with
+/// its baseline measured in the same run (see the example's docs for what it measures).
+const APP_BENCHES: &[(&str, &str, &str)] = &[
+    ("firewall", "firewall", "bench"),
+    ("ssh-agent", "ssh-agent-vm", "sign_bench"),
+    ("passman", "passman", "bench"),
+    ("fb-viewer", "fb-viewer", "bench"),
+];
+
+/// Debian packages the app benchmarks compare against (libpng, OpenSSH's agent, iperf3).
+const BENCH_PACKAGES: &[&str] = &["libpng-dev", "gcc", "openssh-client", "iperf3", "iproute2"];
+
+/// Runs one app's benchmark example in release mode, keeping its table in target/bench/.
+fn app_bench(root: &Path, name: &str) -> Result<()> {
+    let Some((_, pkg, example)) = APP_BENCHES.iter().find(|(n, ..)| *n == name) else {
+        bail!("no benchmark {name:?}");
+    };
+    crate::deps::apt_install(BENCH_PACKAGES)?;
+    let out = crate::cargo()
+        .current_dir(root)
+        .args(["run", "--release", "-q", "-p", pkg, "--example", example])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        bail!("the {name} benchmark failed with {}", out.status);
+    }
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.txt")), text.as_bytes())?;
+    println!("(table kept in target/bench/{name}.txt)");
+    Ok(())
+}
+
 /// Runs a benchmark by name.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("vchan") => vchan(root),
-        other => bail!("no benchmark {other:?}; available: vchan"),
+        Some(app) if APP_BENCHES.iter().any(|(n, ..)| *n == app) => app_bench(root, app),
+        Some("all") => {
+            vchan(root)?;
+            for (n, ..) in APP_BENCHES {
+                app_bench(root, n)?;
+            }
+            Ok(())
+        }
+        other => bail!(
+            "no benchmark {other:?}; available: vchan, {}, all",
+            APP_BENCHES
+                .iter()
+                .map(|(n, ..)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -24,6 +24,9 @@ commands:
                   libxenvchan interop, the QEMU boot test of every image, fuzz corpus replay
   interop         Debian's real libxenvchan against our vchan over the hosted shims, both roles
   bench vchan     vchan throughput table: ours/ours, ours/libxenvchan, libxenvchan/libxenvchan
+  bench firewall | ssh-agent | passman | fb-viewer | all
+                  each app's table against its same-run baseline (empty forward, OpenSSH's
+                  ssh-agent, the png crate and libpng), kept in target/bench/<name>.txt
   rpm             build the dom0 and template RPMs into target/rpm/ (reproducible) and print
                   the sha256 of every kernel; `rpm check`: the package checks of `test`
   build           build every unikernel image into target/unikernels/<name>/vmlinuz
