@@ -10,14 +10,14 @@ use flows::{unikernel_bin, wait_for, Installed, DEADLINE};
 const DVM: &str = "viewer-unikernel-dvm";
 
 /// A picture with distinct values in every channel (gradients and a XOR texture).
-fn picture(w: u32, h: u32) -> Vec<u8> {
+fn picture(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let mut rgb = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
             rgb.extend_from_slice(&[
                 (x * 255 / (w - 1)) as u8,
                 (y * 255 / (h - 1)) as u8,
-                (((x ^ y) * 7) & 0xff) as u8,
+                (((x ^ y) * seed) & 0xff) as u8,
             ]);
         }
     }
@@ -80,7 +80,7 @@ fn png_command(template_root: &Path, file: &str) -> String {
 }
 
 /// The viewer disposable's screenshot that equals `want` (waited for); its qube's name.
-fn shown(q: &Installed, w: u32, h: u32, want: &[u8], skip: &[String]) -> String {
+fn shown(q: &Installed, w: u32, h: u32, want: &[u8]) -> String {
     let dir = q.state().join("run/screenshots");
     let last = std::cell::RefCell::new(String::from("no screenshot of a disposable"));
     let mut found = None;
@@ -96,7 +96,7 @@ fn shown(q: &Installed, w: u32, h: u32, want: &[u8], skip: &[String]) -> String 
                 let Some(vm) = name.strip_suffix("-1.png") else {
                     continue;
                 };
-                if !vm.starts_with("disp") || skip.iter().any(|s| s == vm) {
+                if !vm.starts_with("disp") {
                     continue;
                 }
                 let Some((sw, sh, rgb)) = std::fs::read(e.path()).ok().and_then(|d| decode_rgb(&d))
@@ -169,23 +169,30 @@ fn flow4_png_opens_in_a_viewer_disposable_pixel_exact() {
     q.start(false);
     q.ok("qvm-start", &["work"]);
 
-    // Larger than the viewer's smallest window (160x120), odd sizes.
-    let (w, h) = (241u32, 163u32);
-    let png_bytes = picture(w, h);
-    let (rw, rh, want) = decode_rgb(&png_bytes).unwrap();
-    assert_eq!((rw, rh), (w, h));
-    let file: PathBuf = q.vm_dir("work").join("picture.png");
-    std::fs::write(&file, &png_bytes).unwrap();
+    // Two different pictures (larger than the viewer's smallest window, 160x120; odd sizes), so
+    // a screenshot of the first can never pass for the second.
+    let put = |name: &str, w: u32, h: u32, seed: u32| {
+        let bytes = picture(w, h, seed);
+        let (rw, rh, want) = decode_rgb(&bytes).unwrap();
+        assert_eq!((rw, rh), (w, h));
+        let file: PathBuf = q.vm_dir("work").join(name);
+        std::fs::write(&file, &bytes).unwrap();
+        (file, bytes, want)
+    };
+    let (dw, dh) = (241u32, 163u32);
+    let (drawing, drawing_bytes, drawing_rgb) = put("drawing.png", dw, dh, 7);
+    let (pw, ph) = (199u32, 177u32);
+    let (pic, pic_bytes, pic_rgb) = put("picture.png", pw, ph, 13);
 
-    // 1. As the file manager opens it: the installed mimeapps.list and .desktop entry.
-    let cmd = png_command(&q.template_root, "\"$QUBES_SIM_VM_DIR/picture.png\"");
+    // 1. As the file manager opens a PNG: the installed mimeapps.list and .desktop entry.
+    let cmd = png_command(&q.template_root, "drawing.png");
     assert!(
         cmd.starts_with(&format!("qvm-open-in-vm --view-only @dispvm:{DVM} ")),
         "{cmd}"
     );
     let t = Instant::now();
-    let call = q.spawn_in("work", &cmd);
-    let first = shown(&q, w, h, &want, &[]);
+    let call = q.spawn_in("work", &format!("cd \"$QUBES_SIM_VM_DIR\" && {cmd}"));
+    let first = shown(&q, dw, dh, &drawing_rgb);
     let first_after = t.elapsed();
     close(&mut q, &first, call);
 
@@ -195,17 +202,19 @@ fn flow4_png_opens_in_a_viewer_disposable_pixel_exact() {
         "work",
         "cd \"$QUBES_SIM_VM_DIR\" && qvm-open-in-dvm picture.png",
     );
-    let second = shown(&q, w, h, &want, &[]);
+    let second = shown(&q, pw, ph, &pic_rgb);
     close(&mut q, &second, call);
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        png_bytes,
-        "the picture in work was changed"
-    );
+    for (file, bytes) in [(&drawing, &drawing_bytes), (&pic, &pic_bytes)] {
+        assert_eq!(
+            &std::fs::read(file).unwrap(),
+            bytes,
+            "{} in work was changed",
+            file.display()
+        );
+    }
 
     flows::report(&format!(
-        "flow 4: picture.png ({w}x{h}) from work opened through the installed image/png routing (`{}` -> {first}, shown {} ms after the call) and with `qvm-open-in-dvm picture.png` ({second}); both GUI-daemon screenshots equal the png crate's decode pixel for pixel at 100%; q closed each viewer and its disposable went; the file is unchanged",
-        cmd.replace("\"$QUBES_SIM_VM_DIR/picture.png\"", "picture.png"),
+        "flow 4: in work, `{cmd}` (the installed image/png routing) showed drawing.png ({dw}x{dh}) in {first} {} ms after the call, and `qvm-open-in-dvm picture.png` showed picture.png ({pw}x{ph}) in {second}; each GUI-daemon screenshot equals the png crate's decode pixel for pixel at 100%; q closed each viewer and its disposable went; the files are unchanged",
         first_after.as_millis()
     ));
 }
