@@ -549,6 +549,33 @@ fn firewall_between_linux_clients_and_sys_net() {
     );
     assert_eq!(code, 1);
     assert_eq!(out, "error: line 1: bad port\n");
+    let big = "# padding\n".repeat(7000);
+    let (code, out, _) = w.run(
+        "qvm-run",
+        &[
+            "-p",
+            "--service",
+            "fw-unikernel",
+            "qubes.UnikernelFirewallRuleset",
+        ],
+        Some(&big),
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (1, "error: line 0: ruleset too long\n")
+    );
+    // A qube may not call the firewall's services (policy: dom0 only).
+    let (code, out, err) = w.run(
+        "qvm-run",
+        &[
+            "-p",
+            "work",
+            "qrexec-client-vm fw-unikernel qubes.UnikernelFirewallDrops",
+        ],
+        None,
+    );
+    assert_ne!(code, 0, "a qube read the drop log: {out} {err}");
+    assert!(!out.contains("counters"), "{out}");
 
     // 10. The drop log shows what was dropped.
     let drops = w.ok(
