@@ -133,7 +133,7 @@ macro_rules! wire_struct {
     };
 }
 
-/// Hypercall numbers (`__HYPERVISOR_*`, xen.h [X]).
+/// Hypercall numbers (`__HYPERVISOR_*`, xen.h \[X\]).
 pub mod hc {
     /// `set_trap_table`
     pub const SET_TRAP_TABLE: u32 = 0;
@@ -245,7 +245,7 @@ pub fn is_xen_leaf(base: u32, regs: [u32; 4]) -> bool {
     ebx == 0x566e_6558 && ecx == 0x6558_4d4d && edx == 0x4d4d_566e && eax >= base.wrapping_add(2)
 }
 
-/// Why a domain stops (`SHUTDOWN_*`, sched.h [X]).
+/// Why a domain stops (`SHUTDOWN_*`, sched.h \[X\]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ShutdownReason {
@@ -260,7 +260,7 @@ pub enum ShutdownReason {
 }
 
 wire_struct! {
-    /// `struct sched_shutdown` (sched.h [X]).
+    /// `struct sched_shutdown` (sched.h \[X\]).
     SchedShutdown = "sched_shutdown", 4 {
         /// A [`ShutdownReason`].
         reason: u32 = "reason" @ 0,
@@ -268,7 +268,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct sched_poll` (sched.h [X]): wait for any of `ports` or until `timeout` (Xen
+    /// `struct sched_poll` (sched.h \[X\]): wait for any of `ports` or until `timeout` (Xen
     /// system time, ns; 0 = none).
     SchedPoll = "sched_poll", 24 {
         /// Guest address of a `u32` port array.
@@ -281,7 +281,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct evtchn_alloc_unbound` (event_channel.h [X]).
+    /// `struct evtchn_alloc_unbound` (event_channel.h \[X\]).
     EvtchnAllocUnbound = "evtchn_alloc_unbound", 8 {
         /// `DOMID_SELF`.
         dom: u16 = "dom" @ 0,
@@ -293,7 +293,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct evtchn_bind_interdomain` (event_channel.h [X]).
+    /// `struct evtchn_bind_interdomain` (event_channel.h \[X\]).
     EvtchnBindInterdomain = "evtchn_bind_interdomain", 12 {
         /// The peer.
         remote_dom: u16 = "remote_dom" @ 0,
@@ -305,7 +305,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct evtchn_bind_virq` (event_channel.h [X]).
+    /// `struct evtchn_bind_virq` (event_channel.h \[X\]).
     EvtchnBindVirq = "evtchn_bind_virq", 12 {
         /// `VIRQ_*`.
         virq: u32 = "virq" @ 0,
@@ -325,7 +325,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct evtchn_status` with the interdomain member of its union (event_channel.h [X]).
+    /// `struct evtchn_status` with the interdomain member of its union (event_channel.h \[X\]).
     EvtchnStatus = "evtchn_status", 24 {
         /// `DOMID_SELF`.
         dom: u16 = "dom" @ 0,
@@ -343,7 +343,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct xen_add_to_physmap` (memory.h [X]).
+    /// `struct xen_add_to_physmap` (memory.h \[X\]).
     AddToPhysmap = "xen_add_to_physmap", 24 {
         /// `DOMID_SELF`.
         domid: u16 = "domid" @ 0,
@@ -359,7 +359,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct xen_memory_map` (memory.h [X]).
+    /// `struct xen_memory_map` (memory.h \[X\]).
     MemoryMap = "xen_memory_map", 16 {
         /// IN: capacity; OUT: entries written.
         nr_entries: u32 = "nr_entries" @ 0,
@@ -369,7 +369,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct xen_hvm_param` (hvm_op.h [X]).
+    /// `struct xen_hvm_param` (hvm_op.h \[X\]).
     HvmParam = "xen_hvm_param", 16 {
         /// `DOMID_SELF`.
         domid: u16 = "domid" @ 0,
@@ -383,7 +383,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct xen_hvm_evtchn_upcall_vector` (hvm_op.h [X]).
+    /// `struct xen_hvm_evtchn_upcall_vector` (hvm_op.h \[X\]).
     HvmUpcallVector = "xen_hvm_evtchn_upcall_vector", 8 {
         /// The vCPU.
         vcpu: u32 = "vcpu" @ 0,
@@ -393,7 +393,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct vcpu_set_singleshot_timer` (vcpu.h [X]).
+    /// `struct vcpu_set_singleshot_timer` (vcpu.h \[X\]).
     SingleshotTimer = "vcpu_set_singleshot_timer", 16 {
         /// Absolute Xen system time.
         timeout_abs_ns: u64 = "timeout_abs_ns" @ 0,
@@ -403,7 +403,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct vcpu_register_vcpu_info` (vcpu.h [X]).
+    /// `struct vcpu_register_vcpu_info` (vcpu.h \[X\]).
     RegisterVcpuInfo = "vcpu_register_vcpu_info", 16 {
         /// Frame holding the new vcpu_info.
         mfn: u64 = "mfn" @ 0,
@@ -415,7 +415,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct mmu_update` (xen.h [X]).
+    /// `struct mmu_update` (xen.h \[X\]).
     MmuUpdate = "mmu_update", 16 {
         /// Machine address of the PTE, low bits = `MMU_*` command.
         ptr: u64 = "ptr" @ 0,
@@ -437,7 +437,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct callback_register` (callback.h [X]).
+    /// `struct callback_register` (callback.h \[X\]).
     CallbackRegister = "callback_register", 16 {
         /// `CALLBACKTYPE_*`.
         ty: u16 = "type" @ 0,
@@ -449,7 +449,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct grant_entry_v1` (grant_table.h [X]).
+    /// `struct grant_entry_v1` (grant_table.h \[X\]).
     GrantEntryV1 = "grant_entry_v1", 8 {
         /// `GTF_*`; written last when granting.
         flags: u16 = "flags" @ 0,
@@ -461,7 +461,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct gnttab_map_grant_ref` (grant_table.h [X]).
+    /// `struct gnttab_map_grant_ref` (grant_table.h \[X\]).
     GnttabMapGrantRef = "gnttab_map_grant_ref", 32 {
         /// Where to map (a GPA on PVH, a VA on PV).
         host_addr: u64 = "host_addr" @ 0,
@@ -481,7 +481,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct gnttab_unmap_grant_ref` (grant_table.h [X]).
+    /// `struct gnttab_unmap_grant_ref` (grant_table.h \[X\]).
     GnttabUnmapGrantRef = "gnttab_unmap_grant_ref", 24 {
         /// The mapped address.
         host_addr: u64 = "host_addr" @ 0,
@@ -495,7 +495,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct gnttab_setup_table` (grant_table.h [X]).
+    /// `struct gnttab_setup_table` (grant_table.h \[X\]).
     GnttabSetupTable = "gnttab_setup_table", 24 {
         /// `DOMID_SELF`.
         dom: u16 = "dom" @ 0,
@@ -509,7 +509,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct gnttab_query_size` (grant_table.h [X]).
+    /// `struct gnttab_query_size` (grant_table.h \[X\]).
     GnttabQuerySize = "gnttab_query_size", 16 {
         /// `DOMID_SELF`.
         dom: u16 = "dom" @ 0,
@@ -551,7 +551,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct vcpu_time_info` (xen.h [X]): Xen's scale from TSC to system time.
+    /// `struct vcpu_time_info` (xen.h \[X\]): Xen's scale from TSC to system time.
     VcpuTimeInfo = "vcpu_time_info", 32 {
         /// Odd while Xen updates the record.
         version: u32 = "version" @ 0,
@@ -573,7 +573,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// `struct vcpu_info` (xen.h [X]), time record flattened.
+    /// `struct vcpu_info` (xen.h \[X\]), time record flattened.
     VcpuInfo = "vcpu_info", 64 {
         /// Set by Xen when an event is pending.
         upcall_pending: u8 = "evtchn_upcall_pending" @ 0,
@@ -604,7 +604,7 @@ wire_struct! {
     }
 }
 
-/// Offsets in `struct shared_info` (xen.h [X]).
+/// Offsets in `struct shared_info` (xen.h \[X\]).
 pub mod shared_info {
     /// `vcpu_info[0]`.
     pub const VCPU_INFO: usize = 0;
@@ -628,7 +628,7 @@ pub mod shared_info {
     pub const SIZE: usize = 3136;
 }
 
-/// Grant flags (`GTF_*`, grant_table.h [X]).
+/// Grant flags (`GTF_*`, grant_table.h \[X\]).
 pub mod gtf {
     /// `GTF_permit_access`.
     pub const PERMIT_ACCESS: u16 = 1;

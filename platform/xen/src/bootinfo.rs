@@ -54,7 +54,7 @@ fn need(b: &[u8], n: usize) -> Result<&[u8], BootInfoError> {
         .ok_or(BootInfoError::BufferTooSmall { needed: n })
 }
 
-/// `struct hvm_start_info` (arch-x86/hvm/start_info.h [X]); `ebx` points at it on PVH entry.
+/// `struct hvm_start_info` (arch-x86/hvm/start_info.h \[X\]); `ebx` points at it on PVH entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HvmStartInfo {
     /// [`HVM_START_MAGIC`].
@@ -294,7 +294,7 @@ impl Cmdline {
     }
 }
 
-/// `struct start_info` (xen.h [X]): what a PV domain finds at `rsi`.
+/// `struct start_info` (xen.h \[X\]): what a PV domain finds at `rsi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartInfo {
     /// `"xen-<version>-<platform>"`.

@@ -1,4 +1,4 @@
-//! The PV console ring (`struct xencons_interface`, io/console.h [X]): its two byte rings in
+//! The PV console ring (`struct xencons_interface`, io/console.h \[X\]): its two byte rings in
 //! `xen-rings` terms, and output with LF turned into CRLF as terminals expect.
 #![forbid(unsafe_code)]
 

@@ -11,7 +11,7 @@
 //! Limits: [`bootinfo::MAX_MEMMAP`], [`bootinfo::MAX_CMDLINE`], 2048 grant refs, 128 polled
 //! ports, PV memory mapped up to 1 GiB, PVH RAM below 4 GiB and grant mappings at 4-5 GiB.
 //!
-//! Apps: `platform_xen::entry!(xen_main)`, then [`env`] and `XenPlatform`'s devices (netfront,
+//! Apps: `platform_xen::entry!(xen_main)`, then `platform_xen::env` and `XenPlatform`'s devices (netfront,
 //! netback, blkfront). An app crate depends on this crate only for images, and on
 //! platform-hosted otherwise, with `[target.'cfg(xen_image)'.dependencies]` and
 //! `[target.'cfg(not(xen_image))'.dependencies]`, plus a build.rs printing
