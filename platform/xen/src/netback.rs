@@ -173,13 +173,21 @@ impl XenNetback {
     /// Unmaps the frontend's rings, closes the port, and says Closed (the toolstack waits
     /// for that before it removes the device; the frontend's domain can then go away).
     pub fn close<S: Store + ?Sized>(self, store: &mut S) -> Result<(), PlatformError> {
-        let path = format!("{}/state", self.dir);
+        let dir = self.dir.clone();
         drop(self);
+        let path = format!("{dir}/state");
         // A toolstack that already removed the directory waits for nothing; writing would
         // bring the node back.
-        if xenbus::state(store, &path) != 0 {
-            let state = format!("{}", xenbus::CLOSED);
-            store.write(platform_api::Tx::NONE, &path, state.as_bytes())?;
+        if xenbus::state(store, &path) == 0 {
+            return Ok(());
+        }
+        let state = format!("{}", xenbus::CLOSED);
+        store.write(platform_api::Tx::NONE, &path, state.as_bytes())?;
+        // `online = 0` is libxl removing the device: in a driver domain the backend then
+        // removes its directory (what `xl devd` does), which is what libxl waits for.
+        let online: u32 = xenbus::read_num(store, &format!("{dir}/online")).unwrap_or(1);
+        if online == 0 {
+            store.rm(platform_api::Tx::NONE, &dir)?;
         }
         Ok(())
     }
