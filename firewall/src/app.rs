@@ -1,7 +1,7 @@
 //! The firewall netvm as a `runloop::App`: uplink netfront, one netback per client vif as they come
 //! and go in xenstore, frames through the [`Router`], QubesDB rule commits, the ruleset/drop RPCs.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -64,6 +64,8 @@ pub struct FirewallApp<P: Platform> {
     vif_watch: bool,
     /// Tries left to ask dom0 for the kept ruleset.
     fetch_tries: u32,
+    /// Listed vifs that could not be opened yet (retried each second, logged once).
+    failed: BTreeSet<(DomId, u32)>,
 }
 
 impl<P: Platform> core::fmt::Debug for FirewallApp<P> {
@@ -89,6 +91,7 @@ impl<P: Platform> FirewallApp<P> {
             retry_at: None,
             vif_watch: false,
             fetch_tries: 0,
+            failed: BTreeSet::new(),
         }
     }
 
@@ -157,6 +160,7 @@ impl<P: Platform> FirewallApp<P> {
         for k in gone {
             self.close_client(cx, k);
         }
+        self.failed.retain(|k| seen.contains(k));
         for k in seen {
             if !self.clients.contains_key(&k) {
                 self.open_client(cx, k);
@@ -215,16 +219,20 @@ impl<P: Platform> FirewallApp<P> {
         let id = ClientId(self.next_id);
         if let Err(e) = router.add_client(id, addrs, mac) {
             // Another live vif has this address (wait for it to go) or the table is full.
-            cx.log(format_args!(
-                "client vif {}.{} not added: {e}",
-                k.0.get(),
-                k.1
-            ));
+            if self.failed.insert(k) {
+                cx.log(format_args!(
+                    "client vif {}.{} not added yet: {e}",
+                    k.0.get(),
+                    k.1
+                ));
+            }
+            self.retry_at = Some(Instant(cx.now().0 + RETRY_NANOS));
             return;
         }
         match P::netback(cx.env, k.0, k.1) {
             Ok(dev) => {
                 self.next_id = self.next_id.wrapping_add(1);
+                self.failed.remove(&k);
                 self.clients.insert(k, ClientLink { id, dev });
                 cx.log(format_args!("client vif {}.{} up: {ips}", k.0.get(), k.1));
             }
@@ -232,11 +240,15 @@ impl<P: Platform> FirewallApp<P> {
                 if let Some(r) = self.router.as_mut() {
                     r.remove_client(id);
                 }
-                cx.log(format_args!(
-                    "client vif {}.{}: netback failed: {e}",
-                    k.0.get(),
-                    k.1
-                ));
+                // The frontend may not be ready: try again (quietly) while the vif is listed.
+                if self.failed.insert(k) {
+                    cx.log(format_args!(
+                        "client vif {}.{}: netback not up yet: {e}",
+                        k.0.get(),
+                        k.1
+                    ));
+                }
+                self.retry_at = Some(Instant(cx.now().0 + RETRY_NANOS));
             }
         }
     }
@@ -548,6 +560,9 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         if self.retry_at.is_some_and(|t| t.0 <= now.0) {
             self.setup_devices(cx);
             self.fetch_ruleset(cx);
+            if !self.failed.is_empty() {
+                self.rescan(cx);
+            }
         }
         // Netbacks whose frontend went away.
         let dead: Vec<(DomId, u32)> = self
