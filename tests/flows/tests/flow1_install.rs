@@ -43,7 +43,7 @@ const WANT: &[Want] = &[
         "sshagent-unikernel",
         "unikernel-ssh-agent",
         "StandaloneVM",
-        "128",
+        "192",
         "",
         &[],
         &[],
@@ -52,7 +52,7 @@ const WANT: &[Want] = &[
         "passman-unikernel",
         "unikernel-passman",
         "StandaloneVM",
-        "128",
+        "192",
         "",
         &[],
         &[],
@@ -191,7 +191,7 @@ fn flow1_rpm_install_then_one_setup_command_creates_the_four_qubes() {
     assert_eq!(
         dom0.ok("qvm-prefs", &["passman-unikernel", "memory"])
             .trim(),
-        "128"
+        "192"
     );
 
     flows::report(&format!(
