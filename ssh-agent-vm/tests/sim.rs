@@ -334,6 +334,97 @@ impl Sim {
     }
 }
 
+/// Kills and reaps a helper process when the test ends, passed or not.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback sshd accepting `keys` for the current user; (process, port, user).
+fn start_sshd(dir: &Path, keys: &[PathBuf], port: u16) -> Option<(Child, u16, String)> {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let host = dir.join("host_ed25519");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host)
+        .status()
+        .ok()?
+        .success();
+    assert!(ok);
+    let user = String::from_utf8(Command::new("id").arg("-un").output().ok()?.stdout)
+        .ok()?
+        .trim()
+        .to_string();
+    let auth = dir.join("authorized_keys");
+    let ak: String = keys
+        .iter()
+        .map(|k| std::fs::read_to_string(k.with_extension("pub")).unwrap())
+        .collect();
+    std::fs::write(&auth, ak).unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new(sshd)
+        .args([
+            "-D",
+            "-e",
+            "-p",
+            &port.to_string(),
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-h",
+        ])
+        .arg(&host)
+        .arg("-o")
+        .arg(format!("AuthorizedKeysFile={}", auth.display()))
+        .args([
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            "PasswordAuthentication=no",
+        ])
+        .args(["-o", "MaxStartups=100", "-o", "MaxSessions=100"])
+        .arg("-o")
+        .arg(format!("PidFile={}", dir.join("sshd.pid").display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    Some((child, port, user))
+}
+
+/// `ssh` into the loopback sshd with the vault key whose public half is `key.pub`.
+fn ssh_login(sim: &Sim, sock: &Path, key: &Path, port: u16, user: &str) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(["-F", "/dev/null", "-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!(
+            "IdentityFile={}",
+            key.with_extension("pub").display()
+        ))
+        .arg(format!("{user}@127.0.0.1"))
+        .args(["echo", "logged-in"])
+        .env("SSH_AUTH_SOCK", sock)
+        .env("HOME", &sim.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 impl Drop for Sim {
     fn drop(&mut self) {
         for f in &mut self.forwarders {
@@ -389,6 +480,48 @@ fn split_ssh_through_qrexec_in_the_sim() {
     assert_eq!(sim.listed(&work), want);
     for k in &keys {
         assert!(sim.sign_verify(&work, k), "sign with {}", k.display());
+    }
+
+    // ssh logins into a loopback sshd with each key, then PARALLEL at once (skipped without
+    // sshd). Each login holds its agent connection, so one qrexec call, for its whole length:
+    // the sim's VM agent serves 16 channels per qube ("qrexec channels full" beyond), so 16
+    // here; the engine-level test (tests/openssh.rs) makes 32.
+    let port = 20000 + (std::process::id() % 20000) as u16 + 1;
+    const PARALLEL: usize = 16;
+    if let Some((sshd, port, user)) = start_sshd(&sim.dir, &keys, port) {
+        let _sshd = Reap(sshd);
+        for k in &keys {
+            let o = ssh_login(&sim, &work, k, port, &user).output().unwrap();
+            assert!(
+                String::from_utf8_lossy(&o.stdout).contains("logged-in"),
+                "login with {}: {}",
+                k.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let children: Vec<_> = (0..32)
+            .map(|_| {
+                ssh_login(&sim, &work, &keys[0], port, &user)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let ok = outs
+            .iter()
+            .filter(|o| String::from_utf8_lossy(&o.stdout).contains("logged-in"))
+            .count();
+        let errs: Vec<_> = outs
+            .iter()
+            .filter(|o| !o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect();
+        assert_eq!(ok, PARALLEL, "parallel logins through qrexec: {errs:?}");
+    } else {
+        eprintln!("sshd not installed (openssh-server): logins skipped");
     }
 
     // A qube without policy gets nothing; a client's add is refused.
