@@ -446,6 +446,7 @@ fn openssh_tools_through_the_vault() {
         .status
         .success());
     std::fs::write(&ed, &ed_private).unwrap();
+    std::fs::set_permissions(&ed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert!(!env
         .run("work.sock", "", "ssh-add", &[ed.to_str().unwrap()])
         .status
@@ -720,5 +721,157 @@ fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
     assert_eq!(ok, 32, "parallel logins");
     let _ = d.kill();
     let _ = d.wait();
+    vault.stop();
+}
+
+/// A loopback sshd with its own host key accepting `keys`; killed on drop.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    host_pub: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd(dir: &Path, name: &str, keys: &[PathBuf], port: u16) -> Option<Sshd> {
+    let exe = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let host = dir.join(format!("host_{name}"));
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let auth = dir.join(format!("authorized_keys_{name}"));
+    let ak: String = keys
+        .iter()
+        .map(|k| std::fs::read_to_string(k.with_extension("pub")).unwrap())
+        .collect();
+    std::fs::write(&auth, ak).unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new(exe)
+        .args([
+            "-D",
+            "-e",
+            "-p",
+            &port.to_string(),
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-h",
+        ])
+        .arg(&host)
+        .arg("-o")
+        .arg(format!("AuthorizedKeysFile={}", auth.display()))
+        .args([
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            "PasswordAuthentication=no",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "PidFile={}",
+            dir.join(format!("sshd_{name}.pid")).display()
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let host_pub = std::fs::read_to_string(host.with_extension("pub")).unwrap();
+    Some(Sshd {
+        child,
+        port,
+        host_pub: host_pub.split(' ').take(2).collect::<Vec<_>>().join(" "),
+    })
+}
+
+#[test]
+fn destination_constrained_key_logs_in_only_where_it_may() {
+    if !["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
+        eprintln!("skipped: sshd not installed (Debian package openssh-server)");
+        return;
+    }
+    let env = Env::new("dest");
+    let vault = Vault::start(&env.dir, OPTS, vec![0; 512 * 4096]);
+    env.ok("admin.sock", "pw", "ssh-add", &["-X"]);
+    let key = env.keygen("ed25519", None);
+    let base = 40000 + (std::process::id() % 10000) as u16;
+    let allowed = sshd(&env.dir, "allowed", std::slice::from_ref(&key), base).unwrap();
+    let other = sshd(&env.dir, "other", std::slice::from_ref(&key), base + 1).unwrap();
+    // ssh-add -h looks the destination's host keys up in known_hosts.
+    let kh = env.dir.join("known_hosts_for_add");
+    std::fs::write(&kh, format!("127.0.0.1 {}\n", allowed.host_pub)).unwrap();
+    env.ok(
+        "admin.sock",
+        "",
+        "ssh-add",
+        &[
+            "-H",
+            kh.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            key.to_str().unwrap(),
+        ],
+    );
+    let private = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let login = |port: u16| {
+        let o = env.run(
+            "work.sock",
+            "",
+            "ssh",
+            &[
+                "-F",
+                "/dev/null",
+                "-p",
+                &port.to_string(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                &format!("IdentityFile={}", key.with_extension("pub").display()),
+                "-o",
+                "BatchMode=yes",
+                &format!("{user}@127.0.0.1"),
+                "echo",
+                "logged-in",
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).contains("logged-in")
+    };
+    assert!(
+        login(allowed.port),
+        "the permitted host (session-bind + hostbound userauth)"
+    );
+    assert!(!login(other.port), "another host key: the agent refuses");
+    // The same key re-added without the constraint: the other host works, so the refusal
+    // above was the constraint's doing.
+    std::fs::write(&key, &private).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.ok("admin.sock", "", "ssh-add", &[key.to_str().unwrap()]);
+    std::fs::remove_file(&key).unwrap();
+    assert!(login(other.port), "unconstrained key");
+    drop((allowed, other));
     vault.stop();
 }
