@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # /init of the lab's Linux PV domU (Debian's kernel, busybox-static, xen-netfront.ko): its vif's
 # backend is the unikernel (netback in xen-smoke), so it brings eth0 up and pings the unikernel,
-# printing "DOMU-PING <received>/<sent>" on its console (hvc0, logged by xenconsoled), then stops.
+# printing "DOMU-PING <received>/<sent>" on its console (hvc0, logged by xenconsoled), then idles.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -26,5 +26,6 @@ got=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping.txt)
 echo "DOMU-PING ${got:-0}/10"
 ip -s link show eth0
 echo "DOMU: done"
-sleep 2
-poweroff -f
+# Stay up: dom0 checks both ends are Connected, then destroys us (the toolstack's removal is
+# what the netback must handle; a domU powering itself off would race the state check).
+while :; do sleep 3600; done
