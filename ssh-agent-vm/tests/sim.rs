@@ -499,7 +499,7 @@ fn split_ssh_through_qrexec_in_the_sim() {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
-        let children: Vec<_> = (0..32)
+        let children: Vec<_> = (0..PARALLEL)
             .map(|_| {
                 ssh_login(&sim, &work, &keys[0], port, &user)
                     .spawn()
