@@ -8,7 +8,7 @@ use runloop::{Admit, App, AppError, Call, CallId, Cx};
 
 use crate::config::VaultConfig;
 use crate::engine::{Engine, Io, SERVICES};
-use crate::store::Blk;
+use vault_store::PlatformDevice;
 
 /// The private volume (`xvdb`), where Qubes attaches a qube's private storage.
 pub const PRIVATE_DEVID: u32 = 51728;
@@ -24,7 +24,7 @@ pub fn runloop_config(cfg: &VaultConfig) -> runloop::Config {
 /// The app.
 pub struct VaultApp<P: Platform> {
     cfg: VaultConfig,
-    engine: Option<Engine<Blk<P::Block>>>,
+    engine: Option<Engine<PlatformDevice<P::Block>>>,
 }
 
 impl<P: Platform> fmt::Debug for VaultApp<P> {
@@ -86,7 +86,7 @@ impl<P: Platform> App<P> for VaultApp<P> {
 
     fn start(&mut self, cx: &mut Cx<'_, P>) -> Result<(), AppError> {
         let dev = match P::blkfront(cx.env, PRIVATE_DEVID) {
-            Ok(d) => Some(Blk(d)),
+            Ok(d) => Some(PlatformDevice(d)),
             Err(e) => {
                 cx.log(format_args!(
                     "no private volume ({e}): keys are kept in memory only"

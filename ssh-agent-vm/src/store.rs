@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 
-use platform_api::{Entropy, PlatformError};
+use platform_api::Entropy;
 use sha2::{Digest, Sha256};
 use ssh_agent_wire::wire::codec::{put_string, Reader};
 use ssh_agent_wire::wire::Constraint;
@@ -19,32 +19,6 @@ use zeroize::Zeroizing;
 const RECORD_VERSION: u8 = 1;
 /// Prefix of key records: `k/<keyring>/<sha256 of the public blob, hex>`.
 const KEY_PREFIX: &str = "k/";
-
-/// A platform block device seen through vault-store's trait.
-#[derive(Debug)]
-pub struct Blk<B>(pub B);
-
-impl<B: platform_api::BlockDevice> BlockDevice for Blk<B> {
-    fn sector_size(&self) -> usize {
-        self.0.sector_size()
-    }
-    fn sectors(&self) -> u64 {
-        self.0.sectors()
-    }
-    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.0.read(lba, buf).map_err(device_error)
-    }
-    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        self.0.write(lba, buf).map_err(device_error)
-    }
-    fn flush(&mut self) -> Result<(), DeviceError> {
-        self.0.flush().map_err(device_error)
-    }
-}
-
-fn device_error(_: PlatformError) -> DeviceError {
-    DeviceError::Io
-}
 
 /// A device handle that can be cloned, so a failed [`Vault::open`] (which consumes its device)
 /// leaves the device with us for the next attempt without running the KDF twice.
