@@ -6,9 +6,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use platform_api::Instant;
-use zeroize::Zeroize;
 use signature::Verifier;
 use ssh_key::{Fingerprint, Signature};
+use zeroize::Zeroize;
 
 use super::dest::{parse_userauth, permitted};
 use super::{Agent, Identity, Keyring};
