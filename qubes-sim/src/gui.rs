@@ -1,5 +1,5 @@
 //! dom0's GUI daemon for one qube (a sim thread, vchan client of the qube's port 6000, over
-//! `qubes::gui::Daemon`): window dumps mapped read-only and saved as PNG screenshots, input sent.
+//! `qubes::gui::Daemon`): dumps mapped read-only, saved as PNGs (and shown in X with `DISPLAY`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use qubes::gui::{Daemon, DaemonEvent, DaemonLimits};
 use vchan::Interest;
 
 use crate::chan::{Hosted, TxQueue, Vchan, TICK};
+use crate::xwindow::{FromX, ToX, XDisplay};
 
 /// The GUI protocol's vchan port.
 pub const PORT: u32 = 6000;
@@ -44,6 +45,84 @@ struct Window {
     dump: Option<(u32, u32, GrantMem)>,
     dirty: bool,
     last_shot: Option<Instant>,
+    /// x, y, width, height as the agent last said.
+    geom: (i32, i32, u32, u32),
+    override_redirect: bool,
+    /// The X window needs the framebuffer again.
+    x_dirty: bool,
+}
+
+/// Hands `m` to the X thread; a gone or stuck one is dropped: screenshots only from then on.
+fn tell_x(x: &mut Option<XDisplay>, m: ToX) {
+    if let Some(d) = x {
+        if d.send(m).is_err() {
+            *x = None;
+        }
+    }
+}
+
+/// Sends the framebuffers of mapped windows whose X windows are stale, as room allows.
+fn push_frames(x: &mut Option<XDisplay>, windows: &mut BTreeMap<WindowId, Window>) {
+    for (w, win) in windows.iter_mut() {
+        let Some(d) = x.as_ref() else { return };
+        if !win.x_dirty || !win.mapped || !d.frame_room() {
+            continue;
+        }
+        let Some((width, height, mem)) = &win.dump else {
+            continue;
+        };
+        win.x_dirty = false;
+        let mut bgrx = vec![0u8; (*width as usize) * (*height as usize) * 4];
+        if mem.read(0, &mut bgrx).is_err() {
+            continue;
+        }
+        let (width, height) = (*width, *height);
+        tell_x(
+            x,
+            ToX::Image {
+                w: *w,
+                width,
+                height,
+                bgrx,
+            },
+        );
+    }
+}
+
+/// Passes what the user did in an X window to the qube, as `qvm-gui-input` does.
+fn x_input(
+    x: &mut Option<XDisplay>,
+    d: &mut Daemon,
+    windows: &mut BTreeMap<WindowId, Window>,
+) -> bool {
+    let mut progress = false;
+    // Bounded per round, so a flood of motion cannot starve the vchan.
+    for _ in 0..64 {
+        let Some(disp) = x.as_ref() else { break };
+        let m = match disp.recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(_) => {
+                *x = None;
+                break;
+            }
+        };
+        progress = true;
+        // A full outgoing queue or a window gone meanwhile loses the event, as X would.
+        let _ = match m {
+            FromX::Key(w, k) => d.send_input(w, &Message::Keypress(k)),
+            FromX::Button(w, b) => d.send_input(w, &Message::Button(b)),
+            FromX::Motion(w, m) => d.send_input(w, &Message::Motion(m)),
+            FromX::Close(w) => d.close(w),
+            FromX::Expose(w) => {
+                if let Some(win) = windows.get_mut(&w) {
+                    win.x_dirty = true;
+                }
+                Ok(())
+            }
+        };
+    }
+    progress
 }
 
 /// The thread's body: connects to the qube's GUI agent whenever one serves port 6000, until
@@ -100,6 +179,7 @@ fn serve(
     let mut out = TxQueue::new(64 * 1024);
     let mut inbuf = vec![0u8; 16384];
     let mut in_len = 0;
+    let mut x = XDisplay::from_env(vm);
     while !quit() {
         let mut progress = false;
         if in_len < inbuf.len() {
@@ -122,8 +202,20 @@ fn serve(
         }
         while let Some(ev) = d.poll_event() {
             progress = true;
-            event(&mut h, &mut d, domid, ev, &mut windows, &mut focus, run, vm)?;
+            event(
+                &mut h,
+                &mut d,
+                domid,
+                ev,
+                &mut windows,
+                &mut focus,
+                &mut x,
+                run,
+                vm,
+            )?;
         }
+        push_frames(&mut x, &mut windows);
+        progress |= x_input(&mut x, &mut d, &mut windows);
         for (w, win) in windows.iter_mut() {
             if win.dirty && win.last_shot.is_none_or(|t| t.elapsed() >= THROTTLE) {
                 shoot(run, vm, *w, win);
@@ -141,7 +233,8 @@ fn serve(
                 read: true,
                 write: out.pending() > 0,
             };
-            let wait = if windows.values().any(|w| w.dirty) {
+            let x_due = x.is_some() && windows.values().any(|w| w.x_dirty && w.mapped);
+            let wait = if x_due || windows.values().any(|w| w.dirty) {
                 Duration::from_millis(5)
             } else {
                 TICK
@@ -179,23 +272,42 @@ fn event(
     ev: DaemonEvent,
     windows: &mut BTreeMap<WindowId, Window>,
     focus: &mut Option<WindowId>,
+    x: &mut Option<XDisplay>,
     run: &Path,
     vm: &str,
 ) -> Result<()> {
     match ev {
-        DaemonEvent::Created(w, _) => {
-            windows.insert(w, Window::default());
+        DaemonEvent::Created(w, c) => {
+            let win = Window {
+                geom: (c.x, c.y, c.width, c.height),
+                override_redirect: c.override_redirect != 0,
+                ..Window::default()
+            };
+            windows.insert(w, win);
         }
         DaemonEvent::Destroyed(w) => {
-            windows.remove(&w);
+            if windows.remove(&w).is_some_and(|win| win.mapped) {
+                tell_x(x, ToX::Unmap(w));
+            }
             if *focus == Some(w) {
                 *focus = windows.iter().find(|(_, x)| x.mapped).map(|(w, _)| *w);
             }
         }
-        DaemonEvent::Mapped(w, _) => {
+        DaemonEvent::Mapped(w, info) => {
             if let Some(win) = windows.get_mut(&w) {
+                if !win.mapped {
+                    // As Qubes shows it: the qube's name in brackets before the title.
+                    let m = ToX::Map {
+                        w,
+                        geom: win.geom,
+                        title: format!("[{vm}] {}", win.title),
+                        override_redirect: win.override_redirect || info.override_redirect != 0,
+                    };
+                    tell_x(x, m);
+                }
                 win.mapped = true;
                 win.dirty = true;
+                win.x_dirty = true;
             }
             if *focus != Some(w) {
                 *focus = Some(w);
@@ -210,6 +322,9 @@ fn event(
         }
         DaemonEvent::Unmapped(w) => {
             if let Some(win) = windows.get_mut(&w) {
+                if win.mapped {
+                    tell_x(x, ToX::Unmap(w));
+                }
                 win.mapped = false;
             }
             if *focus == Some(w) {
@@ -219,11 +334,23 @@ fn event(
         DaemonEvent::Title(w, t) => {
             if let Some(win) = windows.get_mut(&w) {
                 win.title = t.as_str().to_string();
+                if win.mapped {
+                    tell_x(x, ToX::Title(w, format!("[{vm}] {}", win.title)));
+                }
+            }
+        }
+        DaemonEvent::Configured(w, c) => {
+            if let Some(win) = windows.get_mut(&w) {
+                win.geom = (c.x, c.y, c.width, c.height);
+                if win.mapped {
+                    tell_x(x, ToX::Configure(w, win.geom));
+                }
             }
         }
         DaemonEvent::Damage(w, _) => {
             if let Some(win) = windows.get_mut(&w) {
                 win.dirty = true;
+                win.x_dirty = true;
             }
         }
         DaemonEvent::Dump(w, hdr, refs) => {
@@ -243,6 +370,7 @@ fn event(
             }
             if let Some(win) = windows.get_mut(&w) {
                 win.dump = Some((hdr.width, hdr.height, mem));
+                win.x_dirty = true;
                 shoot(run, vm, w, win);
             }
             if d.version() >= Version::V1_7 {

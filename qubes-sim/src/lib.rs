@@ -36,6 +36,7 @@ pub mod qdb_vm;
 pub mod qrexecd;
 pub mod registry;
 pub mod server;
+pub mod xwindow;
 
 /// The tools a Linux qube finds on its `PATH` (links to the sim's binary).
 pub const VM_TOOLS: [&str; 9] = [
