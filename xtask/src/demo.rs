@@ -132,7 +132,13 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The demo: one summary line per flow at the end.
 pub fn run_demo(root: &Path) -> Result<()> {
-    deps::apt_install(&["qemu-system-x86", "iproute2", "openssh-client", "python3"])?;
+    deps::apt_install(&[
+        "qemu-system-x86",
+        "iproute2",
+        "openssh-client",
+        "python3",
+        "rpm",
+    ])?;
     let mut summary: Vec<String> = Vec::new();
 
     if std::env::var_os(ENV_SIM_ONLY).is_none() {
@@ -158,11 +164,17 @@ pub fn run_demo(root: &Path) -> Result<()> {
             )),
         }
     }
+    say("building the dom0 and template RPMs into target/rpm");
+    let rpms = crate::rpm::build_packages(
+        root,
+        &root.join("target/rpm"),
+        &crate::rpm::source_date_epoch(root)?,
+    )?;
     let exe = bin.join("qubes-sim");
     let state = std::env::temp_dir().join(format!("qubes-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(state.join("policy.d"))?;
-    let result = play(root, &exe, &state, &hosted, &mut summary);
+    let result = play(root, &exe, &state, &hosted, &rpms[0], &mut summary);
     let _ = std::fs::remove_dir_all(&state);
     let failed = result?;
 
@@ -183,9 +195,11 @@ fn play(
     exe: &Path,
     state: &Path,
     hosted: &[(&str, PathBuf)],
+    dom0_rpm: &Path,
     summary: &mut Vec<String>,
 ) -> Result<usize> {
-    let sim = start(root, exe, state, hosted)?;
+    let (sim, installed) = start(root, exe, state, hosted, dom0_rpm)?;
+    summary.push(installed);
     let mut failed = 0;
     let mut record = |name: &str, r: Result<String>| match r {
         Ok(line) => summary.push(line),
@@ -214,9 +228,16 @@ fn play(
     Ok(failed)
 }
 
-/// Creates the qubes (as dom0 would with qvm-create, and the bundle's setup for the hosted
-/// unikernels) and starts the sim; with the firewall and as root, qubes get network namespaces.
-fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> Result<Sim> {
+/// Creates the qubes as a user does: the Qubes ones with qvm-create, the bundle's with the
+/// `qubes-unikernel-setup` installed from the dom0 RPM (flow 1), then the per-flow settings a
+/// user types; starts the sim. With the firewall and as root, qubes get network namespaces.
+fn start(
+    root: &Path,
+    exe: &Path,
+    state: &Path,
+    hosted: &[(&str, PathBuf)],
+    dom0_rpm: &Path,
+) -> Result<(Sim, String)> {
     let sim_cmd = |prog: &str, args: &[&str]| -> Result<String> {
         let out = Command::new(exe)
             .arg(prog)
@@ -233,7 +254,11 @@ fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> R
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    say("dom0: qvm-create sys-net (provides_network), personal (netvm sys-net), vault");
+    say("dom0: qvm-create sys-net (provides_network), personal (netvm sys-net), vault, work");
+    sim_cmd(
+        "qvm-create",
+        &["--class", "TemplateVM", "--label", "black", "debian-12"],
+    )?;
     sim_cmd("qvm-create", &["--label", "red", "sys-net"])?;
     sim_cmd("qvm-prefs", &["sys-net", "provides_network", "True"])?;
     sim_cmd("qvm-create", &["--label", "yellow", "personal"])?;
@@ -242,61 +267,98 @@ fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> R
     sim_cmd("qvm-create", &["--label", "black", "vault"])?;
     sim_cmd("qvm-create", &["--label", "blue", "work"])?;
 
-    // Rules a user adds in 30-unikernel-user.policy; the bundle's own files are the project's.
-    let mut user_policy = String::new();
+    // Flow 1: the dom0 RPM into a scratch root, then its one setup command, with the qvm-*
+    // commands on PATH as in dom0. In the sim a qube's kernel is the hosted binary.
+    let droot = state.join("dom0-root");
+    std::fs::create_dir_all(&droot)?;
+    run(Command::new("rpm")
+        .arg("--root")
+        .arg(&droot)
+        .arg("--initdb"))?;
+    run(Command::new("rpm")
+        .arg("--root")
+        .arg(&droot)
+        .args(["-i", "--nodeps", "--noscripts"])
+        .arg(dom0_rpm))?;
+    let dom0_bin = state.join("dom0-bin");
+    std::fs::create_dir_all(&dom0_bin)?;
+    for c in ["qvm-create", "qvm-prefs", "qvm-features", "qvm-ls"] {
+        std::os::unix::fs::symlink(exe, dom0_bin.join(c))?;
+    }
+    let path = std::env::join_paths(std::iter::once(dom0_bin.clone()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    let mut setup = Command::new(droot.join("usr/bin/qubes-unikernel-setup"));
+    setup
+        .env("PATH", &path)
+        .env("QUBES_SIM_DIR", state)
+        .stdin(Stdio::null())
+        .args(["--template", "debian-12"])
+        // A light KDF for the split-SSH vault: the demo runs a debug build.
+        .args(["--kernelopts", "ssh-agent=kdf=argon2id:8192:1:1"]);
+    let mut roles = Vec::new();
     for (krate, path) in hosted {
+        let role = match *krate {
+            "ssh-agent-vm" => "ssh-agent",
+            k => k,
+        };
+        roles.push(role);
+        setup
+            .args(["--only", role])
+            .arg("--kernel")
+            .arg(format!("{role}={}", path.display()));
+    }
+    let installed = if roles.is_empty() {
+        "install: the dom0 RPM installed; no unikernel built, so no qube was set up".to_string()
+    } else {
+        say(&format!(
+            "dom0: rpm -i {} (scratch root), then qubes-unikernel-setup for {}",
+            dom0_rpm.file_name().unwrap_or_default().to_string_lossy(),
+            roles.join(", ")
+        ));
+        let out = setup.output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for l in text.lines() {
+            say(&format!("  {l}"));
+        }
+        if !out.status.success() {
+            bail!(
+                "qubes-unikernel-setup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        format!(
+            "install: the dom0 RPM installed into a scratch root; its qubes-unikernel-setup \
+             created the qubes for {} ({})",
+            roles.join(", "),
+            text.lines().last().unwrap_or("").trim()
+        )
+    };
+
+    // What the user then types for each flow, and rules for 30-unikernel-user.policy.
+    let mut user_policy = String::new();
+    for (krate, _) in hosted {
         let Some((_, qube)) = UNIKERNELS.iter().find(|(k, _)| k == krate) else {
             continue;
         };
-        let kernel = path.to_string_lossy();
         match *krate {
             "firewall" => {
-                say(&format!(
-                    "dom0: {qube} (the firewall unikernel) between work and sys-net"
-                ));
-                sim_cmd(
-                    "qvm-create",
-                    &["--class", "StandaloneVM", "-l", "green", qube],
-                )?;
-                sim_cmd("qvm-prefs", &[qube, "kernel", &kernel])?;
-                sim_cmd("qvm-prefs", &[qube, "provides_network", "True"])?;
-                sim_cmd("qvm-prefs", &[qube, "netvm", "sys-net"])?;
+                say(&format!("dom0: qvm-prefs work netvm {qube}"));
                 sim_cmd("qvm-prefs", &["work", "netvm", qube])?;
             }
             "fb-viewer" => {
                 say(&format!(
-                    "dom0: {qube} (the PNG viewer unikernel), work's default disposable template"
+                    "dom0: {qube} is work's default disposable template (GUI on)"
                 ));
-                sim_cmd("qvm-create", &["-l", "red", qube])?;
-                sim_cmd("qvm-prefs", &[qube, "kernel", &kernel])?;
-                sim_cmd("qvm-prefs", &[qube, "template_for_dispvms", "True"])?;
                 sim_cmd("qvm-features", &[qube, "gui", "1"])?;
                 sim_cmd("qvm-prefs", &["work", "default_dispvm", qube])?;
             }
             "ssh-agent-vm" => {
-                say(&format!(
-                    "dom0: {qube} (the split-SSH vault unikernel); policy: work may use keyring \
-                     `work`"
-                ));
-                sim_cmd(
-                    "qvm-create",
-                    &["--class", "StandaloneVM", "-l", "black", qube],
-                )?;
-                sim_cmd("qvm-prefs", &[qube, "kernel", &kernel])?;
-                // A light KDF: the demo runs a debug build.
-                sim_cmd("qvm-prefs", &[qube, "kernelopts", "kdf=argon2id:8192:1:1"])?;
+                say("dom0 policy: work may use the ssh-agent keyring `work`");
                 user_policy.push_str(&format!("qubes.SshAgent +work work {qube} allow\n"));
             }
             "passman" => {
-                say(&format!(
-                    "dom0: {qube} (the password vault unikernel); policy: work may read the \
-                     github.com password"
-                ));
-                sim_cmd(
-                    "qvm-create",
-                    &["--class", "StandaloneVM", "-l", "black", qube],
-                )?;
-                sim_cmd("qvm-prefs", &[qube, "kernel", &kernel])?;
+                say("dom0 policy: work may read the github.com password");
                 user_policy.push_str(&format!("passman.Get +github.com work {qube} allow\n"));
             }
             _ => {}
@@ -363,7 +425,7 @@ fn start(root: &Path, exe: &Path, state: &Path, hosted: &[(&str, PathBuf)]) -> R
     if !ready.starts_with("ready") {
         bail!("unexpected first line from the sim: {ready}");
     }
-    Ok(sim)
+    Ok((sim, installed))
 }
 
 /// A qube calls a service of another qube; policy allows it.

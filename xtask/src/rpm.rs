@@ -137,7 +137,7 @@ pub fn entries(root: &Path) -> Result<BTreeMap<&'static str, Vec<Entry>>> {
 
 /// The commit time of HEAD: every timestamp in the packages is this, so rebuilding the same
 /// commit gives the same bytes.
-fn source_date_epoch(root: &Path) -> Result<String> {
+pub fn source_date_epoch(root: &Path) -> Result<String> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
         return Ok(v);
     }
