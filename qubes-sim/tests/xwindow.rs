@@ -26,7 +26,18 @@ struct Xvfb {
 }
 
 impl Drop for Xvfb {
+    /// SIGTERM first, so that Xvfb removes its lock file and socket; SIGKILL if it lingers.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -59,7 +70,15 @@ fn start_xvfb() -> Option<Xvfb> {
         }
         let display = format!(":{n}");
         let child = Command::new(&exe)
-            .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+            .args([
+                &display,
+                "-screen",
+                "0",
+                "1280x1024x24",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
