@@ -484,7 +484,42 @@ fn event(atoms: &Atoms, ids: &BTreeMap<u32, WindowId>, ev: Event) -> Result<Opti
 
 #[cfg(test)]
 mod tests {
-    use super::clamp_geom;
+    use super::*;
+    use x11rb::protocol::xproto::{ClientMessageEvent, KeyButMask, KeyPressEvent};
+
+    const ATOMS: Atoms = Atoms {
+        wm_protocols: 100,
+        wm_delete: 101,
+        net_wm_name: 102,
+        utf8: 103,
+    };
+
+    fn ids() -> BTreeMap<u32, WindowId> {
+        BTreeMap::from([(0x40_0001, WindowId(7))])
+    }
+
+    fn key(response_type: u8, window: u32) -> Event {
+        let k = KeyPressEvent {
+            response_type,
+            detail: 38,
+            sequence: 0,
+            time: 0,
+            root: 1,
+            event: window,
+            child: 0,
+            root_x: 0,
+            root_y: 0,
+            event_x: 12,
+            event_y: 34,
+            state: KeyButMask::SHIFT,
+            same_screen: true,
+        };
+        if response_type & 0x7f == 2 {
+            Event::KeyPress(k)
+        } else {
+            Event::KeyRelease(k)
+        }
+    }
 
     #[test]
     fn geometry_is_clamped_to_what_x_accepts() {
@@ -493,5 +528,73 @@ mod tests {
             clamp_geom((-40000, 40000, 0, 99999)),
             (-32768, 32767, 1, 32767)
         );
+    }
+
+    #[test]
+    fn x_keys_become_keypress_messages_for_their_qube_window() {
+        let Ok(Some(FromX::Key(w, k))) = event(&ATOMS, &ids(), key(2, 0x40_0001)) else {
+            panic!("no key");
+        };
+        assert_eq!(w, WindowId(7));
+        assert_eq!((k.ty, k.x, k.y, k.state, k.keycode), (2, 12, 34, 1, 38));
+        // A SendEvent (synthetic bit) release is still a release.
+        let Ok(Some(FromX::Key(_, k))) = event(&ATOMS, &ids(), key(0x83, 0x40_0001)) else {
+            panic!("no key");
+        };
+        assert_eq!(k.ty, 3);
+    }
+
+    #[test]
+    fn events_of_other_windows_and_other_client_messages_are_ignored() {
+        assert!(matches!(event(&ATOMS, &ids(), key(2, 0x40_0002)), Ok(None)));
+        let other = ClientMessageEvent::new(32, 0x40_0001, 100u32, [55u32, 0, 0, 0, 0]);
+        let r = event(&ATOMS, &ids(), Event::ClientMessage(other));
+        assert!(matches!(r, Ok(None)));
+        let delete = ClientMessageEvent::new(32, 0x40_0001, 100u32, [101u32, 0, 0, 0, 0]);
+        let r = event(&ATOMS, &ids(), Event::ClientMessage(delete));
+        assert!(matches!(r, Ok(Some(FromX::Close(WindowId(7))))));
+    }
+
+    #[test]
+    fn a_stuck_x_thread_is_given_up_not_queued_behind() {
+        let (tx, _cmds) = sync_channel(QUEUE);
+        let (_input, rx) = sync_channel(INPUT_QUEUE);
+        let d = XDisplay {
+            tx,
+            rx,
+            frames: Arc::new(AtomicUsize::new(0)),
+            vm: "work".into(),
+        };
+        for _ in 0..FRAMES_IN_FLIGHT {
+            assert!(d.frame_room());
+            let img = ToX::Image {
+                w: WindowId(1),
+                width: 1,
+                height: 1,
+                bgrx: vec![0; 4],
+            };
+            assert_eq!(d.send(img), Ok(()));
+        }
+        assert!(!d.frame_room());
+        for _ in FRAMES_IN_FLIGHT..QUEUE {
+            assert_eq!(d.send(ToX::Unmap(WindowId(1))), Ok(()));
+        }
+        assert_eq!(d.send(ToX::Unmap(WindowId(1))), Err(Gone::TooSlow));
+        assert!(matches!(d.recv(), Ok(None)));
+    }
+
+    #[test]
+    fn an_ended_x_thread_is_noticed() {
+        let (tx, cmds) = sync_channel(QUEUE);
+        let (input, rx) = sync_channel(INPUT_QUEUE);
+        let d = XDisplay {
+            tx,
+            rx,
+            frames: Arc::new(AtomicUsize::new(0)),
+            vm: "work".into(),
+        };
+        drop((cmds, input));
+        assert_eq!(d.send(ToX::Unmap(WindowId(1))), Err(Gone::Ended));
+        assert!(matches!(d.recv(), Err(Gone::Ended)));
     }
 }
