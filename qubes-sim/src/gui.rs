@@ -233,7 +233,10 @@ fn serve(
                 read: true,
                 write: out.pending() > 0,
             };
-            let x_due = x.is_some() && windows.values().any(|w| w.x_dirty && w.mapped);
+            let x_due = x.is_some()
+                && windows
+                    .values()
+                    .any(|w| w.x_dirty && w.mapped && w.dump.is_some());
             let wait = if x_due || windows.values().any(|w| w.dirty) {
                 Duration::from_millis(5)
             } else {
