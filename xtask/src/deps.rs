@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "openssh-server",
     "python3-pykeepass",
+    // The sim's GUI daemon shows windows in a real X server when DISPLAY is set (tested on Xvfb).
+    "xvfb",
 ];
 
 fn have_packages(pkgs: &[&str]) -> bool {
