@@ -235,7 +235,7 @@ impl<P: Platform> Session<P> {
         }
         match r {
             Ok(p) => Ok(p),
-            Err(e) if !self.ctrl_ready => {
+            Err(e @ LinkError::Closed) if !self.ctrl_ready => {
                 // A stale advertisement of an earlier connection: connect again.
                 self.last_connect_error = Some(e.to_string());
                 self.ctrl = None;

@@ -397,3 +397,124 @@ fn fb_viewer_shows_an_opened_png_in_a_mapped_window() {
         "no blue pixel in the window"
     );
 }
+
+/// A hostile "VM" in a thread of this test: advertises the qrexec control channel for dom0 on
+/// the hosted backend, and once dom0d attached runs `script` on it.
+fn hostile_vm(
+    lab: &Lab,
+    script: impl FnOnce(&mut platform_api::Env<platform_hosted::Hosted>, &mut Ctrl) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let (run, domid) = (lab.run.clone(), dom(lab.domid));
+    let name = lab.name.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let mut env = platform_hosted::env_for(&run, domid, Some(name), String::new()).unwrap();
+        let (mut srv, _dir) = vchan::setup::server_init(
+            &mut env.grants,
+            &mut env.events,
+            &mut env.store,
+            DomId::DOM0,
+            512,
+            4096,
+            4096,
+        )
+        .unwrap();
+        tx.send(()).unwrap();
+        vchan::setup::wait_connected(&mut srv, &mut env.events, Some(DEADLINE)).unwrap();
+        script(&mut env, &mut srv);
+        // Stay until dom0d has given up, so that it is dom0d that ends the exchange.
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("hostile VM did not advertise");
+    t
+}
+
+type Ctrl = vchan::Server<platform_hosted::grants::GrantMem, platform_hosted::events::HostedPort>;
+
+/// A control message header: type, body length (little-endian u32s).
+fn header(ty: u32, len: u32) -> Vec<u8> {
+    let mut v = ty.to_le_bytes().to_vec();
+    v.extend_from_slice(&len.to_le_bytes());
+    v
+}
+
+fn write_all(env: &mut platform_api::Env<platform_hosted::Hosted>, v: &mut Ctrl, data: &[u8]) {
+    vchan::setup::write_all_blocking(v, &mut env.events, data, Some(DEADLINE)).unwrap();
+}
+
+/// The agent declares a control message far above the protocol's maximum: dom0d ends at once
+/// with one error line (no allocation of the declared length, no wait until the timeout).
+#[test]
+fn hostile_control_length_is_refused_before_allocating() {
+    let lab = Lab::start("hostile", 13, Path::new("/bin/true"), "", None);
+    let vm = hostile_vm(&lab, |env, v| write_all(env, v, &header(0x300, u32::MAX)));
+    let t0 = Instant::now();
+    let out = lab.dom0d(&["call", "test.Echo"], b"x");
+    vm.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("qubes-dom0d: error: qrexec control channel: protocol:"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
+
+/// The agent says HELLO, then attaches to the call's data channel and closes it without an
+/// exit code: the call fails with one line instead of waiting for the timeout.
+#[test]
+fn hostile_data_channel_closed_before_exit_code_fails_the_call() {
+    let lab = Lab::start("hostile", 14, Path::new("/bin/true"), "", None);
+    let vm = hostile_vm(&lab, move |env, v| {
+        let mut hello = header(0x300, 4);
+        hello.extend_from_slice(&3u32.to_le_bytes());
+        write_all(env, v, &hello);
+        // EXEC_CMDLINE names the data port (after dom0d's own HELLO).
+        let mut got = Vec::new();
+        let port = loop {
+            let mut buf = [0u8; 4096];
+            let n =
+                vchan::setup::read_blocking(v, &mut env.events, &mut buf, Some(DEADLINE)).unwrap();
+            assert!(n > 0, "dom0d closed the control channel");
+            got.extend_from_slice(&buf[..n]);
+            let word = |i: usize| {
+                got.get(i..i + 4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            };
+            // HELLO: 8-byte header + version; then EXEC_CMDLINE: header, domain, port, command.
+            if let (Some(0x300), Some(0x200), Some(port)) = (word(0), word(12), word(24)) {
+                break port;
+            }
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            match vchan::setup::client_init(
+                &mut env.grants,
+                &mut env.events,
+                &mut env.store,
+                DomId::DOM0,
+                port,
+            ) {
+                Ok(c) => break c,
+                Err(e) => assert!(Instant::now() < end, "data channel: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        c.close().unwrap();
+    });
+    let t0 = Instant::now();
+    let out = lab.dom0d(&["call", "test.Echo"], b"x");
+    vm.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("qubes-dom0d: error: the call's data channel:"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
