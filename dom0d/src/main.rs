@@ -98,6 +98,9 @@ fn run<P: Platform>(env: Env<P>, o: &Options) -> Result<u8, String> {
         _ => None,
     };
     let mut s = Session::new(env, vm, name.clone(), entries);
+    if matches!(o.command, Command::Serve { .. }) {
+        s.follow_file(o.qubesdb.clone(), text);
+    }
     let r = command(&mut s, o, input, open, &name);
     s.shutdown();
     r.map_err(|e| e.to_string())

@@ -97,6 +97,10 @@ pub struct Session<P: Platform> {
     pub refused: usize,
     last_alive: Instant,
     gone: bool,
+    /// The entries file and the text last seen in it (re-read while serving).
+    file: Option<(std::path::PathBuf, String)>,
+    /// Times the entries file changed and was applied.
+    pub reloads: usize,
 }
 
 impl<P: Platform> fmt::Debug for Session<P> {
@@ -130,13 +134,79 @@ impl<P: Platform> Session<P> {
             refused: 0,
             last_alive: Instant::now(),
             gone: false,
+            file: None,
+            reloads: 0,
         }
     }
 
-    /// Whether the domain's xenstore home has gone (looked at every half second).
+    /// Re-reads `path` (whose text was `text`) every half second and applies its changes to
+    /// the running QubesDB, as dom0 changes a running qube's entries.
+    pub fn follow_file(&mut self, path: std::path::PathBuf, text: String) {
+        self.file = Some((path, text));
+    }
+
+    fn reload(&mut self) {
+        let Some((path, last)) = self.file.as_mut() else {
+            return;
+        };
+        let max = crate::entries::MAX_FILE as u64;
+        if std::fs::metadata(&*path).map_or(true, |m| m.len() > max) {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(&*path) else {
+            return;
+        };
+        if text == *last {
+            return;
+        }
+        *last = text.clone();
+        let new = match crate::entries::parse(&text) {
+            Ok(n) => n,
+            Err(e) => {
+                log(format_args!(
+                    "{}: {e}; keeping the entries served",
+                    path.display()
+                ));
+                return;
+            }
+        };
+        let changes = crate::entries::changes(&self.entries, &new);
+        crate::entries::apply(&mut self.entries, &changes);
+        self.reloads += 1;
+        log(format_args!(
+            "qubesdb of {}: {} changed: {} change(s)",
+            self.name,
+            path.display(),
+            changes.len()
+        ));
+        let Some(q) = self.qdb.as_mut() else {
+            return;
+        };
+        for c in &changes {
+            let r = match c {
+                crate::entries::Change::Write(k, v) => q.d.write(k, v.as_bytes()),
+                crate::entries::Change::Rm(k) => q.d.rm(k),
+            };
+            if let Err(e) = r {
+                // The VM's client then reconnects and syncs the whole new copy.
+                log(format_args!(
+                    "qubesdb of {}: dropping the connection: {e}",
+                    self.name
+                ));
+                if let Some(q) = self.qdb.take() {
+                    q.link.close(&mut self.env);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Whether the domain's xenstore home has gone (looked at every half second, when the
+    /// entries file is also re-read).
     pub fn gone(&mut self) -> bool {
         if !self.gone && self.last_alive.elapsed() >= ALIVE_EVERY {
             self.last_alive = Instant::now();
+            self.reload();
             let home = format!("/local/domain/{}", self.vm);
             self.gone = matches!(
                 self.env.store.directory(Tx::NONE, &home),
@@ -329,9 +399,10 @@ impl<P: Platform> Session<P> {
             )));
         }
         Ok(format!(
-            "served {} (domain {}) {how}: qubesdb synced, qrexec {}, {} call(s) refused",
+            "served {} (domain {}) {how}: qubesdb synced, {} reload(s), qrexec {}, {} call(s) refused",
             self.name,
             self.vm,
+            self.reloads,
             if self.ctrl_ready {
                 "ready"
             } else {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use platform_api::{Access, DomId, Perm, Store, Tx};
+use platform_api::{Access, DomId, Events, Perm, Store, Tx};
 use platform_hosted::store::{self, Daemon as Xenstored};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -517,4 +517,111 @@ fn hostile_data_channel_closed_before_exit_code_fails_the_call() {
         "{err}"
     );
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
+
+/// `serve` follows its entries file: a firewall rule changed in it reaches a connected VM as
+/// dom0's reload sequence (the rules, then the commit marker), and the serve line counts it.
+/// The VM's QubesDB client is a thread of this test (`qubes::qubesdb::Agent` over vchan).
+#[test]
+fn serve_pushes_a_changed_entries_file_to_the_vm() {
+    let lab = Lab::start("fw-unikernel", 15, Path::new("/bin/true"), "", None);
+    let ip = "10.137.0.9";
+    let rules = |rule: &str| {
+        format!(
+            "/name fw-unikernel\n/qubes-firewall/{ip}/policy drop\n/qubes-firewall/{ip}/0000 {rule}\n/qubes-firewall/{ip}\n"
+        )
+    };
+    std::fs::write(lab.dir.join("qubesdb"), rules("action=accept")).unwrap();
+    let mut dom0d = Command::new(env!("CARGO_BIN_EXE_qubes-dom0d"))
+        .args(["--domid", "15", "--qubesdb"])
+        .arg(lab.dir.join("qubesdb"))
+        .args(["--backend", "hosted", "serve", "60"])
+        .env("QUBES_HOSTED_DIR", &lab.run)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut env = platform_hosted::env_for(
+        &lab.run,
+        dom(15),
+        Some("fw-unikernel".into()),
+        String::new(),
+    )
+    .unwrap();
+    let end = Instant::now() + DEADLINE;
+    let mut c = loop {
+        match vchan::setup::client_init(
+            &mut env.grants,
+            &mut env.events,
+            &mut env.store,
+            DomId::DOM0,
+            111,
+        ) {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < end, "no QubesDB server: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut agent = qubes::qubesdb::Agent::new(qubes::qubesdb::Limits::DEFAULT);
+    agent.connect();
+    let rule_key = format!("/qubes-firewall/{ip}/0000");
+    let mut commits = 0;
+    let mut pump_until =
+        |agent: &mut qubes::qubesdb::Agent,
+         what: &str,
+         done: &dyn Fn(&qubes::qubesdb::Agent, usize) -> bool| {
+            let mut buf = vec![0u8; 8192];
+            while !done(agent, commits) {
+                assert!(Instant::now() < end, "waited in vain for {what}");
+                let n = c
+                    .read(&mut buf)
+                    .unwrap_or_else(|e| panic!("waited in vain for {what}: {e}"));
+                assert_eq!(agent.handle_input(&buf[..n]).unwrap(), n);
+                while let Some(n) = agent.poll_transmit(&mut buf) {
+                    let out = buf[..n].to_vec();
+                    vchan::setup::write_all_blocking(&mut c, &mut env.events, &out, Some(DEADLINE))
+                        .unwrap();
+                }
+                while let Some(ev) = agent.poll_event() {
+                    if let qubes::qubesdb::Event::FirewallCommit(_) = ev {
+                        commits += 1;
+                    }
+                }
+                if c.prepare_wait(vchan::Interest {
+                    read: true,
+                    write: false,
+                })
+                .unwrap()
+                {
+                    let _ = env.events.wait(Some(Duration::from_millis(20)));
+                }
+            }
+        };
+    pump_until(&mut agent, "the first sync", &|a, n| {
+        a.read(&rule_key) == Some(&b"action=accept"[..]) && n >= 1
+    });
+    std::fs::write(lab.dir.join("qubesdb"), rules("action=drop proto=tcp")).unwrap();
+    pump_until(&mut agent, "the changed rule and its commit", &|a, n| {
+        a.read(&rule_key) == Some(&b"action=drop proto=tcp"[..]) && n >= 2
+    });
+    let mut s = store::connect(&lab.run, DomId::DOM0).unwrap();
+    s.rm(Tx::NONE, "/local/domain/15").unwrap();
+    let out = loop {
+        if dom0d.try_wait().unwrap().is_some() {
+            break dom0d.wait_with_output().unwrap();
+        }
+        if Instant::now() >= end {
+            let _ = dom0d.kill();
+            panic!("serve did not end after the domain went");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{line}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(line.contains("1 reload(s)"), "{line}");
 }
