@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use platform_api::{
     Clock, DomId, Duration, Entropy, Events, Grants, NetDevice, Notify, Platform, PlatformError,
-    Port, SharedMem, Store, StoreError, Tx, Watches,
+    Port, SharedMem, Store, StoreError, Tx,
 };
 use platform_xen::abi::ShutdownReason;
 use platform_xen::{println, Mode, Xen, XenGrants, XenPlatform};
@@ -218,21 +218,6 @@ pub fn main(mut xen: Xen) -> ! {
     let mut back: Option<Link<platform_xen::XenNet>> = None;
     let mut tried_back = false;
     let mut next_check = env.clock.now();
-    // Watches (platform_api::Watches over the store ring): each fires once at once.
-    let watched = env
-        .store
-        .watch("control/shutdown", "shutdown")
-        .and_then(|()| env.store.watch("backend/vif", "vif"));
-    let period = match &watched {
-        Ok(()) => {
-            println!("xen-smoke: watches ok control/shutdown backend/vif");
-            Duration::from_secs(5)
-        }
-        Err(e) => {
-            println!("xen-smoke: watches FAIL {e}");
-            Duration::from_millis(200)
-        }
-    };
 
     let (free, total) = xen.heap_stats();
     println!(
@@ -243,9 +228,8 @@ pub fn main(mut xen: Xen) -> ! {
     println!("xen-smoke: ready, waiting for control/shutdown");
     let reason = loop {
         // One wait serves the vif, the netback and the store (all bound in env.events). The
-        // store is read (control/shutdown, a new or closing client vif) when a watch fires,
-        // and every 5 s anyway (every 200 ms without watches): a xenstore round trip per
-        // frame would slow every answer down.
+        // store is looked at (control/shutdown, a new or closing client vif) every 200 ms
+        // only: a xenstore round trip per frame would slow every answer down.
         let now = env.clock.now();
         let _ = env
             .events
@@ -259,15 +243,11 @@ pub fn main(mut xen: Xen) -> ! {
                 }
             }
         }
-        let mut fired = false;
-        while let Ok(Some(_)) = Watches::poll_watch(&mut env.store) {
-            fired = true;
-        }
         let now = env.clock.now();
-        if !fired && now < next_check {
+        if now < next_check {
             continue;
         }
-        next_check = now.saturating_add(period);
+        next_check = now.saturating_add(Duration::from_millis(200));
         let closing = match back.as_ref().map(|l| &l.dev) {
             Some(platform_xen::XenNet::Back(b)) => b.peer_closing(&mut env.store),
             _ => false,
