@@ -581,13 +581,8 @@ impl<P: Platform> CallRun<P> {
         if self.exit.is_some() {
             return Ok(true);
         }
-        if let Err(e) = r {
-            let closed = matches!(e, LinkError::Closed);
-            if closed && self.chan.handle_close().is_ok() {
-                return Ok(true);
-            }
-            return Err(Error::Link("the call's data channel", e));
-        }
+        // Closed before EXIT_CODE is qrexec's "closed early" (an exit code ended the call above).
+        r.map_err(|e| Error::Link("the call's data channel", e))?;
         if self.chan.version().is_some() && self.sent <= self.input.len() {
             let rest = self.input.get(self.sent..).unwrap_or(&[]);
             if rest.is_empty() {
