@@ -5,6 +5,7 @@
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
+use core::sync::atomic::AtomicU64;
 
 use platform_api::{
     Clock, DomId, Duration, Events, EvtchnPort, Instant, Notify, Ordering, PlatformError, Port,
@@ -21,6 +22,9 @@ use crate::time::WallClock;
 /// Xen accepts at most this many ports in one `SCHEDOP_poll`.
 pub const MAX_POLL_PORTS: usize = 128;
 
+/// The latest time [`XenClock::now_ns`] returned.
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
+
 /// Xen system time from vCPU 0's time record in shared_info.
 #[derive(Debug, Clone, Copy)]
 pub struct XenClock {
@@ -35,21 +39,32 @@ impl XenClock {
 
     /// vCPU 0's time record, copied consistently (retried while Xen updates it).
     pub fn record(&self) -> VcpuTimeInfo {
+        self.record_and_tsc().0
+    }
+
+    /// The record and a TSC read inside the same version window: if Xen moved the vCPU to
+    /// another physical CPU (and rewrote the record) meanwhile, both are read again, so a TSC
+    /// of one CPU is never scaled by another's record.
+    fn record_and_tsc(&self) -> (VcpuTimeInfo, u64) {
         let base = si::VCPU_INFO + si::VCPU_TIME;
         loop {
             let v1 = self.shared.load_u32(base, Ordering::Acquire).unwrap_or(0);
             let mut raw = [0u8; VcpuTimeInfo::SIZE];
             let _ = self.shared.read(base, &mut raw);
+            let tsc = boot::rdtsc();
             let v2 = self.shared.load_u32(base, Ordering::Acquire).unwrap_or(1);
             if v1 == v2 && v1 & 1 == 0 {
-                return VcpuTimeInfo::decode(&raw).unwrap_or_default();
+                return (VcpuTimeInfo::decode(&raw).unwrap_or_default(), tsc);
             }
         }
     }
 
-    /// Nanoseconds of Xen system time.
+    /// Nanoseconds of Xen system time, never less than a value returned before (one vCPU;
+    /// TSCs of the lab's emulated CPUs disagree, and an `Instant` must not go back).
     pub fn now_ns(&self) -> u64 {
-        self.record().system_time_at(boot::rdtsc())
+        let (r, tsc) = self.record_and_tsc();
+        let t = r.system_time_at(tsc);
+        LAST_NS.fetch_max(t, Ordering::Relaxed).max(t)
     }
 
     /// The wall clock at system time zero.
