@@ -1,9 +1,5 @@
-//! Netback: serves a client domain's netfront from our `backend/vif/<fe>/<devid>` (the
-//! firewall's downstream). Its TX/RX ring grants are mapped; packet data moves by grant copy.
-//!
-//! Every request is validated by xen-rings' [`Netback`] machine (slot counts, offsets, sizes,
-//! flags, extras); a bad grant ref fails its copy and is answered `NETIF_RSP_ERROR`. A peer
-//! that breaks the ring itself stops this device only ([`NetDevice::is_up`] turns false).
+//! Netback: serves a client's netfront from our `backend/vif/<fe>/<devid>`; rings mapped, data by
+//! grant copy, every request checked by xen-rings' [`Netback`] (bad refs answered with an error).
 #![forbid(unsafe_code)]
 
 use alloc::format;
