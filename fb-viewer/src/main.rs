@@ -9,19 +9,14 @@ platform_xen::entry!(xen_main);
 #[cfg(xen_image)]
 fn xen_main(mut xen: platform_xen::Xen) -> ! {
     use platform_xen::abi::ShutdownReason;
-    let reason = match platform_xen::env(&mut xen) {
-        Ok(env) => {
-            let app = fb_viewer::app::Viewer::new(fb_viewer::app::ViewerConfig::default());
-            match runloop::run(env, app, runloop::Config::default()) {
-                Ok(()) => ShutdownReason::Poweroff,
-                Err(e) => {
-                    platform_xen::println!("fb-viewer: {e}");
-                    ShutdownReason::Crash
-                }
-            }
-        }
-        Err(e) => {
-            platform_xen::println!("fb-viewer: platform: {e}");
+    let env = platform_xen::env(&mut xen);
+    let reason = match runloop::main_with("fb-viewer", env, |_| {
+        let app = fb_viewer::app::Viewer::new(fb_viewer::app::ViewerConfig::default());
+        Ok::<_, core::convert::Infallible>((app, runloop::Config::default()))
+    }) {
+        Ok(()) => ShutdownReason::Poweroff,
+        Err(line) => {
+            platform_xen::println!("{line}");
             ShutdownReason::Crash
         }
     };
@@ -29,17 +24,16 @@ fn xen_main(mut xen: platform_xen::Xen) -> ! {
 }
 
 #[cfg(not(xen_image))]
-fn main() {
-    let env = match platform_hosted::env_from_environment() {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("fb-viewer: hosted environment: {e}");
-            std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    let env = platform_hosted::env_from_environment();
+    match runloop::main_with("fb-viewer", env, |_| {
+        let app = fb_viewer::app::Viewer::new(fb_viewer::app::ViewerConfig::default());
+        Ok::<_, core::convert::Infallible>((app, runloop::Config::default()))
+    }) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("{line}");
+            std::process::ExitCode::FAILURE
         }
-    };
-    let app = fb_viewer::app::Viewer::new(fb_viewer::app::ViewerConfig::default());
-    if let Err(e) = runloop::run(env, app, runloop::Config::default()) {
-        eprintln!("fb-viewer: {e}");
-        std::process::exit(1);
     }
 }

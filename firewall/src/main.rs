@@ -8,24 +8,19 @@ platform_xen::entry!(xen_main);
 
 #[cfg(xen_image)]
 fn xen_main(mut xen: platform_xen::Xen) -> ! {
-    use firewall::app::FirewallApp;
     use platform_xen::abi::ShutdownReason;
-    let reason = match platform_xen::env(&mut xen) {
-        Ok(env) => match firewall::Limits::from_cmdline(&env.cmdline) {
-            Ok(limits) => match runloop::run(env, FirewallApp::new(limits), Default::default()) {
-                Ok(()) => ShutdownReason::Poweroff,
-                Err(e) => {
-                    platform_xen::println!("firewall: {e}");
-                    ShutdownReason::Crash
-                }
-            },
-            Err(e) => {
-                platform_xen::println!("firewall: {e}");
-                ShutdownReason::Crash
-            }
-        },
-        Err(e) => {
-            platform_xen::println!("firewall: platform: {e}");
+    let env = platform_xen::env(&mut xen);
+    let reason = match runloop::main_with("firewall", env, |env| {
+        firewall::Limits::from_cmdline(&env.cmdline).map(|l| {
+            (
+                firewall::app::FirewallApp::new(l),
+                runloop::Config::default(),
+            )
+        })
+    }) {
+        Ok(()) => ShutdownReason::Poweroff,
+        Err(line) => {
+            platform_xen::println!("{line}");
             ShutdownReason::Crash
         }
     };
@@ -33,25 +28,20 @@ fn xen_main(mut xen: platform_xen::Xen) -> ! {
 }
 
 #[cfg(not(xen_image))]
-fn main() {
-    use firewall::app::FirewallApp;
-    let env = match platform_hosted::env_from_environment() {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("firewall: hosted environment: {e}");
-            std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    let env = platform_hosted::env_from_environment();
+    match runloop::main_with("firewall", env, |env| {
+        firewall::Limits::from_cmdline(&env.cmdline).map(|l| {
+            (
+                firewall::app::FirewallApp::new(l),
+                runloop::Config::default(),
+            )
+        })
+    }) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("{line}");
+            std::process::ExitCode::FAILURE
         }
-    };
-    let limits = match firewall::Limits::from_cmdline(&env.cmdline) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("firewall: {e}");
-            std::process::exit(1);
-        }
-    };
-    let app = FirewallApp::<platform_hosted::Hosted>::new(limits);
-    if let Err(e) = runloop::run(env, app, runloop::Config::default()) {
-        eprintln!("firewall: {e}");
-        std::process::exit(1);
     }
 }

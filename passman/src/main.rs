@@ -11,25 +11,14 @@ platform_xen::entry!(xen_main);
 #[cfg(xen_image)]
 fn xen_main(mut xen: platform_xen::Xen) -> ! {
     use platform_xen::abi::ShutdownReason;
-    let reason = match platform_xen::env(&mut xen) {
-        Ok(env) => match passman::parse_cmdline(&env.cmdline) {
-            Ok(cfg) => {
-                let app = passman::PassmanApp::<platform_xen::XenPlatform>::new(cfg);
-                match runloop::run(env, app, passman::app::runloop_config()) {
-                    Ok(()) => ShutdownReason::Poweroff,
-                    Err(e) => {
-                        platform_xen::println!("passman: {e}");
-                        ShutdownReason::Crash
-                    }
-                }
-            }
-            Err(e) => {
-                platform_xen::println!("passman: {e}");
-                ShutdownReason::Crash
-            }
-        },
-        Err(e) => {
-            platform_xen::println!("passman: platform: {e}");
+    let env = platform_xen::env(&mut xen);
+    let reason = match runloop::main_with("passman", env, |env| {
+        passman::parse_cmdline(&env.cmdline)
+            .map(|c| (passman::PassmanApp::new(c), passman::app::runloop_config()))
+    }) {
+        Ok(()) => ShutdownReason::Poweroff,
+        Err(line) => {
+            platform_xen::println!("{line}");
             ShutdownReason::Crash
         }
     };
@@ -37,24 +26,16 @@ fn xen_main(mut xen: platform_xen::Xen) -> ! {
 }
 
 #[cfg(not(xen_image))]
-fn main() {
-    let env = match platform_hosted::env_from_environment() {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("passman: hosted environment: {e}");
-            std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    let env = platform_hosted::env_from_environment();
+    match runloop::main_with("passman", env, |env| {
+        passman::parse_cmdline(&env.cmdline)
+            .map(|c| (passman::PassmanApp::new(c), passman::app::runloop_config()))
+    }) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("{line}");
+            std::process::ExitCode::FAILURE
         }
-    };
-    let cfg = match passman::parse_cmdline(&env.cmdline) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("passman: {e}");
-            std::process::exit(1);
-        }
-    };
-    let app = passman::PassmanApp::<platform_hosted::Hosted>::new(cfg);
-    if let Err(e) = runloop::run(env, app, passman::app::runloop_config()) {
-        eprintln!("passman: {e}");
-        std::process::exit(1);
     }
 }

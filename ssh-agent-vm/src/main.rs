@@ -10,26 +10,16 @@ platform_xen::entry!(xen_main);
 #[cfg(xen_image)]
 fn xen_main(mut xen: platform_xen::Xen) -> ! {
     use platform_xen::abi::ShutdownReason;
-    use ssh_agent_vm::app::{runloop_config, VaultApp};
-    let reason = match platform_xen::env(&mut xen) {
-        Ok(env) => match ssh_agent_vm::VaultConfig::parse(&env.cmdline) {
-            Ok(cfg) => {
-                let rl = runloop_config(&cfg);
-                match runloop::run(env, VaultApp::new(cfg), rl) {
-                    Ok(()) => ShutdownReason::Poweroff,
-                    Err(e) => {
-                        platform_xen::println!("ssh-agent-vm: {e}");
-                        ShutdownReason::Crash
-                    }
-                }
-            }
-            Err(e) => {
-                platform_xen::println!("ssh-agent-vm: {e}");
-                ShutdownReason::Crash
-            }
-        },
-        Err(e) => {
-            platform_xen::println!("ssh-agent-vm: platform: {e}");
+    let env = platform_xen::env(&mut xen);
+    let reason = match runloop::main_with("ssh-agent-vm", env, |env| {
+        ssh_agent_vm::VaultConfig::parse(&env.cmdline).map(|c| {
+            let rl = ssh_agent_vm::app::runloop_config(&c);
+            (ssh_agent_vm::app::VaultApp::new(c), rl)
+        })
+    }) {
+        Ok(()) => ShutdownReason::Poweroff,
+        Err(line) => {
+            platform_xen::println!("{line}");
             ShutdownReason::Crash
         }
     };
@@ -37,25 +27,18 @@ fn xen_main(mut xen: platform_xen::Xen) -> ! {
 }
 
 #[cfg(not(xen_image))]
-fn main() {
-    use ssh_agent_vm::app::{runloop_config, VaultApp};
-    let env = match platform_hosted::env_from_environment() {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("ssh-agent-vm: hosted environment: {e}");
-            std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    let env = platform_hosted::env_from_environment();
+    match runloop::main_with("ssh-agent-vm", env, |env| {
+        ssh_agent_vm::VaultConfig::parse(&env.cmdline).map(|c| {
+            let rl = ssh_agent_vm::app::runloop_config(&c);
+            (ssh_agent_vm::app::VaultApp::new(c), rl)
+        })
+    }) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("{line}");
+            std::process::ExitCode::FAILURE
         }
-    };
-    let cfg = match ssh_agent_vm::VaultConfig::parse(&env.cmdline) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ssh-agent-vm: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rl = runloop_config(&cfg);
-    if let Err(e) = runloop::run(env, VaultApp::<platform_hosted::Hosted>::new(cfg), rl) {
-        eprintln!("ssh-agent-vm: {e}");
-        std::process::exit(1);
     }
 }

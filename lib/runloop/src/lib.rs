@@ -23,6 +23,7 @@ mod calls;
 mod cx;
 pub mod deadline;
 mod engine;
+mod entry;
 mod error;
 pub mod names;
 
@@ -30,6 +31,7 @@ use core::fmt;
 
 pub use cx::Cx;
 pub use engine::run;
+pub use entry::main_with;
 pub use error::{AppError, CallError, RunError, SendError};
 pub use platform_api::{Duration, Env, Instant, Platform, PortSet, WatchEvent};
 /// The VM's QubesDB copy ([`Cx::qubesdb`]) and what it reports ([`App::qubesdb`]).

@@ -697,3 +697,16 @@ proptest::proptest! {
         proptest::prop_assert!(!run.finished(), "the loop ended");
     }
 }
+
+#[test]
+fn main_with_says_in_one_line_which_unikernel_could_not_start_and_why() {
+    let r = runloop::main_with::<Fake, EchoApp, &str>(
+        "firewall",
+        Err(platform_api::PlatformError::Unsupported("evtchn")),
+        |_| Err("not reached"),
+    );
+    assert_eq!(
+        r,
+        Err("firewall: platform: evtchn is not supported by this backend".into())
+    );
+}

@@ -35,10 +35,12 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The run directory and domid from [`ENV_DIR`] and [`ENV_DOMID`].
 pub fn env_domain() -> Result<(PathBuf, DomId), PlatformError> {
-    let dir =
-        std::env::var_os(ENV_DIR).ok_or(PlatformError::Unsupported("QUBES_HOSTED_DIR unset"))?;
-    let dom = std::env::var(ENV_DOMID)
-        .map_err(|_| PlatformError::Unsupported("QUBES_HOSTED_DOMID unset"))?;
+    let dir = std::env::var_os(ENV_DIR).ok_or(PlatformError::Unsupported(
+        "running outside the sim (QUBES_HOSTED_DIR unset)",
+    ))?;
+    let dom = std::env::var(ENV_DOMID).map_err(|_| {
+        PlatformError::Unsupported("running outside the sim (QUBES_HOSTED_DOMID unset)")
+    })?;
     let dom =
         DomId::parse(&dom).map_err(|_| PlatformError::Unsupported("QUBES_HOSTED_DOMID invalid"))?;
     Ok((PathBuf::from(dir), dom))

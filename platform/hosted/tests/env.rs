@@ -14,7 +14,9 @@ fn env_from_environment_reads_the_variables_and_falls_back_to_xenstore_name() {
     std::env::remove_var("QUBES_HOSTED_DIR");
     assert!(matches!(
         env_from_environment(),
-        Err(PlatformError::Unsupported("QUBES_HOSTED_DIR unset"))
+        Err(PlatformError::Unsupported(
+            "running outside the sim (QUBES_HOSTED_DIR unset)"
+        ))
     ));
     let d0 = DomId::new(0).unwrap();
     let d9 = DomId::new(9).unwrap();
