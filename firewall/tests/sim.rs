@@ -744,3 +744,174 @@ fn throughput_vs_linux_nftables() {
     );
     assert!(fw > 0.0 && linux > 0.0);
 }
+
+/// [`boot`] in its own state directory (tests run in parallel), with `extra` dom0 commands
+/// after the common setup.
+fn boot_tagged(tag: &str, extra: &[&[&str]]) -> World {
+    let exe = sim_exe();
+    let dir = std::env::temp_dir().join(format!("fw-sim-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("sim.log");
+    let setup: &[&[&str]] = &[
+        &["qvm-create", "--label", "red", "sys-net"],
+        &["qvm-prefs", "sys-net", "provides_network", "True"],
+        &["qvm-create", "--label", "green", "fw-unikernel"],
+        &["qvm-prefs", "fw-unikernel", "kernel", FW],
+        &["qvm-prefs", "fw-unikernel", "provides_network", "True"],
+        &["qvm-prefs", "fw-unikernel", "netvm", "sys-net"],
+        &["qvm-features", "fw-unikernel", "qrexec", "1"],
+        &["qvm-create", "--label", "blue", "work"],
+        &["qvm-prefs", "work", "netvm", "fw-unikernel"],
+    ];
+    for a in setup.iter().chain(extra) {
+        let st = Command::new(&exe)
+            .args(*a)
+            .env("QUBES_SIM_DIR", &dir)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{a:?}");
+    }
+    let mut daemon = Command::new(&exe)
+        .args(["daemon", "--stdin-lifeline"])
+        .env("QUBES_SIM_DIR", &dir)
+        .env("QUBES_SIM_NETNS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = daemon.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let w = World {
+        exe,
+        dir,
+        daemon,
+        log,
+        procs: Vec::new(),
+    };
+    let ready = rx.recv_timeout(DEADLINE).expect("sim did not get ready");
+    assert!(ready.starts_with("ready "), "{ready}");
+    w
+}
+
+/// The global IPv6 address on `dev` in `ns`.
+fn global_ip6(ns: &str, dev: &str) -> Option<String> {
+    let (_, out) = in_ns(
+        ns,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global",
+        ],
+    );
+    let a = out.split_whitespace().nth(3)?;
+    Some(a.split('/').next()?.to_string())
+}
+
+#[test]
+fn ipv6_through_the_firewall_and_a_dst6_rule_drops_it() {
+    if !usable() || !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        eprintln!("skipped: needs IPv6, root, ip, curl, dig, dnsmasq and python3");
+        return;
+    }
+    let mut w = boot_tagged(
+        "v6",
+        &[
+            &["qvm-features", "sys-net", "ipv6", "1"],
+            &["qvm-features", "fw-unikernel", "ipv6", "1"],
+        ],
+    );
+    for vm in ["sys-net", "fw-unikernel", "work"] {
+        w.ok("qvm-start", &[vm]);
+    }
+    let (net, work) = (w.netns("sys-net"), w.netns("work"));
+    eventually("uplink and the client vif up", || {
+        let c = w.console();
+        c.contains("uplink up: ") && c.contains("client vif")
+    });
+    // Qubes' addresses: the IPv4 in the low 32 bits of fd09:24ef:4179::/64.
+    let work6 = global_ip6(&work, "eth0").expect("work's eth0 has an IPv6 address");
+    assert!(work6.starts_with("fd09:24ef:4179::a89:"), "{work6}");
+    let (_, routes) = in_ns(&work, &["ip", "-6", "route", "show", "default"]);
+    let gw6 = routes
+        .split_whitespace()
+        .skip_while(|t| *t != "via")
+        .nth(1)
+        .unwrap_or_else(|| panic!("work has no IPv6 default route: {routes}"))
+        .to_string();
+    let (_, links) = in_ns(&net, &["ip", "-o", "link", "show"]);
+    let vif = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .find(|n| n.starts_with("vif"))
+        .unwrap_or_else(|| panic!("no vif in sys-net: {links}"))
+        .to_string();
+    let net6 = global_ip6(&net, &vif).expect("sys-net's vif has its IPv6 gateway address");
+    assert!(net6.starts_with("fd09:24ef:4179::a89:"), "{net6}");
+    assert_ne!(gw6, net6, "work's gateway is the firewall, not sys-net");
+
+    let www = w.dir.join("www6");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello over IPv6\n").unwrap();
+    let www_s = www.to_str().unwrap().to_string();
+    w.spawn_in(
+        &net,
+        &www,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            &net6,
+            "--directory",
+            &www_s,
+        ],
+    );
+    let url = format!("http://[{net6}]:8080/");
+    eventually("sys-net's IPv6 server up", || {
+        curl(&net, &url, &["-6", "-g"]).is_some()
+    });
+
+    // 1. work -> fw-unikernel (NAT66) -> sys-net over IPv6.
+    let mut got = None;
+    eventually("curl -6 from work through the firewall", || {
+        got = curl(&work, &url, &["-6", "-g"]);
+        got.is_some()
+    });
+    assert_eq!(got.as_deref(), Some("hello over IPv6\n"));
+
+    // 2. A dst6 rule drops it; IPv4 to sys-net is untouched by it.
+    w.ok(
+        "qvm-firewall",
+        &[
+            "work",
+            "add",
+            "--before",
+            "0",
+            "action=drop",
+            &format!("dst6={net6}"),
+        ],
+    );
+    assert_eq!(
+        curl(&work, &url, &["-6", "-g"]),
+        None,
+        "the dst6 rule applies to the first connection after the commit\nfirewall console:\n{}",
+        w.console()
+    );
+    let console = w.console();
+    assert!(
+        console.contains(&format!("firewall rules for {work6}")),
+        "the IPv6 rules were reloaded:\n{console}"
+    );
+    w.ok("qvm-firewall", &["work", "del", "--rule-no", "0"]);
+    eventually("allowed again after the rule is gone", || {
+        curl(&work, &url, &["-6", "-g"]).is_some()
+    });
+}

@@ -125,8 +125,12 @@ pub struct Vif {
     pub netvm: DomId,
     /// Client's IPv4.
     pub ip: String,
+    /// Client's IPv6, when IPv6 is on for it.
+    pub ip6: Option<String>,
     /// The netvm's address, the client's gateway.
     pub gateway: String,
+    /// The client's IPv6 gateway (its `/qubes-gateway6`).
+    pub gateway6: Option<String>,
     /// The client's MAC.
     pub mac: String,
     /// The client's netns name (with `QUBES_SIM_NETNS`).
@@ -139,6 +143,14 @@ impl Vif {
     /// `/local/domain/<client>/device/vif/0`.
     pub fn frontend_dir(&self) -> String {
         format!("/local/domain/{}/device/vif/{VIF_DEVID}", self.client)
+    }
+
+    /// The backend's `ip` node: the IPv4, then the IPv6 after a space if any (as libxl's).
+    pub fn ip_entry(&self) -> String {
+        match &self.ip6 {
+            Some(a) => format!("{} {a}", self.ip),
+            None => self.ip.clone(),
+        }
     }
 
     /// `/local/domain/<netvm>/backend/vif/<client>/0`.
@@ -178,7 +190,9 @@ pub fn wanted_vifs(
                 client: *cdom,
                 netvm: *ndom,
                 ip: c.ip.clone(),
+                ip6: crate::qdb::ip6(reg, name).map(|a| a.to_string()),
                 gateway: n.ip.clone(),
+                gateway6: crate::qdb::visible_gateway6(reg, name).map(|a| a.to_string()),
                 mac: crate::qdb::mac(c.domid),
                 client_netns: cns.clone(),
                 netvm_netns: nns.clone().filter(|_| !is_unikernel(n)),
@@ -195,11 +209,14 @@ pub fn write_vif(store: &mut HostedStore, v: &Vif) -> Result<()> {
         ("frontend".into(), fe.clone()),
         ("frontend-id".into(), v.client.to_string()),
         ("mac".into(), v.mac.clone()),
-        ("ip".into(), v.ip.clone()),
+        ("ip".into(), v.ip_entry()),
         ("gateway".into(), v.gateway.clone()),
         ("handle".into(), VIF_DEVID.to_string()),
         ("state".into(), "4".into()),
     ];
+    if let Some(g) = &v.gateway6 {
+        backend.push(("gateway6".into(), g.clone()));
+    }
     if let Some(ns) = &v.client_netns {
         backend.push(("hosted-netns".into(), ns.clone()));
     }
@@ -283,6 +300,25 @@ mod tests {
         let fw = &v["fw"];
         assert_eq!(fw.netvm_netns.as_deref(), Some("ns-sys-net"));
         assert_eq!(fw.mac, "00:16:3e:5e:6c:00");
+    }
+
+    #[test]
+    fn with_ipv6_the_ip_node_carries_both_addresses_and_gateway6_the_netvms() {
+        let mut r = reg();
+        r.domains
+            .get_mut("sys-net")
+            .unwrap()
+            .features
+            .insert("ipv6".into(), "1".into());
+        let v = wanted_vifs(&r, &running(&["sys-net", "fw", "work", "mail"], &r));
+        let (fw, work) = (&v["fw"], &v["work"]);
+        assert_eq!(work.ip_entry(), "10.137.0.3 fd09:24ef:4179::a89:3");
+        assert_eq!(work.gateway6.as_deref(), Some("fd09:24ef:4179::a89:2"));
+        assert_eq!(fw.ip_entry(), "10.137.0.2 fd09:24ef:4179::a89:2");
+        assert_eq!(fw.gateway6.as_deref(), Some("fd09:24ef:4179::a89:1"));
+        let plain = wanted_vifs(&reg(), &running(&["sys-net", "fw", "work"], &reg()));
+        assert_eq!(plain["work"].ip_entry(), "10.137.0.3");
+        assert_eq!(plain["work"].gateway6, None);
     }
 
     #[test]

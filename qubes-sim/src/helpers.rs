@@ -120,17 +120,19 @@ impl Sim {
             .filter(|v| v.power != Power::Crashed)
             .and_then(|v| v.helpers.qdb.clone());
         let Some(qdb) = qdb else { return Ok(()) };
-        let rules =
-            crate::firewall::qdb_rules(&crate::firewall::rules_of(d), crate::firewall::now());
-        let (tx, rx) = mpsc::channel();
-        qdb.send(QdbCmd::Firewall {
-            ip: d.ip.clone(),
-            rules,
-            reply: tx,
-        })
-        .map_err(|_| anyhow!("netvm '{}' is going down", d.prefs.netvm))?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("QubesDB of '{}' did not answer", d.prefs.netvm))
+        // The IPv4 directory, then the IPv6 one when IPv6 is on (dom0's order).
+        for (ip, rules) in crate::qdb::firewall_reloads(reg, vm, crate::firewall::now()) {
+            let (tx, rx) = mpsc::channel();
+            qdb.send(QdbCmd::Firewall {
+                ip,
+                rules,
+                reply: tx,
+            })
+            .map_err(|_| anyhow!("netvm '{}' is going down", d.prefs.netvm))?;
+            rx.recv_timeout(Duration::from_secs(10))
+                .map_err(|_| anyhow!("QubesDB of '{}' did not answer", d.prefs.netvm))?;
+        }
+        Ok(())
     }
 
     /// Input for `vm`'s focused window.

@@ -13,7 +13,7 @@ use qubes::qubesdb::{Daemon, DaemonEvent, DaemonLimits, LocalError};
 use vchan::{Interest, PeerState};
 
 use crate::chan::{Hosted, TxQueue, Vchan, TICK};
-use crate::firewall::{qdb_rules, rules_of};
+use crate::firewall::{qdb_rules, rules_of, Dst, Rule};
 use crate::registry::{Class, Registry};
 
 /// QubesDB's vchan port.
@@ -110,6 +110,89 @@ pub fn truthy(v: Option<&String>) -> bool {
     v.is_some_and(|v| matches!(v.as_str(), "1" | "True" | "true" | "yes" | "on"))
 }
 
+/// Qubes' site-local IPv6 prefix (`qubes.config.qubes_ipv6_prefix`); a qube's address is it
+/// with the qube's IPv4 in the low 32 bits (`::a89:<qid hex>` for `10.137.x.y`).
+pub const IPV6_PREFIX: u128 = 0xfd09_24ef_4179_0000 << 64;
+/// How far a netvm chain is followed (the registry refuses loops; this bounds a corrupt one).
+const MAX_NETVM_HOPS: usize = 64;
+
+/// Whether the qube has IPv6: its own `ipv6` feature, else its netvm's, up the chain
+/// (\[QA\] `features.check_with_netvm('ipv6', False)`).
+pub fn ipv6_enabled(reg: &Registry, name: &str) -> bool {
+    let mut cur = name;
+    for _ in 0..MAX_NETVM_HOPS {
+        let Ok(d) = reg.get(cur) else { return false };
+        if let Some(v) = d.features.get("ipv6") {
+            return truthy(Some(v));
+        }
+        if d.prefs.netvm.is_empty() {
+            return false;
+        }
+        cur = &d.prefs.netvm;
+    }
+    false
+}
+
+/// The qube's IPv6 address when IPv6 is on for it (\[QA\] `ip6`, `get_ip6_for_vm`).
+pub fn ip6(reg: &Registry, name: &str) -> Option<std::net::Ipv6Addr> {
+    let d = reg.get(name).ok()?;
+    let v4: std::net::Ipv4Addr = d.ip.parse().ok()?;
+    let networked = d.prefs.provides_network || !d.prefs.netvm.is_empty();
+    (networked && ipv6_enabled(reg, name))
+        .then(|| std::net::Ipv6Addr::from(IPV6_PREFIX | u128::from(u32::from(v4))))
+}
+
+/// The IPv6 gateway a netvm gives its clients: its own IPv6 address (\[QA\] `gateway6`).
+pub fn gateway6(reg: &Registry, netvm: &str) -> Option<std::net::Ipv6Addr> {
+    reg.get(netvm)
+        .ok()
+        .filter(|n| n.prefs.provides_network)
+        .and_then(|_| ip6(reg, netvm))
+}
+
+/// A client's `/qubes-gateway6` (\[QA\] `visible_gateway6`): its netvm's gateway6, if IPv6 is
+/// on for the client.
+pub fn visible_gateway6(reg: &Registry, name: &str) -> Option<std::net::Ipv6Addr> {
+    let d = reg.get(name).ok()?;
+    if d.prefs.netvm.is_empty() || !ipv6_enabled(reg, name) {
+        return None;
+    }
+    gateway6(reg, &d.prefs.netvm)
+}
+
+/// `(NNNN, text)` for the client's IPv6 directory: as [`qdb_rules`] but with the IPv4 rules
+/// skipped and the IPv6 ones kept (\[QA\] `qdb_entries(addr_family=6)`).
+pub fn qdb_rules6(rules: &[Rule], now: u64) -> Vec<(usize, String)> {
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.expire.is_none_or(|e| e > now))
+        .filter(|(_, r)| !matches!(r.dst, Some(Dst::V4(..))))
+        .map(|(i, r)| (i, r.qdb_text()))
+        .collect()
+}
+
+/// Every firewall directory dom0 reloads for client `name`: `(client address, rules)` for its
+/// IPv4 and, with IPv6 on, its IPv6 address (\[QA\] `reload_firewall_for_vm`).
+pub fn firewall_reloads(
+    reg: &Registry,
+    name: &str,
+    now: u64,
+) -> Vec<(String, Vec<(usize, String)>)> {
+    let Ok(d) = reg.get(name) else {
+        return Vec::new();
+    };
+    if d.ip.is_empty() {
+        return Vec::new();
+    }
+    let rules = rules_of(d);
+    let mut v = vec![(d.ip.clone(), qdb_rules(&rules, now))];
+    if let Some(a) = ip6(reg, name) {
+        v.push((a.to_string(), qdb_rules6(&rules, now)));
+    }
+    v
+}
+
 /// Whether the qube runs a GUI agent (`qvm-features VM gui 1`).
 pub fn gui_enabled(d: &crate::registry::Domain) -> bool {
     truthy(d.features.get("gui"))
@@ -172,6 +255,12 @@ pub fn entries(reg: &Registry, name: &str, now: u64) -> Result<BTreeMap<String, 
         put("/qubes-primary-dns", DNS[0]);
         put("/qubes-secondary-dns", DNS[1]);
         put("/qubes-mac", &mac(d.domid));
+        if let Some(a) = ip6(reg, name) {
+            put("/qubes-ip6", &a.to_string());
+        }
+        if let Some(g) = visible_gateway6(reg, name) {
+            put("/qubes-gateway6", &g.to_string());
+        }
     }
     if d.prefs.provides_network && !d.ip.is_empty() {
         put("/qubes-netvm-network", &d.ip);
@@ -179,6 +268,9 @@ pub fn entries(reg: &Registry, name: &str, now: u64) -> Result<BTreeMap<String, 
         put("/qubes-netvm-netmask", "255.255.255.255");
         put("/qubes-netvm-primary-dns", DNS[0]);
         put("/qubes-netvm-secondary-dns", DNS[1]);
+        if let Some(g) = gateway6(reg, name) {
+            put("/qubes-netvm-gateway6", &g.to_string());
+        }
         let mut clients: Vec<_> = reg
             .clients(name)
             .into_iter()
@@ -187,10 +279,15 @@ pub fn entries(reg: &Registry, name: &str, now: u64) -> Result<BTreeMap<String, 
         clients.sort_by_key(|c| c.ip.parse::<std::net::Ipv4Addr>().ok());
         let ips: Vec<&str> = clients.iter().map(|c| c.ip.as_str()).collect();
         put("/connected-ips", &ips.join(" "));
-        put("/connected-ips6", "");
+        let ips6: Vec<String> = clients
+            .iter()
+            .filter_map(|c| ip6(reg, &c.name))
+            .map(|a| a.to_string())
+            .collect();
+        put("/connected-ips6", &ips6.join(" "));
         for c in clients {
-            for (k, v) in firewall_entries(&c.ip, &qdb_rules(&rules_of(c), now)) {
-                e.insert(k, v);
+            for (ip, rules) in firewall_reloads(reg, &c.name, now) {
+                e.extend(firewall_entries(&ip, &rules));
             }
         }
     }
@@ -539,5 +636,117 @@ mod tests {
             ]
         );
         assert!(!entries(&r, "offline", 0).unwrap().contains_key("/qubes-ip"));
+    }
+
+    /// net -> fw -> work, as in the firewall's sim test.
+    fn chain() -> Registry {
+        let mut r = reg();
+        r.create("fw", Class::AppVM, "green").unwrap();
+        r.set_pref("fw", "provides_network", "True").unwrap();
+        r.set_pref("fw", "netvm", "net").unwrap();
+        r.set_pref("work", "netvm", "fw").unwrap();
+        r
+    }
+
+    fn feature(r: &mut Registry, vm: &str, v: &str) {
+        r.domains
+            .get_mut(vm)
+            .unwrap()
+            .features
+            .insert("ipv6".into(), v.into());
+    }
+
+    fn v6(r: &Registry, vm: &str) -> String {
+        let ip: std::net::Ipv4Addr = r.get(vm).unwrap().ip.parse().unwrap();
+        let [_, _, a, b] = ip.octets();
+        format!("fd09:24ef:4179::a89:{:x}", u16::from_be_bytes([a, b]))
+    }
+
+    #[test]
+    fn no_ipv6_key_without_the_feature() {
+        let r = chain();
+        for vm in ["net", "fw", "work"] {
+            let e = entries(&r, vm, 0).unwrap();
+            for k in ["/qubes-ip6", "/qubes-gateway6", "/qubes-netvm-gateway6"] {
+                assert!(!e.contains_key(k), "{vm} has {k}");
+            }
+            assert!(
+                !e.keys().any(|k| k.starts_with("/qubes-firewall/fd09")),
+                "{vm}"
+            );
+        }
+        assert_eq!(entries(&r, "fw", 0).unwrap()["/connected-ips6"], "");
+    }
+
+    #[test]
+    fn ipv6_from_the_netvm_feature_gives_qubes_addresses_and_gateways() {
+        let mut r = chain();
+        feature(&mut r, "net", "1");
+        let (net6, fw6, work6) = (v6(&r, "net"), v6(&r, "fw"), v6(&r, "work"));
+        assert_eq!(
+            ip6(&r, "work").unwrap(),
+            "fd09:24ef:4179::a89:2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap(),
+            "the qid's IPv4 in the low 32 bits"
+        );
+        let n = entries(&r, "net", 0).unwrap();
+        assert!(!n.contains_key("/qubes-ip6"), "sys-net has no netvm");
+        assert_eq!(n["/qubes-netvm-gateway6"], net6);
+        assert_eq!(n["/connected-ips6"], fw6);
+        let f = entries(&r, "fw", 0).unwrap();
+        assert_eq!(f["/qubes-ip6"], fw6);
+        assert_eq!(f["/qubes-gateway6"], net6);
+        assert_eq!(f["/qubes-netvm-gateway6"], fw6);
+        assert_eq!(f["/connected-ips6"], work6);
+        let w = entries(&r, "work", 0).unwrap();
+        assert_eq!(w["/qubes-ip6"], work6);
+        assert_eq!(w["/qubes-gateway6"], fw6);
+        assert!(!w.contains_key("/qubes-netvm-gateway6"));
+        // A qube's own feature wins over its netvm's.
+        feature(&mut r, "work", "");
+        let w = entries(&r, "work", 0).unwrap();
+        assert!(!w.contains_key("/qubes-ip6") && !w.contains_key("/qubes-gateway6"));
+        assert_eq!(entries(&r, "fw", 0).unwrap()["/connected-ips6"], "");
+    }
+
+    #[test]
+    fn each_address_family_gets_its_own_firewall_directory_with_dom0_gaps() {
+        let mut r = chain();
+        feature(&mut r, "net", "1");
+        r.domains.get_mut("work").unwrap().firewall = Some(vec![
+            Rule::parse(&["action=drop dst6=fd00::/8"], 0).unwrap(),
+            Rule::parse(&["action=drop dst4=192.0.2.0/24"], 0).unwrap(),
+            Rule::parse(&["action=accept dsthost=example.test"], 0).unwrap(),
+            Rule::parse(&["action=drop"], 0).unwrap(),
+        ]);
+        let reloads = firewall_reloads(&r, "work", 0);
+        assert_eq!(
+            reloads,
+            [
+                (
+                    "10.137.0.2".to_string(),
+                    vec![
+                        (1, "action=drop dst4=192.0.2.0/24".to_string()),
+                        (2, "action=accept dsthost=example.test".to_string()),
+                        (3, "action=drop".to_string()),
+                    ]
+                ),
+                (
+                    v6(&r, "work"),
+                    vec![
+                        (0, "action=drop dst6=fd00::/8".to_string()),
+                        (2, "action=accept dsthost=example.test".to_string()),
+                        (3, "action=drop".to_string()),
+                    ]
+                ),
+            ]
+        );
+        let f = entries(&r, "fw", 0).unwrap();
+        let base = format!("/qubes-firewall/{}", v6(&r, "work"));
+        assert_eq!(f[&base], "", "the IPv6 commit marker");
+        assert_eq!(f[&format!("{base}/0000")], "action=drop dst6=fd00::/8");
+        assert_eq!(f[&format!("{base}/policy")], "drop");
+        assert!(!f.contains_key(&format!("{base}/0001")));
     }
 }

@@ -133,6 +133,84 @@ fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<(), PlatformError> {
     }))
 }
 
+/// A vif's optional `gateway6` node under `dir`: absent means no IPv6 gateway.
+fn read_gateway6(store: &mut impl Store, dir: &str) -> Result<Option<Ipv6Addr>, PlatformError> {
+    match read_str(store, &format!("{dir}/gateway6")) {
+        Ok(g) => g
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| bad("vif gateway6 is not an IPv6 address")),
+        Err(PlatformError::Store(StoreError::Xs(platform_api::XsErrno::Enoent))) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether this kernel has IPv6 at all (`ipv6.disable=1` on its command line removes it);
+/// without it the link carries IPv4 only, as a Qubes VM without the `ipv6` feature.
+fn kernel_has_ipv6() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// Qubes' setup-ip for IPv6 in the client: its /128 without DAD (the link is
+/// point-to-point), the gateway on-link and the default route via it.
+fn setup_client_ipv6(
+    ns: &str,
+    dev: &str,
+    addr: Ipv6Addr,
+    gateway6: Option<Ipv6Addr>,
+) -> Result<(), PlatformError> {
+    if !kernel_has_ipv6() {
+        return Ok(());
+    }
+    let a = format!("{addr}/128");
+    ip(
+        "add client IPv6 address",
+        &["-n", ns, "-6", "addr", "add", &a, "dev", dev, "nodad"],
+    )?;
+    if let Some(g) = gateway6 {
+        let g = g.to_string();
+        ip(
+            "add IPv6 gateway route",
+            &["-n", ns, "-6", "route", "add", &g, "dev", dev],
+        )?;
+        ip(
+            "add IPv6 default route",
+            &[
+                "-n", ns, "-6", "route", "add", "default", "via", &g, "dev", dev,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// vif-route-qubes for IPv6 in the netvm: the /128 route to the client, the gateway address
+/// on the link (what the client's default route points at), proxy NDP on the vif.
+fn setup_netvm_ipv6(
+    ns: &str,
+    dev: &str,
+    client: Ipv6Addr,
+    gateway6: Option<Ipv6Addr>,
+) -> Result<(), PlatformError> {
+    if !kernel_has_ipv6() {
+        return Ok(());
+    }
+    let route = format!("{client}/128");
+    ip(
+        "add client IPv6 route",
+        &["-n", ns, "-6", "route", "add", &route, "dev", dev],
+    )?;
+    if let Some(g) = gateway6 {
+        let g = format!("{g}/128");
+        ip(
+            "add IPv6 gateway address",
+            &["-n", ns, "-6", "addr", "add", &g, "dev", dev, "nodad"],
+        )?;
+    }
+    // The IPv6 counterpart of proxy ARP on the vif.
+    sysctl_in(ns, &format!("net/ipv6/conf/{dev}/proxy_ndp"), "1")
+}
+
 /// How one TAP is set up inside the peer's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapSetup {
@@ -160,6 +238,8 @@ pub enum Role {
         ip6: Option<Ipv6Addr>,
         /// The netvm's gateway address.
         gateway: Ipv4Addr,
+        /// The netvm's IPv6 gateway (`/qubes-gateway6`), if any.
+        gateway6: Option<Ipv6Addr>,
     },
     /// We are the client's frontend; the kernel side is the netvm's `vifD.V`
     /// (vif-route-qubes): a /32 route to the client, proxy ARP, the gateway address.
@@ -170,6 +250,8 @@ pub enum Role {
         ip6: Option<Ipv6Addr>,
         /// The gateway address put on the link.
         gateway: Ipv4Addr,
+        /// The IPv6 gateway address put on the link, if any.
+        gateway6: Option<Ipv6Addr>,
     },
 }
 
@@ -209,6 +291,7 @@ impl HostedNet {
             .trim()
             .parse()
             .map_err(|_| bad("vif gateway is not an IPv4 address"))?;
+        let gateway6 = read_gateway6(store, &dir)?;
         Self::create(
             events,
             TapSetup {
@@ -216,7 +299,12 @@ impl HostedNet {
                 ifname: "eth0".into(),
                 kernel_mac: mac,
                 our_mac: BACKEND_MAC,
-                role: Role::ClientEth0 { ip, ip6, gateway },
+                role: Role::ClientEth0 {
+                    ip,
+                    ip6,
+                    gateway,
+                    gateway6,
+                },
             },
         )
     }
@@ -249,6 +337,7 @@ impl HostedNet {
             .trim()
             .parse()
             .map_err(|_| bad("vif gateway is not an IPv4 address"))?;
+        let gateway6 = read_gateway6(store, &backend)?;
         Self::create(
             events,
             TapSetup {
@@ -256,7 +345,12 @@ impl HostedNet {
                 ifname: format!("vif{me}.{devid}"),
                 kernel_mac: BACKEND_MAC,
                 our_mac: mac,
-                role: Role::NetvmVif { ip, ip6, gateway },
+                role: Role::NetvmVif {
+                    ip,
+                    ip6,
+                    gateway,
+                    gateway6,
+                },
             },
         )
     }
@@ -312,6 +406,7 @@ impl HostedNet {
                 ip: a,
                 ip6,
                 gateway,
+                gateway6,
             } => {
                 let a = format!("{a}/32");
                 let gw = gateway.to_string();
@@ -328,18 +423,14 @@ impl HostedNet {
                     &["-n", ns, "route", "add", "default", "via", &gw, "dev", name],
                 )?;
                 if let Some(v6) = ip6 {
-                    let v6 = format!("{v6}/128");
-                    // IPv6 may be disabled in the namespace; IPv4 is what the link is for.
-                    let _ = ip(
-                        "add client IPv6 address",
-                        &["-n", ns, "addr", "add", &v6, "dev", name, "nodad"],
-                    );
+                    setup_client_ipv6(ns, name, *v6, *gateway6)?;
                 }
             }
             Role::NetvmVif {
                 ip: a,
                 ip6,
                 gateway,
+                gateway6,
             } => {
                 let a = format!("{a}/32");
                 let gw = format!("{gateway}/32");
@@ -353,11 +444,7 @@ impl HostedNet {
                     &["-n", ns, "addr", "add", &gw, "dev", name],
                 )?;
                 if let Some(v6) = ip6 {
-                    let v6 = format!("{v6}/128");
-                    let _ = ip(
-                        "add client IPv6 route",
-                        &["-n", ns, "-6", "route", "add", &v6, "dev", name],
-                    );
+                    setup_netvm_ipv6(ns, name, *v6, *gateway6)?;
                 }
             }
         }

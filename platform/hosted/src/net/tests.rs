@@ -225,6 +225,8 @@ const FE: u32 = 12;
 const BE: u32 = 3;
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 137, 0, 12);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 137, 0, 3);
+const CLIENT_IP6: &str = "fd09:24ef:4179::a89:c";
+const GATEWAY6: &str = "fd09:24ef:4179::a89:3";
 
 /// A run with xenstored, dom0's connection, and the vif of FE served by BE described the
 /// way contract §3 says, with `ns` as the client's and the netvm's namespace.
@@ -257,8 +259,9 @@ impl Fixture {
             ("frontend", fdir.clone()),
             ("frontend-id", FE.to_string()),
             ("mac", "00:16:3e:5e:6c:00".into()),
-            ("ip", format!("{CLIENT_IP} fd09:24ef:4179::a89:c")),
+            ("ip", format!("{CLIENT_IP} {CLIENT_IP6}")),
             ("gateway", GATEWAY.to_string()),
+            ("gateway6", GATEWAY6.into()),
             ("hosted-netns", client_ns.into()),
         ] {
             d0.write(Tx::NONE, &format!("{bdir}/{k}"), v.as_bytes())
@@ -391,6 +394,66 @@ fn netfront_tap_is_the_netvms_vif_with_route_proxy_arp_and_gateway() {
         }
     }
     assert_eq!(seen.arp_replies.first(), Some(&(BACKEND_MAC, GATEWAY)));
+}
+
+#[test]
+fn ipv6_is_set_up_like_setup_ip_and_vif_route_qubes() {
+    if !privileged("ipv6_setup") || !Path::new("/proc/sys/net/ipv6").exists() {
+        return;
+    }
+    let (client, netvm) = (Netns::new("c6"), Netns::new("n6"));
+    let fx = Fixture::new(&client.0, &netvm.0);
+    // The client's eth0: its /128 (no DAD), the gateway on-link, the default route via it.
+    let (ev, mut st) = fx.domain(BE);
+    let back = HostedNet::netback(&mut st, &ev, dom(FE), 0).unwrap();
+    let addrs = ip_out(&["-n", &client.0, "-6", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("{CLIENT_IP6}/128")), "{addrs}");
+    assert!(
+        addrs
+            .lines()
+            .any(|l| l.contains(CLIENT_IP6) && l.contains("nodad") && !l.contains("tentative")),
+        "DAD is off for the Qubes address: {addrs}"
+    );
+    let routes = ip_out(&["-n", &client.0, "-6", "route"]);
+    assert!(
+        routes.contains(&format!("{GATEWAY6} dev eth0"))
+            && routes.contains(&format!("default via {GATEWAY6} dev eth0")),
+        "{routes}"
+    );
+    // The netvm's vif: the /128 route to the client, the gateway address, proxy NDP.
+    let (ev2, mut st2) = fx.domain(FE);
+    let front = HostedNet::netfront(&mut st2, &ev2, dom(FE), 0).unwrap();
+    let vif = format!("vif{FE}.0");
+    let addrs = ip_out(&["-n", &netvm.0, "-6", "addr", "show", "dev", &vif]);
+    assert!(addrs.contains(&format!("{GATEWAY6}/128")), "{addrs}");
+    let routes = ip_out(&["-n", &netvm.0, "-6", "route"]);
+    assert!(
+        routes.contains(&format!("{CLIENT_IP6} dev {vif}")),
+        "{routes}"
+    );
+    let key = format!("/proc/sys/net/ipv6/conf/{vif}/proxy_ndp");
+    let proxy = in_netns(&netvm.0, move || std::fs::read_to_string(key).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(proxy.trim(), "1");
+    drop((back, front));
+}
+
+#[test]
+fn without_gateway6_the_client_gets_its_address_and_no_ipv6_route() {
+    if !privileged("no_gateway6") || !Path::new("/proc/sys/net/ipv6").exists() {
+        return;
+    }
+    let ns = Netns::new("g6");
+    let mut fx = Fixture::new(&ns.0, "unused");
+    let bdir = format!("/local/domain/{BE}/backend/vif/{FE}/0");
+    fx.dom0.rm(Tx::NONE, &format!("{bdir}/gateway6")).unwrap();
+    let (ev, mut st) = fx.domain(BE);
+    let _dev = HostedNet::netback(&mut st, &ev, dom(FE), 0).unwrap();
+    let addrs = ip_out(&["-n", &ns.0, "-6", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("{CLIENT_IP6}/128")), "{addrs}");
+    let routes = ip_out(&["-n", &ns.0, "-6", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
 }
 
 #[test]
@@ -539,6 +602,8 @@ fn hostile_store_values_are_refused_before_any_device_is_made() {
         ("mac", "00:16:3e:5e:6c"),
         ("ip", "10.137.0.300"),
         ("gateway", "gw"),
+        ("gateway6", "10.137.0.3"),
+        ("ip", "10.137.0.12 fd09::zz"),
     ] {
         let good = st
             .read(Tx::NONE, &format!("backend/vif/{FE}/0/{key}"))
