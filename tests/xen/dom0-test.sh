@@ -221,4 +221,6 @@ vck=$(echo "$vline" | grep -o 'cksum=[0-9/]*' | cut -d= -f2)
 [ -n "$vck" ] && [ "$vck" = "$dck" ]
 check blk-after-restart $? "${vline:-no result: $(tail -3 "$VLOG" | tr '\n' ' ') $(tail -1 /tmp/vcreate.txt)}"
 xl destroy "$VNAME" 2>/dev/null
+# The apps (passman, ssh-agent-vm, fb-viewer) driven by qubes-dom0d, and dom0_probe.
+. /usr/local/lib/xen-test/dom0-apps.sh
 finish

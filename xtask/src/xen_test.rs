@@ -1,9 +1,9 @@
 //! `cargo xtask xen-test`: boots the smoke image as PV and PVH domUs on real Xen 4.17 (Debian
 //! packages: debootstrap'd dom0, `xen-hypervisor-4.17-amd64`) inside QEMU TCG, and reports the
-//! checks the dom0 script (tests/xen/dom0-test.sh) prints, one line each.
+//! checks the dom0 script (tests/xen/dom0-test.sh, then dom0-apps.sh) prints, one line each.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -39,6 +39,7 @@ pub fn xen_test(root: &Path) -> Result<()> {
         "busybox-static",
     ])?;
     super::build_images(root)?;
+    let tools = dom0_tools(root)?;
     let lab = root.join("target/xen-lab");
     let rootfs = lab.join("rootfs");
     fs::create_dir_all(&lab)?;
@@ -50,7 +51,7 @@ pub fn xen_test(root: &Path) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
-    install(root, &rootfs)?;
+    install(root, &rootfs, &tools)?;
     let boot = lab.join("boot");
     fs::create_dir_all(&boot)?;
     boot_files(&rootfs, &boot)?;
@@ -92,16 +93,52 @@ pub fn xen_test(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Puts the image, the dom0 script and its unit into the dom0 root.
-fn install(root: &Path, rootfs: &Path) -> Result<()> {
+/// The unikernel images the lab boots.
+const IMAGES: &[&str] = &["xen-smoke", "passman", "ssh-agent-vm", "fb-viewer"];
+
+/// dom0's Linux tools (release, the host's glibc ≤ bookworm's): `qubes-dom0d` drives the apps,
+/// platform-dom0's `dom0_probe` checks the dom0 backend itself.
+fn dom0_tools(root: &Path) -> Result<[PathBuf; 2]> {
+    crate::run(crate::cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "qubes-dom0d",
+        "-p",
+        "platform-dom0",
+        "--bin",
+        "qubes-dom0d",
+        "--example",
+        "dom0_probe",
+    ]))?;
+    let rel = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release");
+    Ok([rel.join("qubes-dom0d"), rel.join("examples/dom0_probe")])
+}
+
+/// Puts the images, the dom0 tools, the dom0 scripts and the unit into the dom0 root.
+fn install(root: &Path, rootfs: &Path, tools: &[PathBuf]) -> Result<()> {
     let dir = rootfs.join("usr/local/lib/xen-test");
     fs::create_dir_all(&dir)?;
-    fs::copy(
-        super::image_path(root, "xen-smoke"),
-        dir.join("xen-smoke.vmlinuz"),
-    )?;
-    for f in ["dom0-test.sh", "net-check.py", "domu-init.sh"] {
+    for name in IMAGES {
+        fs::copy(
+            super::image_path(root, name),
+            dir.join(format!("{name}.vmlinuz")),
+        )?;
+    }
+    for f in [
+        "dom0-test.sh",
+        "dom0-apps.sh",
+        "net-check.py",
+        "domu-init.sh",
+    ] {
         fs::copy(root.join("tests/xen").join(f), dir.join(f))?;
+    }
+    for t in tools {
+        let name = t.file_name().context("tool path")?;
+        fs::copy(t, dir.join(name)).with_context(|| format!("{}", t.display()))?;
     }
     domu_initrd(root, rootfs, &dir.join("linux-domu.cpio.gz"))?;
     let units = rootfs.join("etc/systemd/system");
