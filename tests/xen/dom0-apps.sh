@@ -138,6 +138,35 @@ EOP
     wait $pid; rc=$?
     [ $rc = 0 ] && grep -q 'mapped' /tmp/gui.out
     check fb-viewer-window $? "gui-handshake --open small.png exit $rc: $(head -1 /tmp/gui.out) $([ $rc = 0 ] || why)"
+    # The screenshot (dom0d's 8-bit RGB PNG of the mapped framebuffer) shows the picture's colours.
+    python3 - /tmp/shot.png > /tmp/shot.txt 2>&1 <<'EOP'
+import struct, sys, zlib
+d = open(sys.argv[1], "rb").read()
+assert d[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+i, idat, w = 8, b"", 0
+while i + 8 <= len(d):
+    n, t = struct.unpack(">I4s", d[i:i + 8])
+    body = d[i + 8:i + 8 + n]
+    if t == b"IHDR":
+        w, h, depth, ctype = struct.unpack(">IIBB", body[:10])
+        assert (depth, ctype) == (8, 2), "not 8-bit RGB"
+    elif t == b"IDAT":
+        idat += body
+    i += 12 + n
+raw = zlib.decompress(idat)
+stride = 1 + 3 * w
+red = blue = 0
+for y in range(h):
+    row = raw[y * stride:(y + 1) * stride]
+    assert row[0] == 0, "filtered row"
+    for x in range(w):
+        r, g, b = row[1 + 3 * x:4 + 3 * x]
+        red += r > 200 and g < 60 and b < 60
+        blue += b > 200 and r < 60 and g < 60
+print(f"{w}x{h} screenshot: {red} red and {blue} blue pixels")
+sys.exit(0 if red and blue else 1)
+EOP
+    check fb-viewer-pixels $? "$(tail -1 /tmp/shot.txt) (the picture: red left half, blue right half)"
     app_stop fb-viewer
   fi
 fi
