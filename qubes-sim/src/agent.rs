@@ -25,10 +25,9 @@ use crate::chan::{Hosted, TxQueue, Vchan, CONNECT_TIMEOUT, CONTROL_QUEUE, TICK};
 use crate::local;
 use crate::pump::{self, ChildSink, Input, Outcome, INPUT_DEPTH};
 
-/// A Linux qube runs more at once than a unikernel (32 parallel `ssh` logins through one
-/// forwarder each hold a call): eight times the default channels.
+/// A Linux qube runs more at once than a unikernel: twice the default channels.
 pub const LIMITS: Limits = Limits {
-    max_channels: 64,
+    max_channels: 16,
     max_events: 32,
     out_bytes: 16 * 1024,
 };
@@ -204,7 +203,7 @@ fn spawn_shutdown_watch(h: &Hosted, tx: Sender<Msg>) -> Result<()> {
 }
 
 /// Request lines read at once; more connections wait in the listen backlog.
-const MAX_READERS: usize = 64;
+const MAX_READERS: usize = 16;
 
 fn spawn_listener(listener: UnixListener, tx: Sender<Msg>) {
     std::thread::spawn(move || {
