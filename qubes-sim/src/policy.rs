@@ -14,8 +14,9 @@ use crate::registry::{Class, Registry};
 
 /// The policy directory inside the state directory.
 pub const POLICY_DIR: &str = "policy.d";
-/// The `ask` answer: `allow`, `allow:<qube>` or `deny` (first line of `<state>/ask`, else
-/// this environment variable of the sim, else deny as if the user closed the dialog).
+/// The `ask` answer: `allow`, `allow:<qube>`, `deny`, or `tty` to ask the person at the sim's
+/// terminal (first line of `<state>/ask`, else this environment variable of the sim, else deny
+/// as if the user closed the dialog).
 pub const ENV_ASK: &str = "QUBES_SIM_ASK";
 /// Largest policy file read.
 const MAX_FILE: u64 = 1 << 20;
@@ -154,6 +155,11 @@ pub fn ask(
         .and_then(|s| s.lines().next().map(str::to_string))
         .or_else(|| std::env::var(ENV_ASK).ok())
         .unwrap_or_else(|| "deny".into());
+    let answer = if answer.trim() == "tty" {
+        ask_tty(question, targets, default)
+    } else {
+        answer
+    };
     let choice = choose(&answer, targets, default);
     eprintln!(
         "qubes-sim: ask: {question}: choices {:?} -> {}",
@@ -163,6 +169,39 @@ pub fn ask(
             .map_or("deny".to_string(), ToString::to_string)
     );
     choice
+}
+
+/// Dom0's confirmation dialog as a terminal prompt on `/dev/tty`: the answer in the hook's
+/// words (`allow`, `allow:<qube>` or `deny`). No terminal, or no answer, is a deny.
+fn ask_tty(question: &str, targets: &[CallTarget], default: Option<&CallTarget>) -> String {
+    use std::io::{BufRead, Read, Write};
+    let Ok(tty) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        eprintln!("qubes-sim: ask: no terminal to ask on; denied");
+        return "deny".into();
+    };
+    let names: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    let dflt = default.map_or_else(
+        || names.first().cloned().unwrap_or_default(),
+        |d| d.to_string(),
+    );
+    let mut out = &tty;
+    let _ = write!(
+        out,
+        "\ndom0 asks: {question}\n  targets: {}\n  allow to {dflt}? [y = yes, a target name, anything else = no]: ",
+        names.join(", ")
+    );
+    let _ = out.flush();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(&tty).take(256).read_line(&mut line);
+    match line.trim() {
+        "y" | "Y" | "yes" if !dflt.is_empty() => format!("allow:{dflt}"),
+        t if names.iter().any(|n| n == t) => format!("allow:{t}"),
+        _ => "deny".into(),
+    }
 }
 
 #[cfg(test)]

@@ -354,8 +354,10 @@ fn start(
                 sim_cmd("qvm-prefs", &["work", "default_dispvm", qube])?;
             }
             "ssh-agent-vm" => {
-                say("dom0 policy: work may use the ssh-agent keyring `work`");
-                user_policy.push_str(&format!("qubes.SshAgent +work work {qube} allow\n"));
+                say("dom0 policy: work may use the ssh-agent keyring `work`, after dom0 asks");
+                user_policy.push_str(&format!(
+                    "qubes.SshAgent +work work {qube} ask default_target={qube}\n"
+                ));
             }
             "passman" => {
                 say("dom0 policy: work may read the github.com password");
@@ -400,6 +402,14 @@ fn start(
     if netns {
         cmd.env("QUBES_SIM_NETNS", "1");
     }
+    // dom0's `ask` dialog: a prompt on this terminal when there is one, else answered yes.
+    use std::io::IsTerminal;
+    let ask = if std::io::stdin().is_terminal() {
+        "tty"
+    } else {
+        "allow"
+    };
+    cmd.env("QUBES_SIM_ASK", ask);
     // Every byte between the qubes and dom0 is recorded, to be decoded at the end.
     cmd.env("QUBES_SIM_CAPTURE", state.join(CAPTURE));
     let mut daemon = cmd.spawn().context("starting qubes-sim daemon")?;
