@@ -40,7 +40,7 @@ pub fn xen_test(root: &Path) -> Result<()> {
     ])?;
     super::build_images(root)?;
     let tools = dom0_tools(root)?;
-    let lab = root.join("target/xen-lab");
+    let lab = lab_dir(root);
     let rootfs = lab.join("rootfs");
     fs::create_dir_all(&lab)?;
     if !lab.join("rootfs.done").exists() {
@@ -51,7 +51,13 @@ pub fn xen_test(root: &Path) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
-    install(root, &rootfs, &tools)?;
+    // Packages added to rootfs.sh's EXTRA list since the root was built (no-op otherwise).
+    crate::run(
+        Command::new(root.join("tests/xen/rootfs.sh"))
+            .arg("--extra")
+            .arg(&rootfs),
+    )?;
+    install(root, &lab, &tools)?;
     let boot = lab.join("boot");
     fs::create_dir_all(&boot)?;
     boot_files(&rootfs, &boot)?;
@@ -118,8 +124,22 @@ fn dom0_tools(root: &Path) -> Result<[PathBuf; 2]> {
     Ok([rel.join("qubes-dom0d"), rel.join("examples/dom0_probe")])
 }
 
-/// Puts the images, the dom0 tools, the dom0 scripts and the unit into the dom0 root.
-fn install(root: &Path, rootfs: &Path, tools: &[PathBuf]) -> Result<()> {
+/// The lab's work dir (dom0 root, dom0.img, boot files, serial logs): `XEN_TEST_DIR`, else
+/// `target/xen-lab`. Two labs running at once need two dirs (each installs into its own root).
+fn lab_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("XEN_TEST_DIR") {
+        Some(d) if !d.is_empty() => root.join(PathBuf::from(d)),
+        _ => root.join("target/xen-lab"),
+    }
+}
+
+/// Files of tests/xen/ that are not installed into dom0 (the rest all are, so a new dom0 script
+/// sourced by dom0-test.sh needs no xtask edit).
+const NOT_INSTALLED: &[&str] = &["README.md", "rootfs.sh", "xen-test.service"];
+
+/// Puts the images, the dom0 tools, every file of tests/xen/ and the unit into the dom0 root.
+fn install(root: &Path, lab: &Path, tools: &[PathBuf]) -> Result<()> {
+    let rootfs = lab.join("rootfs");
     let dir = rootfs.join("usr/local/lib/xen-test");
     fs::create_dir_all(&dir)?;
     for name in IMAGES {
@@ -128,19 +148,19 @@ fn install(root: &Path, rootfs: &Path, tools: &[PathBuf]) -> Result<()> {
             dir.join(format!("{name}.vmlinuz")),
         )?;
     }
-    for f in [
-        "dom0-test.sh",
-        "dom0-apps.sh",
-        "net-check.py",
-        "domu-init.sh",
-    ] {
-        fs::copy(root.join("tests/xen").join(f), dir.join(f))?;
+    for e in fs::read_dir(root.join("tests/xen"))? {
+        let e = e?;
+        let name = e.file_name();
+        if !e.file_type()?.is_file() || NOT_INSTALLED.iter().any(|n| name == *n) {
+            continue;
+        }
+        fs::copy(e.path(), dir.join(&name))?;
     }
     for t in tools {
         let name = t.file_name().context("tool path")?;
         fs::copy(t, dir.join(name)).with_context(|| format!("{}", t.display()))?;
     }
-    domu_initrd(root, rootfs, &dir.join("linux-domu.cpio.gz"))?;
+    domu_initrd(root, lab, &dir.join("linux-domu.cpio.gz"))?;
     let units = rootfs.join("etc/systemd/system");
     fs::copy(
         root.join("tests/xen/xen-test.service"),
@@ -156,8 +176,9 @@ fn install(root: &Path, rootfs: &Path, tools: &[PathBuf]) -> Result<()> {
 
 /// The Linux PV domU's initramfs: the host's busybox-static, dom0's xen-netfront module and
 /// tests/xen/domu-init.sh as /init (its kernel is dom0's own, from the same root).
-fn domu_initrd(root: &Path, rootfs: &Path, out: &Path) -> Result<()> {
-    let stage = root.join("target/xen-lab/domu-initrd");
+fn domu_initrd(root: &Path, lab: &Path, out: &Path) -> Result<()> {
+    let rootfs = &lab.join("rootfs");
+    let stage = lab.join("domu-initrd");
     let _ = fs::remove_dir_all(&stage);
     for d in ["bin", "proc", "sys", "dev", "tmp"] {
         fs::create_dir_all(stage.join(d))?;
