@@ -3,6 +3,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::str::FromStr;
 
 use signature::Signer;
 use ssh_encoding::{Decode, Encode};
@@ -149,12 +150,18 @@ impl PrivateKey {
                 _ => return Err(WireError::UnsupportedKeyType),
             }
             let prefix = synth.len();
-            synth.extend_from_slice(probe.rest());
+            let padded = match cert_pub {
+                KeyData::Ecdsa(p) => pad_ecdsa_scalar(&mut synth, probe.rest(), p.curve())?,
+                _ => {
+                    synth.extend_from_slice(probe.rest());
+                    0
+                }
+            };
             let mut s: &[u8] = &synth;
             let kp = KeypairData::decode_as(&mut s, cert_pub.algorithm())
                 .map_err(|_| WireError::BadKey)?;
             let consumed = (synth.len() - s.len())
-                .checked_sub(prefix)
+                .checked_sub(prefix + padded)
                 .ok_or(WireError::BadKey)?;
             probe.take(consumed).ok_or(WireError::BadKey)?;
             let kd = KeyData::try_from(&kp).map_err(|_| WireError::BadKey)?;
@@ -164,10 +171,18 @@ impl PrivateKey {
             let public = KeyBlob::new(cert_bytes.to_vec())?;
             (kp, public, start.len() - probe.remaining())
         } else {
-            let mut s: &[u8] = start;
+            let synth = pad_plain_ecdsa(start)?;
+            let (src, padded): (&[u8], usize) = match &synth {
+                Some((v, pad)) => (v, *pad),
+                None => (start, 0),
+            };
+            let mut s = src;
             let kp = KeypairData::decode(&mut s).map_err(|_| WireError::BadKey)?;
             let kd = KeyData::try_from(&kp).map_err(|_| WireError::BadKey)?;
-            (kp, KeyBlob::from_key_data(&kd)?, start.len() - s.len())
+            let used = (src.len() - s.len())
+                .checked_sub(padded)
+                .ok_or(WireError::BadKey)?;
+            (kp, KeyBlob::from_key_data(&kd)?, used)
         };
         match &keypair {
             KeypairData::Ed25519(_) => {}
@@ -247,6 +262,59 @@ impl fmt::Debug for PrivateKey {
             .field("public", &self.public)
             .finish_non_exhaustive()
     }
+}
+
+/// Bytes of an ECDSA private scalar on `curve`, or `None` for a curve this agent does not use.
+fn ecdsa_scalar_len(curve: EcdsaCurve) -> Option<usize> {
+    match curve {
+        EcdsaCurve::NistP256 => Some(32),
+        EcdsaCurve::NistP384 => Some(48),
+        EcdsaCurve::NistP521 => None,
+    }
+}
+
+/// Appends `rest` (an ECDSA private scalar as an mpint, then whatever follows) to `out`, with the
+/// scalar left-padded to the curve's size; returns how many zero bytes were added. An mpint drops
+/// leading zero bytes, so about one OpenSSH key in 256 has a shorter scalar, which ssh-key 0.6
+/// refuses to decode.
+fn pad_ecdsa_scalar(out: &mut Vec<u8>, rest: &[u8], curve: EcdsaCurve) -> Result<usize, WireError> {
+    let mut r = Reader::new(rest);
+    let d = r.string("ecdsa private scalar")?;
+    let pad = ecdsa_scalar_len(curve).map_or(0, |size| size.saturating_sub(d.len()));
+    let len = u32::try_from(d.len() + pad).map_err(|_| WireError::BadKey)?;
+    // Reserve first so that no reallocation leaves a copy of the scalar behind.
+    out.reserve(4 + pad + rest.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.resize(out.len() + pad, 0);
+    out.extend_from_slice(d);
+    out.extend_from_slice(r.rest());
+    Ok(pad)
+}
+
+/// A key's bytes re-encoded with its ECDSA scalar padded, and how many bytes that added.
+type Padded = (Zeroizing<Vec<u8>>, usize);
+
+/// For a plain ECDSA key whose scalar is shorter than its curve's size, a copy of `start` with
+/// the scalar padded and the number of bytes added; `None` for every other key.
+fn pad_plain_ecdsa(start: &[u8]) -> Result<Option<Padded>, WireError> {
+    let mut r = Reader::new(start);
+    let name = r.utf8("key type")?;
+    if !name.starts_with("ecdsa-sha2-") || name.ends_with(CERT_SUFFIX) {
+        return Ok(None);
+    }
+    let curve = r.utf8("ecdsa curve")?;
+    let _point = r.string("ecdsa public point")?;
+    let Ok(curve) = EcdsaCurve::from_str(curve) else {
+        return Ok(None);
+    };
+    let head = start.len() - r.remaining();
+    let mut out = Zeroizing::new(Vec::with_capacity(start.len() + 64));
+    out.extend_from_slice(start.get(..head).ok_or(WireError::BadKey)?);
+    let pad = pad_ecdsa_scalar(&mut out, r.rest(), curve)?;
+    if pad == 0 {
+        return Ok(None);
+    }
+    Ok(Some((out, pad)))
 }
 
 /// Why a signature was not made.

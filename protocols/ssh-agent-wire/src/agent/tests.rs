@@ -165,6 +165,88 @@ fn ecdsa_p256_and_p384_keys_sign_and_verify() {
     }
 }
 
+/// An mpint drops leading zero bytes: OpenSSH sends about one ECDSA key in 256 with a scalar
+/// shorter than its curve's size, and such a key must add, sign and re-parse like any other.
+#[test]
+fn ecdsa_keys_whose_scalar_has_leading_zero_bytes_are_accepted() {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let mut d256a = [0x11u8; 32];
+    d256a[0] = 0;
+    let mut d256b = [0x93u8; 32];
+    d256b[..2].copy_from_slice(&[0, 0]);
+    let mut d384 = [0x22u8; 48];
+    d384[0] = 0;
+    type Case<'a> = (&'a [u8], &'a [u8], Vec<u8>, &'a [u8]);
+    let keys: [Case<'_>; 3] = [
+        (
+            b"ecdsa-sha2-nistp256",
+            b"nistp256",
+            p256::SecretKey::from_slice(&d256a)
+                .unwrap()
+                .public_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
+            &d256a,
+        ),
+        (
+            b"ecdsa-sha2-nistp256",
+            b"nistp256",
+            p256::SecretKey::from_slice(&d256b)
+                .unwrap()
+                .public_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
+            &d256b,
+        ),
+        (
+            b"ecdsa-sha2-nistp384",
+            b"nistp384",
+            p384::SecretKey::from_slice(&d384)
+                .unwrap()
+                .public_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
+            &d384,
+        ),
+    ];
+    for (alg, curve, q, d) in keys {
+        let mut h = Harness::new();
+        let mut admin = Session::new(true);
+        let mut mp = Vec::new();
+        crate::wire::codec::put_mpint(&mut mp, d);
+        assert!(
+            mp.len() < 4 + d.len(),
+            "the mpint is shorter than the scalar"
+        );
+        let key = cat(&[&s(alg), &s(curve), &s(&q), &mp]);
+        let body = cat(&[&[17], &key, &s(b"short")]);
+        assert_eq!(h.call(&mut admin, &body), [Response::Success], "{d:02x?}");
+        let blob = cat(&[&s(alg), &s(curve), &s(&q)]);
+        let r = h.call(
+            &mut admin,
+            &cat(&[&[13], &s(&blob), &s(b"msg"), &[0, 0, 0, 0]]),
+        );
+        let Response::SignResponse(sig) = &r[0] else {
+            panic!("{r:?}")
+        };
+        let kd = crate::KeyBlob::new(blob).unwrap().key_data().unwrap();
+        let sig = ssh_key::Signature::try_from(sig.as_slice()).unwrap();
+        signature::Verifier::verify(&kd, b"msg", &sig).unwrap();
+
+        // The key is kept as received (the vault stores those bytes) and parses back the same.
+        let tail = cat(&[&key, &s(b"after")]);
+        let mut r = crate::wire::codec::Reader::new(&tail);
+        let pk = crate::PrivateKey::parse(&mut r).unwrap();
+        let mut out = Vec::new();
+        pk.emit(&mut out);
+        assert_eq!(out, key);
+        assert_eq!(r.rest(), &s(b"after")[..]);
+    }
+}
+
 #[test]
 fn ecdsa_private_scalar_not_matching_public_point_is_refused() {
     use p256::elliptic_curve::sec1::ToEncodedPoint;
