@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+mod bounded;
 pub mod framing;
 pub mod gui;
 pub mod policy;

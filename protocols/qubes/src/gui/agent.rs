@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use platform_api::GrantRef;
 
-use super::queue::OutQueue;
+use super::queue::{push_message, OutQueue};
 use super::wire::{
     dump_pages, parse_version, Button, Configure, Create, Crossing, Cursor, Focus, GuiFraming,
     Keypress, MapInfo, Message, Motion, Sender, ShmImage, Version, WindowDumpHdr, WindowFlags,
@@ -129,8 +129,8 @@ impl Agent {
 
     /// A new connection: the version word is queued at once.
     pub fn new(limits: AgentLimits) -> Self {
-        let mut out = OutQueue::new(limits.max_out.max(4 * REPLY_ROOM));
-        let ok = out.push_raw(&Self::VERSION.0.to_le_bytes());
+        let mut out = OutQueue::new(limits.max_out.max(4 * REPLY_ROOM), "gui agent output");
+        let ok = out.push_all(&[&Self::VERSION.0.to_le_bytes()]).is_ok();
         debug_assert!(ok, "an empty queue holds a version word");
         Agent {
             limits,
@@ -274,7 +274,7 @@ impl Agent {
             Message::WindowDumpAck => Event::DumpAcked(w),
             Message::Configure(c) if !win.destroying => {
                 // The daemon sends no other CONFIGURE for this window until this echo.
-                let ok = self.out.push(w, &Message::Configure(c));
+                let ok = push_message(&mut self.out, w, &Message::Configure(c));
                 debug_assert!(ok, "REPLY_ROOM was reserved");
                 Event::Configure(w, c)
             }
@@ -311,7 +311,7 @@ impl Agent {
         }
         m.check()?;
         // Leave room for the echoes input may need, so local sends cannot stall the daemon.
-        if !self.out.has_room(m.buffer_len() + REPLY_ROOM) || !self.out.push(w, m) {
+        if !self.out.has_room(m.buffer_len() + REPLY_ROOM) || !push_message(&mut self.out, w, m) {
             return Err(LocalError::Full {
                 what: "outgoing queue",
             });

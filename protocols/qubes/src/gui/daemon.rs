@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use platform_api::GrantRef;
 
-use super::queue::OutQueue;
+use super::queue::{push_message, OutQueue};
 use super::wire::{
     parse_version, Configure, Create, GuiFraming, MapInfo, Message, MsgHeader, MsgType, Sender,
     ShmImage, Version, WindowDumpHdr, WindowFlags, WindowHints, WindowId, WireError, WmClass,
@@ -145,7 +145,7 @@ impl Daemon {
                 sender: Sender::Agent,
                 version: Self::VERSION,
             }),
-            out: OutQueue::new(limits.max_out.max(1024)),
+            out: OutQueue::new(limits.max_out.max(1024), "gui daemon output"),
             events: VecDeque::new(),
             event_bytes: 0,
             windows: BTreeMap::new(),
@@ -209,11 +209,11 @@ impl Daemon {
         self.reader.framing_mut().version = negotiated;
         let mut ok = true;
         if negotiated >= Version::V1_4 {
-            ok &= self.out.push_raw(&negotiated.0.to_le_bytes());
+            ok &= self.out.push_all(&[&negotiated.0.to_le_bytes()]).is_ok();
         }
         let mut x = [0u8; XConf::LEN];
         self.xconf.emit(&mut x);
-        ok &= self.out.push_raw(&x);
+        ok &= self.out.push_all(&[&x]).is_ok();
         debug_assert!(ok, "the queue is empty during the handshake");
         self.phase = Phase::Ready;
         self.events
@@ -265,7 +265,7 @@ impl Daemon {
             Message::Destroy => {
                 self.windows.remove(&w);
                 if self.version >= Version::V1_5 {
-                    let ok = self.out.push(w, &Message::Destroy);
+                    let ok = push_message(&mut self.out, w, &Message::Destroy);
                     debug_assert!(ok, "room for a header was checked");
                 }
                 DaemonEvent::Destroyed(w)
@@ -342,7 +342,7 @@ impl Daemon {
             return Err(LocalError::NoSuchWindow(w));
         }
         m.check()?;
-        if !self.out.has_room(m.buffer_len() + HEADER_LEN) || !self.out.push(w, m) {
+        if !self.out.has_room(m.buffer_len() + HEADER_LEN) || !push_message(&mut self.out, w, m) {
             return Err(LocalError::Full {
                 what: "outgoing queue",
             });

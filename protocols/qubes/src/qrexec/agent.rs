@@ -116,7 +116,7 @@ impl Agent {
         Self {
             reader: FrameReader::new(QrexecFraming::new()),
             out,
-            events: EventQueue::new(limits.max_events.max(1)),
+            events: EventQueue::new(limits.max_events.max(1), "qrexec agent events"),
             limits,
             version: None,
             channels: Vec::new(),
@@ -146,7 +146,7 @@ impl Agent {
         }
         let mut used = 0;
         while let Some(rest) = data.get(used..).filter(|r| !r.is_empty()) {
-            if !self.events.has_room() || self.out.room() < REPLY_ROOM {
+            if !self.events.has_room(1) || self.out.room() < REPLY_ROOM {
                 break;
             }
             let n = self.reader.push(rest).map_err(|e| self.fail(e.into()))?;
@@ -177,7 +177,7 @@ impl Agent {
             let v = version.min(AGENT_VERSION);
             self.version = Some(v);
             self.reader.framing_mut().set_version(v);
-            self.events.push(Event::Ready { version: v });
+            self.events.push(Event::Ready { version: v })?;
             return Ok(());
         };
         match msg {
@@ -195,12 +195,12 @@ impl Agent {
                     peer,
                     port,
                     request_id: id,
-                });
+                })?;
                 Ok(())
             }
             Message::ServiceRefused { request_id } => {
                 let id = self.take_pending(request_id)?;
-                self.events.push(Event::Refused { request_id: id });
+                self.events.push(Event::Refused { request_id: id })?;
                 Ok(())
             }
             other => Err(PeerError::UnexpectedMessage(other.msg_type()).into()),
@@ -215,7 +215,7 @@ impl Agent {
                 connect_port: port,
             };
             self.out.push(&bye)?;
-            self.events.push(Event::Overflow { peer, port });
+            self.events.push(Event::Overflow { peer, port })?;
             return Ok(());
         }
         self.channels.push((peer, port));
@@ -225,7 +225,7 @@ impl Agent {
             port,
             just_exec,
             command,
-        });
+        })?;
         Ok(())
     }
 

@@ -115,7 +115,7 @@ impl Daemon {
         Self {
             reader: FrameReader::new(QrexecFraming::new()),
             out: OutQueue::new(limits.out_bytes.max(MAX_CONTROL_BODY + 8 + REPLY_ROOM)),
-            events: EventQueue::new(limits.max_events.max(1)),
+            events: EventQueue::new(limits.max_events.max(1), "qrexec daemon events"),
             version: None,
             ports: [None; DATA_PORT_COUNT as usize],
             default_user: None,
@@ -138,7 +138,7 @@ impl Daemon {
         }
         let mut used = 0;
         while let Some(rest) = data.get(used..).filter(|r| !r.is_empty()) {
-            if !self.events.has_room() || self.out.room() < REPLY_ROOM {
+            if !self.events.has_room(1) || self.out.room() < REPLY_ROOM {
                 break;
             }
             let n = self.reader.push(rest).map_err(|e| self.fail(e.into()))?;
@@ -180,7 +180,7 @@ impl Daemon {
             self.events.push(Event::Ready {
                 agent_version,
                 version: v,
-            });
+            })?;
             return Ok(());
         };
         let allowed = match ty {
@@ -223,7 +223,7 @@ impl Daemon {
                     peer: connect_domain,
                     port: connect_port,
                     released,
-                });
+                })?;
                 Ok(())
             }
             other => Err(PeerError::UnexpectedMessage(other.msg_type()).into()),
@@ -254,7 +254,7 @@ impl Daemon {
                 request_id: request_id.as_bytes(),
             })?;
             self.events
-                .push(Event::TriggerRefused { request_id, reason });
+                .push(Event::TriggerRefused { request_id, reason })?;
             return Ok(());
         }
         let service_and_arg = names::sanitize_service(name);
@@ -270,7 +270,7 @@ impl Daemon {
             argument,
             source,
             request_id,
-        });
+        })?;
         Ok(())
     }
 

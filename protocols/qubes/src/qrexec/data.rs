@@ -1,11 +1,10 @@
 //! One qrexec data channel (a 64 KiB vchan on ports 513..=768), either role: the service side
 //! (stdout/stderr/exit code out, stdin in) or the caller side; VM agent or dom0 end.
 
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use super::error::{Error, PeerError};
-use super::queue::OutQueue;
+use super::queue::{EventQueue, OutQueue};
 use super::wire::{Message, QrexecFraming, Stream, HEADER_LEN};
 use super::{max_chunk, PROTOCOL_V2};
 use crate::framing::FrameReader;
@@ -109,7 +108,7 @@ pub struct DataChannel {
     version: Option<u32>,
     reader: FrameReader<QrexecFraming>,
     out: OutQueue,
-    events: VecDeque<Event>,
+    events: EventQueue<Event>,
     event_bytes: usize,
     limits: Limits,
     eof_sent: [bool; 3],
@@ -136,7 +135,7 @@ impl DataChannel {
             version: None,
             reader: FrameReader::new(QrexecFraming::new()),
             out,
-            events: VecDeque::new(),
+            events: EventQueue::new(limits.max_events.max(1), "qrexec data events"),
             event_bytes: 0,
             limits,
             eof_sent: [false; 3],
@@ -211,8 +210,7 @@ impl DataChannel {
         }
         let mut used = 0;
         while let Some(rest) = data.get(used..).filter(|r| !r.is_empty()) {
-            let busy = self.events.len() >= self.limits.max_events.max(1)
-                || self.event_bytes >= self.limits.event_bytes;
+            let busy = !self.events.has_room(1) || self.event_bytes >= self.limits.event_bytes;
             if busy {
                 break;
             }
@@ -245,7 +243,7 @@ impl DataChannel {
             let v = version.min(self.own_version);
             self.version = Some(v);
             self.reader.framing_mut().set_version(v);
-            self.events.push_back(Event::Ready { version: v });
+            self.events.push(Event::Ready { version: v })?;
             return Ok(());
         };
         if self.exit_seen.is_some() {
@@ -285,7 +283,7 @@ impl DataChannel {
                         data: &[],
                     })?;
                 }
-                self.events.push_back(Event::Exit(code));
+                self.events.push(Event::Exit(code))?;
                 Ok(())
             }
             _ => Err(PeerError::UnexpectedMessage(ty).into()),
@@ -300,15 +298,15 @@ impl DataChannel {
         }
         if len == 0 {
             self.eof_seen[i] = true;
-            self.events.push_back(Event::Eof(stream));
+            self.events.push(Event::Eof(stream))?;
             return Ok(());
         }
         frame.drain(..HEADER_LEN.min(frame.len()));
         self.event_bytes = self.event_bytes.saturating_add(frame.len());
-        self.events.push_back(Event::Data {
+        self.events.push(Event::Data {
             stream,
             data: frame,
-        });
+        })?;
         Ok(())
     }
 
@@ -417,7 +415,7 @@ impl DataChannel {
     /// The next event.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        let e = self.events.pop_front()?;
+        let e = self.events.pop()?;
         if let Event::Data { data, .. } = &e {
             self.event_bytes = self.event_bytes.saturating_sub(data.len());
         }

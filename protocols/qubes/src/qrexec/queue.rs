@@ -1,30 +1,36 @@
-//! Bounded queues shared by the qrexec machines: outgoing bytes (a stream, so `poll_transmit`
-//! may take any amount) and events; both refuse with `Full` instead of growing.
+//! qrexec messages into the shared bounded byte queue (a stream, so `poll_transmit` may take
+//! any amount); a message is queued whole or refused with `Full`.
 
-use alloc::collections::VecDeque;
 use alloc::vec;
 
 use super::error::Error;
-use super::wire::{Message, HEADER_LEN};
+use super::wire::Message;
+use crate::bounded::{BoundedQueue, Full};
+
+pub(crate) use crate::bounded::BoundedQueue as EventQueue;
+
+impl From<Full> for Error {
+    fn from(f: Full) -> Self {
+        Error::Full { what: f.what }
+    }
+}
 
 /// Outgoing bytes, at most `cap` queued.
 #[derive(Debug)]
 pub(crate) struct OutQueue {
-    buf: VecDeque<u8>,
-    cap: usize,
+    buf: BoundedQueue<u8>,
 }
 
 impl OutQueue {
     pub(crate) fn new(cap: usize) -> Self {
         Self {
-            buf: VecDeque::new(),
-            cap,
+            buf: BoundedQueue::new(cap, "qrexec output queue"),
         }
     }
 
     /// Bytes that still fit.
     pub(crate) fn room(&self) -> usize {
-        self.cap.saturating_sub(self.buf.len())
+        self.buf.room()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -47,17 +53,17 @@ impl OutQueue {
             });
         }
         // Data chunks can be 64 KiB: emit only the header and append the payload as is.
-        let mut tmp = match msg {
-            Message::Data { .. } => vec![0u8; HEADER_LEN],
-            _ => vec![0u8; total],
+        let (head, body): (Message<'_>, &[u8]) = match msg {
+            Message::Data { stream, data } => (
+                Message::Data {
+                    stream: *stream,
+                    data: &[],
+                },
+                data,
+            ),
+            other => (*other, &[]),
         };
-        let head = match msg {
-            Message::Data { stream, .. } => Message::Data {
-                stream: *stream,
-                data: &[],
-            },
-            other => *other,
-        };
+        let mut tmp = vec![0u8; total.saturating_sub(body.len())];
         head.emit(&mut tmp)
             .map_err(|_| Error::InvalidArgument("field too long for the wire"))?;
         if let Message::Data { data, .. } = msg {
@@ -66,52 +72,12 @@ impl OutQueue {
             tmp.get_mut(4..8)
                 .ok_or(Error::InvalidArgument("header"))?
                 .copy_from_slice(&len);
-            self.buf.extend(tmp);
-            self.buf.extend(data.iter().copied());
-        } else {
-            self.buf.extend(tmp);
         }
-        Ok(())
+        Ok(self.buf.push_all(&[&tmp, body])?)
     }
 
     /// Copies queued bytes into `out`; `None` when nothing is queued.
     pub(crate) fn poll_transmit(&mut self, out: &mut [u8]) -> Option<usize> {
-        if self.buf.is_empty() || out.is_empty() {
-            return None;
-        }
-        let n = out.len().min(self.buf.len());
-        for (dst, src) in out.iter_mut().zip(self.buf.drain(..n)) {
-            *dst = src;
-        }
-        Some(n)
-    }
-}
-
-/// Events waiting for `poll_event`, at most `cap`.
-#[derive(Debug)]
-pub(crate) struct EventQueue<E> {
-    q: VecDeque<E>,
-    cap: usize,
-}
-
-impl<E> EventQueue<E> {
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            q: VecDeque::new(),
-            cap,
-        }
-    }
-
-    pub(crate) fn has_room(&self) -> bool {
-        self.q.len() < self.cap
-    }
-
-    /// Callers check [`has_room`](Self::has_room) before consuming the input that makes an event.
-    pub(crate) fn push(&mut self, e: E) {
-        self.q.push_back(e);
-    }
-
-    pub(crate) fn pop(&mut self) -> Option<E> {
-        self.q.pop_front()
+        self.buf.poll_transmit(out)
     }
 }

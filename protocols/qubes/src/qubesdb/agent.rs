@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use super::entries::{Entries, Full};
-use super::out::OutQueue;
+use super::out::{push_message, OutQueue};
 use super::wire::{check_data, Message, MsgType, QdbFraming, QdbPath, HEADER_LEN};
 use super::{ConnError, LocalError, PeerError};
 use crate::framing::FrameReader;
@@ -126,7 +126,7 @@ impl Agent {
             db: Entries::new(limits.max_entries, limits.max_bytes),
             staging: Entries::new(limits.max_entries, limits.max_bytes),
             reader: FrameReader::new(QdbFraming),
-            out: OutQueue::new(limits.max_out),
+            out: OutQueue::new(limits.max_out, "qubesdb agent output"),
             events: VecDeque::new(),
             watches: Vec::new(),
             next_watch: 1,
@@ -142,7 +142,7 @@ impl Agent {
         self.pending.clear();
         self.staging.clear();
         self.state = SyncState::Syncing;
-        let ok = self.out.push(&Message::Multiread(QdbPath::EMPTY));
+        let ok = push_message(&mut self.out, &Message::Multiread(QdbPath::EMPTY));
         debug_assert!(ok, "an empty queue holds a MULTIREAD");
     }
 
@@ -273,7 +273,7 @@ impl Agent {
 
     fn reply(&mut self, m: Message<'_>) {
         // has_room() reserved space for one header-only reply before this frame was read.
-        let ok = self.out.push(&m);
+        let ok = push_message(&mut self.out, &m);
         debug_assert!(ok, "reply space was reserved");
     }
 
@@ -415,7 +415,7 @@ impl Agent {
     }
 
     fn send(&mut self, msg: &Message<'_>) {
-        let ok = self.out.push(msg);
+        let ok = push_message(&mut self.out, msg);
         debug_assert!(ok, "can_send checked the room");
         self.pending.push_back(*msg.path());
     }

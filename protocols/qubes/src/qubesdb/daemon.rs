@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::format;
 
 use super::entries::{Entries, Full};
-use super::out::OutQueue;
+use super::out::{push_message, OutQueue};
 use super::wire::{check_data, Message, MsgType, QdbFraming, QdbPath, HEADER_LEN, MAX_MESSAGE_LEN};
 use super::{ConnError, LocalError, PeerError};
 use crate::framing::FrameReader;
@@ -109,7 +109,7 @@ impl Daemon {
             db: Entries::new(limits.max_entries, limits.max_bytes),
             untrusted: Entries::new(limits.max_vm_entries, limits.max_vm_bytes),
             reader: FrameReader::new(QdbFraming),
-            out: OutQueue::new(limits.max_out),
+            out: OutQueue::new(limits.max_out, "qubesdb daemon output"),
             events: VecDeque::new(),
             pending: VecDeque::new(),
         }
@@ -231,7 +231,7 @@ impl Daemon {
             _ => return Err(ConnError::Peer(PeerError::UnexpectedType(ty))),
         };
         if let Some(r) = reply {
-            let ok = self.out.push(&r);
+            let ok = push_message(&mut self.out, &r);
             debug_assert!(ok, "room for a header-only reply was checked");
         }
         Ok(())
@@ -262,7 +262,7 @@ impl Daemon {
                 .map(|(p, v)| (*p, v));
             match next {
                 Some((path, value)) => {
-                    let ok = self.out.push(&Message::RespMultiread(path, value));
+                    let ok = push_message(&mut self.out, &Message::RespMultiread(path, value));
                     debug_assert!(ok, "room was checked");
                     self.state = State::Dumping {
                         prefix,
@@ -271,7 +271,7 @@ impl Daemon {
                     };
                 }
                 None => {
-                    let ok = self.out.push(&Message::END_OF_DUMP);
+                    let ok = push_message(&mut self.out, &Message::END_OF_DUMP);
                     debug_assert!(ok, "room was checked");
                     self.state = State::Ready;
                     self.events
@@ -351,7 +351,7 @@ impl Daemon {
 
     fn push(&mut self, msg: &Message<'_>) {
         if self.pushing() {
-            let ok = self.out.push(msg);
+            let ok = push_message(&mut self.out, msg);
             debug_assert!(ok, "can_push checked the room");
             self.pending.push_back(*msg.path());
         }
