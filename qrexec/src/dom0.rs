@@ -31,6 +31,8 @@ const CONNECT_EVERY: Duration = Duration::from_millis(100);
 const MAX_POLICY_FILE: u64 = 1 << 20;
 /// dom0's own calls (local socket) waiting at once.
 const MAX_LOCAL: usize = 64;
+/// How long a VM's call waits for its allowed target's agent.
+const TARGET_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a dom0 call waits for its target's agent.
 const LOCAL_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -100,6 +102,7 @@ struct Dom<P: Platform> {
 /// A trigger taken from a domain's control channel, routed after the pump.
 #[derive(Debug)]
 struct Trigger {
+    since: Instant,
     source: usize,
     target: String,
     service: String,
@@ -134,6 +137,8 @@ pub struct Router<P: Platform> {
     listener: Option<UnixListener>,
     local: Vec<LocalCall>,
     relays: Vec<CallerRelay<P>>,
+    /// Allowed calls waiting for their target's agent.
+    held: Vec<(Trigger, String)>,
     /// What happened so far.
     pub stats: Stats,
 }
@@ -181,6 +186,7 @@ impl<P: Platform> Router<P> {
             listener,
             local: Vec::new(),
             relays: Vec::new(),
+            held: Vec::new(),
             stats: Stats::default(),
         })
     }
@@ -282,6 +288,7 @@ impl<P: Platform> Router<P> {
                     request_id,
                     ..
                 } => out.push(Trigger {
+                    since: Instant::now(),
                     source: i,
                     target,
                     service,
@@ -405,10 +412,18 @@ impl<P: Platform> Router<P> {
         let Some(ti) = self
             .doms
             .iter()
-            .position(|d| d.spec.name == target && d.ready)
+            .position(|d| d.spec.name == target && !d.gone)
         else {
-            return self.refuse(t.source, t.id, &what, "the target's agent is not connected");
+            return self.refuse(t.source, t.id, &what, "the target is not running");
         };
+        if !self.doms.get(ti).is_some_and(|d| d.ready) {
+            // As qrexec waits for a qube it starts: the call goes once its agent connects.
+            if t.since.elapsed() > TARGET_READY_TIMEOUT {
+                return self.refuse(t.source, t.id, &what, "the target's agent never connected");
+            }
+            self.held.push((t, target));
+            return;
+        }
         let Some(tgt) = self.doms.get_mut(ti) else {
             return;
         };
@@ -585,6 +600,17 @@ impl<P: Platform> Router<P> {
         for t in triggers {
             progress = true;
             self.route(t);
+        }
+        // Held calls are decided again (policy may have changed) once their target is up.
+        let held = std::mem::take(&mut self.held);
+        for (t, target) in held {
+            let ready = self.doms.iter().any(|d| d.ready && d.spec.name == target);
+            if ready || t.since.elapsed() > TARGET_READY_TIMEOUT {
+                progress = true;
+                self.route(t);
+            } else {
+                self.held.push((t, target));
+            }
         }
         progress |= self.pump_local();
         let mut i = 0;

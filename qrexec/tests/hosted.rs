@@ -19,21 +19,36 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// runloop's echo_vm, built into this test's own target directory.
-fn echo_vm() -> PathBuf {
+/// runloop's echo_vm and the ssh-agent vault's hosted binary, built once into this test's
+/// own target directory.
+fn build_once() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let target = profile_dir().parent().unwrap().to_path_buf();
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-q", "-p", "runloop", "--example", "echo_vm"])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir().ends_with("release") {
-            c.arg("--release");
+        for args in [
+            &["build", "-q", "-p", "runloop", "--example", "echo_vm"][..],
+            &["build", "-q", "-p", "ssh-agent-vm", "--bins"][..],
+        ] {
+            let mut c = Command::new(env!("CARGO"));
+            c.args(args)
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir().ends_with("release") {
+                c.arg("--release");
+            }
+            assert!(c.status().unwrap().success(), "cargo {args:?} failed");
         }
-        assert!(c.status().unwrap().success(), "building echo_vm failed");
     });
+}
+
+fn echo_vm() -> PathBuf {
+    build_once();
     profile_dir().join("examples/echo_vm")
+}
+
+fn ssh_agent_vm() -> PathBuf {
+    build_once();
+    profile_dir().join("ssh-agent-vm")
 }
 
 fn dom(n: u32) -> DomId {
@@ -56,10 +71,81 @@ struct Lab {
     run: PathBuf,
     xs: Option<Xenstored>,
     procs: Vec<Child>,
+    vault: String,
+}
+
+/// Domain 1: a hosted unikernel.
+struct Vault<'a> {
+    name: &'a str,
+    exe: PathBuf,
+    cmdline: &'a str,
+    /// A private volume of this many bytes (xvdb, 51728).
+    vbd: Option<u64>,
+}
+
+const VBD_DEVID: u32 = 51728;
+
+/// The toolstack's vbd entries for domain `id` backed by `image`.
+fn add_vbd(s: &mut impl Store, id: u32, image: &Path, size: u64) {
+    std::fs::File::create(image).unwrap().set_len(size).unwrap();
+    let fe = format!("/local/domain/{id}/device/vbd/{VBD_DEVID}");
+    let be = format!("/local/domain/0/backend/vbd/{id}/{VBD_DEVID}");
+    let image = image.to_string_lossy().into_owned();
+    let sectors = (size / 512).to_string();
+    let (idt, devid) = (id.to_string(), VBD_DEVID.to_string());
+    let backend = [
+        ("frontend", fe.as_str()),
+        ("frontend-id", &idt),
+        ("params", &image),
+        ("sectors", &sectors),
+        ("sector-size", "512"),
+        ("mode", "w"),
+        ("state", "4"),
+    ];
+    let frontend = [
+        ("backend", be.as_str()),
+        ("backend-id", "0"),
+        ("virtual-device", &devid),
+        ("device-type", "disk"),
+    ];
+    for (d, owner, reader, entries) in [
+        (&be, DomId::DOM0, dom(id), &backend[..]),
+        (&fe, dom(id), DomId::DOM0, &frontend[..]),
+    ] {
+        let perms = [
+            Perm {
+                domid: owner,
+                access: Access::None,
+            },
+            Perm {
+                domid: reader,
+                access: Access::Read,
+            },
+        ];
+        s.mkdir(Tx::NONE, d).unwrap();
+        s.set_perms(Tx::NONE, d, &perms).unwrap();
+        for (k, v) in entries {
+            let p = format!("{d}/{k}");
+            s.write(Tx::NONE, &p, v.as_bytes()).unwrap();
+            s.set_perms(Tx::NONE, &p, &perms).unwrap();
+        }
+    }
 }
 
 impl Lab {
     fn start() -> Lab {
+        Self::start_with(
+            Vault {
+                name: "vault",
+                exe: echo_vm(),
+                cmdline: "",
+                vbd: None,
+            },
+            POLICY,
+        )
+    }
+
+    fn start_with(vault: Vault<'_>, policy: &str) -> Lab {
         let dir = std::env::temp_dir().join(format!(
             "qrexecd-{}-{}",
             std::process::id(),
@@ -69,7 +155,7 @@ impl Lab {
         let run = dir.join("run");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::create_dir_all(dir.join("policy.d")).unwrap();
-        std::fs::write(dir.join("policy.d/50-test.policy"), POLICY).unwrap();
+        std::fs::write(dir.join("policy.d/50-test.policy"), policy).unwrap();
         let xs = Xenstored::spawn(&run, &[DomId::DOM0, dom(1), dom(2), dom(3)]).unwrap();
         let mut s = store::connect(&run, DomId::DOM0).unwrap();
         let mut lab = Lab {
@@ -77,10 +163,10 @@ impl Lab {
             run,
             xs: Some(xs),
             procs: Vec::new(),
+            vault: vault.name.to_string(),
         };
-        let echo = echo_vm();
         let agent = PathBuf::from(env!("CARGO_BIN_EXE_qubes-vm-agent"));
-        for (id, name) in [(1, "vault"), (2, "work"), (3, "other")] {
+        for (id, name) in [(1, vault.name), (2, "work"), (3, "other")] {
             let home = format!("/local/domain/{id}");
             s.write(Tx::NONE, &format!("{home}/name"), name.as_bytes())
                 .unwrap();
@@ -98,8 +184,11 @@ impl Lab {
                 format!("/name {name}\n/type AppVM\n/qubes-vm-type AppVM\n/default-user user\n"),
             )
             .unwrap();
+            if let (1, Some(size)) = (id, vault.vbd) {
+                add_vbd(&mut s, id, &lab.dir.join("private.img"), size);
+            }
             let mut c = if id == 1 {
-                Command::new(&echo)
+                Command::new(&vault.exe)
             } else {
                 let mut c = Command::new(&agent);
                 c.args(["agent", "--backend", "hosted", "--socket"])
@@ -111,7 +200,10 @@ impl Lab {
                 .env("QUBES_HOSTED_DIR", &lab.run)
                 .env("QUBES_HOSTED_DOMID", id.to_string())
                 .env("QUBES_HOSTED_NAME", name)
-                .env("QUBES_HOSTED_CMDLINE", "")
+                .env(
+                    "QUBES_HOSTED_CMDLINE",
+                    if id == 1 { vault.cmdline } else { "" },
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -125,7 +217,7 @@ impl Lab {
             .arg(lab.dir.join("policy.d"))
             .arg("--socket")
             .arg(lab.sock("dom0"));
-        for (id, name) in [(1, "vault"), (2, "work"), (3, "other")] {
+        for (id, name) in [(1, vault.name), (2, "work"), (3, "other")] {
             d.arg("--domain").arg(format!(
                 "{name}:{id}:{}",
                 lab.dir.join(format!("{name}.qdb")).display()
@@ -147,7 +239,7 @@ impl Lab {
     }
 
     fn logs(&self) -> String {
-        ["dom0", "vault", "work", "other"]
+        ["dom0", &self.vault, "work", "other"]
             .iter()
             .map(|n| {
                 let t =
@@ -310,4 +402,135 @@ fn dom0_calls_from_its_socket_and_vm_agents_reconnect() {
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
     assert!(answer.starts_with("ERROR malformed request"), "{answer}");
+}
+
+/// Runs `cmd` (a `sh -c` line) with `env`, bounded; (exit code, stdout + stderr).
+fn sh(cmd: &str, env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut c = Command::new("timeout");
+    c.args(["60", "sh", "-c", cmd]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
+/// A forwarder process: each connection to `listen` is `service` in `target` through `agent`.
+fn forwarder(lab: &mut Lab, listen: &Path, agent: &Path, target: &str, service: &str) {
+    let child = Command::new(env!("CARGO_BIN_EXE_qubes-vm-agent"))
+        .args(["forward", "--listen"])
+        .arg(listen)
+        .arg("--agent")
+        .arg(agent)
+        .args(["--target", target, "--service", service])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    lab.procs.push(child);
+    let end = Instant::now() + DEADLINE;
+    while !listen.exists() {
+        assert!(Instant::now() < end, "forwarder never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn split_ssh_key_lives_in_the_vault_and_work_signs_through_the_forwarder() {
+    if Command::new("ssh-add").arg("-h").output().is_err() {
+        eprintln!("skipped: no ssh-add (openssh-client)");
+        return;
+    }
+    let policy = "qubes.SshAgent * work sshagent-unikernel allow\n\
+                  qubes.SshAgent * @anyvm @anyvm deny\n";
+    let mut lab = Lab::start_with(
+        Vault {
+            name: "sshagent-unikernel",
+            exe: ssh_agent_vm(),
+            cmdline: "kdf=argon2id:8:1:1",
+            vbd: Some(16 << 20),
+        },
+        policy,
+    );
+    lab.wait_up();
+    let d = lab.dir.clone();
+    let (admin, work_ssh, other_ssh) = (
+        d.join("admin-ssh.sock"),
+        d.join("work-ssh.sock"),
+        d.join("other-ssh.sock"),
+    );
+    let (dom0, work, other) = (lab.sock("dom0"), lab.sock("work"), lab.sock("other"));
+    forwarder(
+        &mut lab,
+        &admin,
+        &dom0,
+        "sshagent-unikernel",
+        "qubes.SshAgentAdmin+work",
+    );
+    forwarder(
+        &mut lab,
+        &work_ssh,
+        &work,
+        "sshagent-unikernel",
+        "qubes.SshAgent+work",
+    );
+    forwarder(
+        &mut lab,
+        &other_ssh,
+        &other,
+        "sshagent-unikernel",
+        "qubes.SshAgent+work",
+    );
+    let key = d.join("id_ed25519");
+    let askpass = d.join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho vault-passphrase\n").unwrap();
+    let (c, out) = sh(
+        &format!(
+            "chmod 755 {a} && ssh-keygen -q -t ed25519 -N '' -C flows@work -f {k} && \
+             SSH_ASKPASS={a} SSH_ASKPASS_REQUIRE=force DISPLAY=none ssh-add -X && ssh-add {k} && rm {k}",
+            a = askpass.display(),
+            k = key.display()
+        ),
+        &[("SSH_AUTH_SOCK", &admin)],
+    );
+    assert_eq!(c, Some(0), "dom0 loading the key: {out}\n{}", lab.logs());
+    let (c, listed) = sh("ssh-add -l", &[("SSH_AUTH_SOCK", &work_ssh)]);
+    assert_eq!(c, Some(0), "work's ssh-add -l: {listed}\n{}", lab.logs());
+    assert!(
+        listed.contains("flows@work") && listed.contains("ED25519"),
+        "{listed}"
+    );
+    // A signature made by the vault for work, checked against the public key.
+    let msg = d.join("msg");
+    std::fs::write(&msg, b"split ssh on the hosted backend\n").unwrap();
+    let (c, out) = sh(
+        &format!(
+            "ssh-keygen -Y sign -f {k}.pub -n flows {m} && \
+             echo \"flows@work $(cat {k}.pub)\" > {d}/allowed && \
+             ssh-keygen -Y verify -f {d}/allowed -I flows@work -n flows -s {m}.sig < {m}",
+            k = key.display(),
+            m = msg.display(),
+            d = d.display()
+        ),
+        &[("SSH_AUTH_SOCK", &work_ssh)],
+    );
+    assert_eq!(c, Some(0), "sign in work, verify: {out}\n{}", lab.logs());
+    assert!(out.contains("Good \"flows\" signature"), "{out}");
+    // other: refused by policy, no key listed.
+    let (c, out) = sh("ssh-add -l", &[("SSH_AUTH_SOCK", &other_ssh)]);
+    assert_ne!(c, Some(0), "other must not reach the vault: {out}");
+    assert!(!out.contains("flows@work"), "{out}");
+    let log = std::fs::read_to_string(d.join("dom0.log")).unwrap();
+    assert!(
+        log.contains(
+            "qubes.SshAgent+work from other to sshagent-unikernel: refused: denied by policy"
+        ),
+        "{log}"
+    );
 }
