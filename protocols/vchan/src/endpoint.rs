@@ -96,6 +96,17 @@ pub(crate) struct Core<M, N> {
     tx: ByteRing,
     /// Sticky failure, or `Closed` after our own close.
     failed: Option<Error>,
+    /// [`Core::close`], taken where `M: SharedMem, N: Notify` hold: `Drop` cannot add bounds
+    /// the struct does not have, and bounds on the public endpoint types would break users.
+    close_on_drop: fn(&mut Core<M, N>),
+}
+
+/// A dropped endpoint closes like [`Server::close`]/[`Client::close`] (nothing more after an
+/// explicit close), so a peer never waits for a close that cannot come.
+impl<M, N> Drop for Core<M, N> {
+    fn drop(&mut self) {
+        (self.close_on_drop)(self);
+    }
 }
 
 /// Checks that a ring got separate memory exactly when its order calls for it.
@@ -187,6 +198,10 @@ impl<M: SharedMem, N: Notify> Core<M, N> {
             rx,
             tx,
             failed: None,
+            close_on_drop: |core| {
+                // Nobody is left to hear an error: the page or port may already be gone.
+                let _ = core.close();
+            },
         })
     }
 
@@ -479,6 +494,7 @@ macro_rules! endpoint_api {
         }
 
         /// Sets our live byte to 0 and notifies the peer. Later calls fail with `Closed`.
+        /// Dropping the endpoint does the same (once: after `close` it does nothing more).
         pub fn close(&mut self) -> Result<(), Error> {
             self.core.close()
         }

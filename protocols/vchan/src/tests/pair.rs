@@ -203,3 +203,69 @@ fn prepare_wait_rechecks() {
     c.close().unwrap();
     assert!(!s.prepare_wait(read).unwrap(), "peer closed: wake");
 }
+
+#[test]
+fn dropped_client_is_closed_for_the_server_after_its_last_bytes() {
+    let (mut s, mut c, _, cn) = pair(11, 10);
+    assert_eq!(c.write(b"bye").unwrap(), 3);
+    cn.take();
+    drop(c);
+    assert_eq!(cn.take(), 1, "the drop signals the server");
+    assert_eq!(s.peer_state(), Ok(crate::PeerState::Closed));
+    let mut buf = [0u8; 8];
+    assert_eq!(s.read(&mut buf), Ok(3));
+    assert_eq!(&buf[..3], b"bye");
+    assert_eq!(s.read(&mut buf), Err(Error::PeerClosed));
+}
+
+#[test]
+fn dropped_server_is_closed_for_the_client() {
+    let (s, mut c, sn, _) = pair(12, 13);
+    sn.take();
+    drop(s);
+    assert_eq!(sn.take(), 1, "the drop signals the client");
+    assert!(!c.is_open());
+    assert_eq!(c.write(b"x"), Err(Error::PeerClosed));
+}
+
+#[test]
+fn drop_after_close_does_not_close_again() {
+    use crate::layout::{field, LIVE_CLOSED};
+    use platform_api::{Ordering::SeqCst, SharedMem};
+    let (s, mut c, _, cn) = pair(10, 11);
+    let ctrl = s.control_page().clone();
+    cn.take();
+    c.close().unwrap();
+    assert_eq!(c.close(), Ok(()), "a second close is a no-op");
+    drop(c);
+    assert_eq!(
+        cn.take(),
+        1,
+        "close signals once, neither the second close nor the drop"
+    );
+    assert_eq!(ctrl.load_u8(field::CLI_LIVE, SeqCst).unwrap(), LIVE_CLOSED);
+    drop(s);
+    assert_eq!(ctrl.load_u8(field::SRV_LIVE, SeqCst).unwrap(), LIVE_CLOSED);
+}
+
+#[test]
+fn explicit_close_then_drop_signals_once() {
+    let (mut s, c, sn, _) = pair(10, 11);
+    drop(c);
+    sn.take();
+    s.close().unwrap();
+    drop(s);
+    assert_eq!(sn.take(), 1, "close signals, the drop after it does not");
+}
+
+#[test]
+fn moved_endpoints_stay_open() {
+    let (s, c, _, _) = pair(11, 10);
+    let mut ends = Vec::new();
+    ends.push((s, c));
+    let (mut s, mut c) = ends.pop().unwrap();
+    assert!(s.is_open() && c.is_open(), "a move is not a drop");
+    assert_eq!(c.write(b"ok").unwrap(), 2);
+    let mut buf = [0u8; 2];
+    assert_eq!(s.read(&mut buf), Ok(2));
+}

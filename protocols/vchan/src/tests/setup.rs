@@ -310,6 +310,29 @@ fn blocking_helpers_over_the_hub() {
     );
 }
 
+#[test]
+fn dropped_client_ends_a_blocked_read_with_eof() {
+    let (_hub, mut sd, _cd, mut s, mut c) = connect(1024, 2048);
+    assert_eq!(c.write(b"last").unwrap(), 4);
+    drop(c);
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        read_blocking(&mut s, &mut sd.events, &mut buf, T).unwrap(),
+        4
+    );
+    // Without the close on drop the live byte would stay 1 and this would time out.
+    assert_eq!(
+        read_blocking(
+            &mut s,
+            &mut sd.events,
+            &mut buf,
+            Some(Duration::from_secs(2))
+        ),
+        Ok(0),
+        "EOF"
+    );
+}
+
 fn fnv(h: &mut u64, data: &[u8]) {
     for &b in data {
         *h = (*h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
