@@ -160,9 +160,22 @@ impl<P: Platform> FirewallApp<P> {
         for k in gone {
             self.close_client(cx, k);
         }
+        // Listed but being removed (the toolstack's Closing, `online = 0`) or closed by the
+        // client: let the device go, then say Closed as a backend driver does.
+        let closing: Vec<(DomId, u32)> = self
+            .clients
+            .keys()
+            .filter(|k| vif_closing(&mut cx.env.store, **k))
+            .copied()
+            .collect();
+        for k in closing {
+            self.close_client(cx, k);
+            release_vif(cx, k);
+        }
         self.failed.retain(|k| seen.contains(k));
         for k in seen {
-            if !self.clients.contains_key(&k) {
+            // A vif on its way out is not served again (that would undo its Closed).
+            if !self.clients.contains_key(&k) && !vif_closing(&mut cx.env.store, k) {
                 self.open_client(cx, k);
             }
         }
@@ -404,6 +417,62 @@ impl<P: Platform> FirewallApp<P> {
         }
         self.busy = true;
     }
+}
+
+/// Xenbus states (xen/io/xenbus.h) the vif close handshake uses.
+const XENBUS_CLOSING: u8 = 5;
+const XENBUS_CLOSED: u8 = 6;
+
+fn vif_dir(k: (DomId, u32)) -> String {
+    alloc::format!("{VIF_WATCH}/{}/{}", k.0.get(), k.1)
+}
+
+fn read_trimmed<S: Store + ?Sized>(store: &mut S, path: &str) -> Option<String> {
+    let v = store.read(Tx::NONE, path).ok()?;
+    Some(String::from_utf8_lossy(&v).trim().into())
+}
+
+fn state_of<S: Store + ?Sized>(store: &mut S, path: &str) -> u8 {
+    read_trimmed(store, path)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the vif `k` is being taken away: our state Closing or later (the toolstack's
+/// removal), `online = 0`, or the frontend Closing/Closed. A missing key means nothing (a
+/// toolstack that removes a vif just removes its directory; the listing sees that).
+fn vif_closing<S: Store + ?Sized>(store: &mut S, k: (DomId, u32)) -> bool {
+    let dir = vif_dir(k);
+    if state_of(store, &alloc::format!("{dir}/state")) >= XENBUS_CLOSING
+        || read_trimmed(store, &alloc::format!("{dir}/online")).as_deref() == Some("0")
+    {
+        return true;
+    }
+    match read_trimmed(store, &alloc::format!("{dir}/frontend")) {
+        Some(fe) => state_of(store, &alloc::format!("{fe}/state")) >= XENBUS_CLOSING,
+        None => false,
+    }
+}
+
+/// After the device of `k` is dropped (rings unmapped, port closed): our state Closed, which
+/// the toolstack waits for, and with `online = 0` the directory removed, as a driver domain's
+/// `xl devd` does. A directory already removed stays removed.
+fn release_vif<P: Platform>(cx: &mut Cx<'_, P>, k: (DomId, u32)) {
+    let dir = vif_dir(k);
+    let store = &mut cx.env.store;
+    if state_of(store, &alloc::format!("{dir}/state")) == 0 {
+        return;
+    }
+    let closed = alloc::format!("{XENBUS_CLOSED}");
+    let _ = store.write(Tx::NONE, &alloc::format!("{dir}/state"), closed.as_bytes());
+    if read_trimmed(store, &alloc::format!("{dir}/online")).as_deref() == Some("0") {
+        let _ = store.rm(Tx::NONE, &dir);
+    }
+    cx.log(format_args!(
+        "client vif {}.{} released (Closed)",
+        k.0.get(),
+        k.1
+    ));
 }
 
 fn send_on<N: NetDevice>(

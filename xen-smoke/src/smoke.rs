@@ -315,7 +315,7 @@ fn find_client(
     let devid: u32 = devs.first()?.parse().ok()?;
     let frontend = DomId::parse(fe).ok()?;
     println!("xen-smoke: netback serving domain {frontend} vif {devid}");
-    match XenPlatform::netback(env, frontend, devid) {
+    match platform_xen::netback_wait(env, frontend, devid) {
         Ok(dev) => {
             println!(
                 "xen-smoke: netback ok connected to domain {frontend}'s netfront, our mac={} ip={}.{}.{}.{}",

@@ -65,10 +65,10 @@ mod xenbus;
 #[cfg(xen_image)]
 pub use blkfront::XenBlkfront;
 #[cfg(xen_image)]
-pub use netback::{NetbackDrops, XenNetback, BACKEND_MAC};
+pub use netback::{is_not_ready, NetbackDrops, XenNetback, BACKEND_MAC, FRONTEND_NOT_READY};
 #[cfg(xen_image)]
 pub use netfront::{NetfrontDrops, XenNetfront};
 #[cfg(xen_image)]
-pub use platform::{env, XenEntropy, XenNet, XenPlatform, XenStore};
+pub use platform::{env, netback_wait, XenEntropy, XenNet, XenPlatform, XenStore};
 #[cfg(xen_image)]
 pub use runtime::*;

@@ -63,7 +63,20 @@ fn bad_key(what: &'static str) -> PlatformError {
     PlatformError::Store(StoreError::BadReply(what))
 }
 
-/// Serves `frontend`'s vif `devid` that the toolstack put under our `backend/vif/...`.
+/// What [`connect`] answers while the frontend has not published its rings yet: not a failure,
+/// call [`connect`] again later (the firewall does, once a second and on `backend/vif` watches).
+pub const FRONTEND_NOT_READY: PlatformError =
+    PlatformError::Unsupported("serving a frontend that has not connected yet");
+
+/// Whether `e` is [`FRONTEND_NOT_READY`].
+pub fn is_not_ready(e: &PlatformError) -> bool {
+    *e == FRONTEND_NOT_READY
+}
+
+/// Serves `frontend`'s vif `devid` that the toolstack put under our `backend/vif/...`, without
+/// waiting: the first call says InitWait, and each call while the frontend is still booting
+/// returns [`FRONTEND_NOT_READY`] (writing nothing, so a watch on our backend directory does not
+/// fire again). A frontend that closes instead is [`PlatformError::NoSuchDomain`].
 pub fn connect(
     env: &mut Env<XenPlatform>,
     frontend: DomId,
@@ -75,29 +88,59 @@ pub fn connect(
     if fe_id != frontend.get() {
         return Err(bad_key("frontend-id is not the vif's domain"));
     }
-    // What we can do: copying receive, one slot per frame, checksums filled by us.
-    let features = [
-        ("feature-rx-copy", String::from("1")),
-        ("feature-rx-flip", "0".into()),
-        ("feature-sg", "0".into()),
-        ("feature-gso-tcpv4", "0".into()),
-        ("feature-gso-tcpv6", "0".into()),
-        ("feature-ipv6-csum-offload", "0".into()),
-        ("feature-split-event-channels", "0".into()),
-        ("hotplug-status", "connected".into()),
-        ("state", format!("{INIT_WAIT}")),
-    ];
-    xenbus::write_keys(&mut env.store, &dir, &features)?;
+    if xenbus::state(&mut env.store, &format!("{dir}/state")) != INIT_WAIT {
+        // What we can do: copying receive, one slot per frame, checksums filled by us.
+        let features = [
+            ("feature-rx-copy", String::from("1")),
+            ("feature-rx-flip", "0".into()),
+            ("feature-sg", "0".into()),
+            ("feature-gso-tcpv4", "0".into()),
+            ("feature-gso-tcpv6", "0".into()),
+            ("feature-ipv6-csum-offload", "0".into()),
+            ("feature-split-event-channels", "0".into()),
+            ("hotplug-status", "connected".into()),
+            ("state", format!("{INIT_WAIT}")),
+        ];
+        xenbus::write_keys(&mut env.store, &dir, &features)?;
+    }
+    match xenbus::state(&mut env.store, &format!("{fe_path}/state")) {
+        INITIALISED | CONNECTED => {}
+        xenbus::CLOSING | xenbus::CLOSED => return Err(PlatformError::NoSuchDomain(frontend)),
+        _ => return Err(FRONTEND_NOT_READY),
+    }
+    finish(env, frontend, dir, fe_path)
+}
+
+/// [`connect`], waiting up to `patience` for the frontend (a program that serves one vif and
+/// nothing else meanwhile, as xen-smoke).
+pub fn connect_wait(
+    env: &mut Env<XenPlatform>,
+    frontend: DomId,
+    devid: u32,
+    patience: platform_api::Duration,
+) -> Result<XenNetback, PlatformError> {
+    use platform_api::Clock;
+    let t0 = env.clock.now();
     let mut waiter = env.events.sibling();
-    xenbus::wait_state(
-        &mut env.store,
-        &mut waiter,
-        &env.clock,
-        frontend,
-        &format!("{fe_path}/state"),
-        &[INITIALISED, CONNECTED],
-        xenbus::FRONTEND_PATIENCE,
-    )?;
+    loop {
+        match connect(env, frontend, devid) {
+            Err(e) if is_not_ready(&e) => {}
+            other => return other,
+        }
+        if env.clock.now().saturating_duration_since(t0) > patience {
+            return Err(PlatformError::NoSuchDomain(frontend));
+        }
+        waiter.wait(Some(platform_api::Duration::from_millis(50)))?;
+    }
+}
+
+/// Maps the rings of a frontend that published them, binds its port and says Connected.
+fn finish(
+    env: &mut Env<XenPlatform>,
+    frontend: DomId,
+    dir: String,
+    fe_path: String,
+) -> Result<XenNetback, PlatformError> {
     let key = |k: &str| format!("{fe_path}/{k}");
     let tx_ref: u32 = xenbus::read_num(&mut env.store, &key("tx-ring-ref"))?;
     let rx_ref: u32 = xenbus::read_num(&mut env.store, &key("rx-ring-ref"))?;

@@ -118,6 +118,8 @@ impl Platform for XenPlatform {
         crate::netfront::connect(env, devid).map(XenNet::Front)
     }
 
+    /// Does not wait: [`crate::netback::FRONTEND_NOT_READY`] until the frontend has published
+    /// its rings (call again), so a netvm's loop goes on serving its other links meanwhile.
     fn netback(env: &mut Env<Self>, frontend: DomId, devid: u32) -> Result<XenNet, PlatformError> {
         crate::netback::connect(env, frontend, devid).map(XenNet::Back)
     }
@@ -125,6 +127,17 @@ impl Platform for XenPlatform {
     fn blkfront(env: &mut Env<Self>, devid: u32) -> Result<XenBlkfront, PlatformError> {
         crate::blkfront::connect(env, devid)
     }
+}
+
+/// [`Platform::netback`], waiting for the frontend (up to 10 minutes: its kernel may still be
+/// booting) for a program that serves one vif and nothing else meanwhile.
+pub fn netback_wait(
+    env: &mut Env<XenPlatform>,
+    frontend: DomId,
+    devid: u32,
+) -> Result<XenNet, PlatformError> {
+    crate::netback::connect_wait(env, frontend, devid, crate::xenbus::FRONTEND_PATIENCE)
+        .map(XenNet::Back)
 }
 
 fn text(v: alloc::vec::Vec<u8>) -> String {
