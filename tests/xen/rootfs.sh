@@ -13,7 +13,8 @@ PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common linux-image-amd6
       systemd-sysv udev kmod iproute2 procps)
 
 # nftables: the Linux PV domU that forwards like a Linux sys-firewall (bench) carries its nft.
-EXTRA=(nftables)
+# openssh-client, openssh-server: flow 3's AppVM initramfs carries ssh, ssh-add, ssh-keygen, sshd.
+EXTRA=(nftables openssh-client openssh-server)
 umount_all() { for m in dev/pts dev sys proc; do mountpoint -q "$ROOT/$m" && umount -l "$ROOT/$m"; done; true; }
 trap umount_all EXIT
 umount_all
