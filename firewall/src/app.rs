@@ -174,8 +174,14 @@ impl<P: Platform> FirewallApp<P> {
         }
         self.failed.retain(|k| seen.contains(k));
         for k in seen {
-            // A vif on its way out is not served again (that would undo its Closed).
-            if !self.clients.contains_key(&k) && !vif_closing(&mut cx.env.store, k) {
+            if self.clients.contains_key(&k) {
+                continue;
+            }
+            if vif_closing(&mut cx.env.store, k) {
+                // Removed before it ever connected: the toolstack still waits for our Closed.
+                // It is not served again either (that would undo the Closed).
+                release_vif(cx, k);
+            } else {
                 self.open_client(cx, k);
             }
         }
@@ -460,19 +466,23 @@ fn vif_closing<S: Store + ?Sized>(store: &mut S, k: (DomId, u32)) -> bool {
 fn release_vif<P: Platform>(cx: &mut Cx<'_, P>, k: (DomId, u32)) {
     let dir = vif_dir(k);
     let store = &mut cx.env.store;
-    if state_of(store, &alloc::format!("{dir}/state")) == 0 {
+    let state = state_of(store, &alloc::format!("{dir}/state"));
+    // Our own write fires our `backend/vif` watch again: write only what is not there yet.
+    if state == 0 {
         return;
     }
-    let closed = alloc::format!("{XENBUS_CLOSED}");
-    let _ = store.write(Tx::NONE, &alloc::format!("{dir}/state"), closed.as_bytes());
-    if read_trimmed(store, &alloc::format!("{dir}/online")).as_deref() == Some("0") {
-        let _ = store.rm(Tx::NONE, &dir);
+    if state != XENBUS_CLOSED {
+        let closed = alloc::format!("{XENBUS_CLOSED}");
+        let _ = store.write(Tx::NONE, &alloc::format!("{dir}/state"), closed.as_bytes());
+        cx.log(format_args!(
+            "client vif {}.{} released (Closed)",
+            k.0.get(),
+            k.1
+        ));
     }
-    cx.log(format_args!(
-        "client vif {}.{} released (Closed)",
-        k.0.get(),
-        k.1
-    ));
+    if read_trimmed(&mut cx.env.store, &alloc::format!("{dir}/online")).as_deref() == Some("0") {
+        let _ = cx.env.store.rm(Tx::NONE, &dir);
+    }
 }
 
 fn send_on<N: NetDevice>(

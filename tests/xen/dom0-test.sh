@@ -42,6 +42,16 @@ echo "XEN-TEST $MODE start $(xl info | awk '/^xen_version/{print $3}')"
 
 wait_for 60 pgrep -x oxenstored >/dev/null || /etc/init.d/xen start
 wait_for 30 pgrep -x xenconsoled >/dev/null
+# xentest.only=firewall (XEN_TEST_ONLY=firewall): only dom0-firewall.sh, for iterating.
+if grep -q 'xentest.only=firewall' /proc/cmdline; then
+  . /usr/local/lib/xen-test/dom0-firewall.sh
+  finish
+fi
+# xentest.only=flows (XEN_TEST_ONLY=flows): only dom0-flows.sh, for iterating.
+if grep -q 'xentest.only=flows' /proc/cmdline; then
+  . /usr/local/lib/xen-test/dom0-flows.sh
+  finish
+fi
 "$lib/readnotes" "$IMG" > /tmp/notes.txt 2>&1
 sed 's/^/XEN-NOTES /' /tmp/notes.txt
 grep -qi 'PHYS32_ENTRY' /tmp/notes.txt && grep -qi 'HYPERCALL_PAGE' /tmp/notes.txt && grep -qi 'xen-3.0' /tmp/notes.txt
@@ -223,4 +233,6 @@ check blk-after-restart $? "${vline:-no result: $(tail -3 "$VLOG" | tr '\n' ' ')
 xl destroy "$VNAME" 2>/dev/null
 # The apps (passman, ssh-agent-vm, fb-viewer) driven by qubes-dom0d, and dom0_probe.
 . /usr/local/lib/xen-test/dom0-apps.sh
+# The firewall unikernel as a netvm between a Linux PV AppVM and dom0.
+. /usr/local/lib/xen-test/dom0-firewall.sh
 finish

@@ -9,6 +9,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+#[path = "xen_flows.rs"]
+mod xen_flows;
+
 /// Lab modes: (domU type, QEMU CPU). PV runs use qemu64 (Linux user space in dom0 is flaky with
 /// `-cpu max`). PVH needs an emulated SVM with nested paging (Debian's Xen has no shadow
 /// paging); with Debian's QEMU 7.2, `-cpu max` crashes the PV dom0 at its first page fault
@@ -72,6 +75,7 @@ pub fn xen_test(root: &Path) -> Result<()> {
     )?;
 
     let (mut passed, mut failed) = (0, 0);
+    let mut benches = Vec::new();
     // XEN_TEST_MODES=pvh (or pv) runs one mode only, for quicker iteration.
     let only = std::env::var("XEN_TEST_MODES").unwrap_or_default();
     for (mode, cpu) in RUNS
@@ -84,6 +88,7 @@ pub fn xen_test(root: &Path) -> Result<()> {
         let status = qemu(&boot, &img, mode, cpu, &log)?;
         let text = fs::read_to_string(&log).unwrap_or_default();
         let (p, f) = report(mode, &text);
+        benches.extend(bench_lines(&text));
         passed += p;
         failed += f;
         println!(
@@ -91,6 +96,9 @@ pub fn xen_test(root: &Path) -> Result<()> {
             t.elapsed().as_secs_f64(),
             log.strip_prefix(root).unwrap_or(&log).display()
         );
+    }
+    for b in &benches {
+        println!("{b}");
     }
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
@@ -100,7 +108,13 @@ pub fn xen_test(root: &Path) -> Result<()> {
 }
 
 /// The unikernel images the lab boots.
-const IMAGES: &[&str] = &["xen-smoke", "passman", "ssh-agent-vm", "fb-viewer"];
+const IMAGES: &[&str] = &[
+    "xen-smoke",
+    "passman",
+    "ssh-agent-vm",
+    "fb-viewer",
+    "firewall",
+];
 
 /// dom0's Linux tools (release, the host's glibc ≤ bookworm's): `qubes-dom0d` drives the apps,
 /// platform-dom0's `dom0_probe` checks the dom0 backend itself.
@@ -161,6 +175,8 @@ fn install(root: &Path, lab: &Path, tools: &[PathBuf]) -> Result<()> {
         fs::copy(t, dir.join(name)).with_context(|| format!("{}", t.display()))?;
     }
     domu_initrd(root, lab, &dir.join("linux-domu.cpio.gz"))?;
+    fw_domu_initrd(root, lab, &dir.join("linux-domu-fw.cpio.gz"))?;
+    xen_flows::install(root, lab, &dir)?;
     let units = rootfs.join("etc/systemd/system");
     fs::copy(
         root.join("tests/xen/xen-test.service"),
@@ -208,6 +224,117 @@ fn domu_initrd(root: &Path, lab: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The firewall checks' Linux PV domUs (dom0-firewall.sh): the same busybox and xen-netfront as
+/// [`domu_initrd`], tests/xen/domu-fw-init.sh as /init.
+fn fw_domu_initrd(root: &Path, lab: &Path, out: &Path) -> Result<()> {
+    let stage = lab.join("domu-fw-initrd");
+    let _ = fs::remove_dir_all(&stage);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        fs::create_dir_all(stage.join(d))?;
+    }
+    fs::copy("/bin/busybox", stage.join("bin/busybox")).context("busybox-static")?;
+    fs::copy(root.join("tests/xen/domu-fw-init.sh"), stage.join("init"))?;
+    // The kernel runs /init only if it is executable, whatever the checkout's mode.
+    fs::set_permissions(
+        stage.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let rootfs = lab.join("rootfs");
+    let mods = rootfs.join("lib/modules");
+    let kver = fs::read_dir(&mods)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max()
+        .context("no kernel modules in the dom0 root")?;
+    fs::copy(
+        mods.join(&kver).join("kernel/drivers/net/xen-netfront.ko"),
+        stage.join("xen-netfront.ko"),
+    )?;
+    router_files(&rootfs, &kver, &stage)?;
+    cpio_gz(&stage, out)
+}
+
+/// Kernel module dirs the Linux router role loads from (netback, nftables NAT) and the files
+/// busybox's modprobe reads.
+const ROUTER_MODULES: &[&str] = &[
+    "kernel/drivers/net/xen-netback",
+    "kernel/net/netfilter",
+    "kernel/net/ipv4/netfilter",
+    "kernel/net/ipv6/netfilter",
+    "kernel/lib/libcrc32c.ko",
+    "modules.dep",
+    "modules.alias",
+    "modules.builtin",
+    "modules.order",
+];
+
+/// For the router role of domu-fw-init.sh (the Linux firewall the bench compares with): the
+/// modules above and dom0's `nft` with the shared libraries `ldd` names (nftables is in
+/// rootfs.sh's EXTRA).
+fn router_files(rootfs: &Path, kver: &str, stage: &Path) -> Result<()> {
+    let from = rootfs.join("lib/modules").join(kver);
+    let to = stage.join("lib/modules").join(kver);
+    for m in ROUTER_MODULES {
+        let dst = to.join(m);
+        fs::create_dir_all(dst.parent().context("module path")?)?;
+        crate::run(Command::new("cp").arg("-a").arg(from.join(m)).arg(&dst))?;
+    }
+    let ldd = Command::new("chroot")
+        .arg(rootfs)
+        .args(["ldd", "/usr/sbin/nft"])
+        .output()
+        .context("chroot ldd nft")?;
+    if !ldd.status.success() {
+        bail!("ldd /usr/sbin/nft in the dom0 root failed (is nftables installed?)");
+    }
+    let libdir = rootfs.join("usr/lib/x86_64-linux-gnu");
+    for d in ["sbin", "lib/x86_64-linux-gnu", "lib64"] {
+        fs::create_dir_all(stage.join(d))?;
+    }
+    fs::copy(rootfs.join("usr/sbin/nft"), stage.join("sbin/nft"))?;
+    for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+        let Some(name) = word.strip_prefix('/').and_then(|w| w.rsplit('/').next()) else {
+            continue;
+        };
+        if !name.contains(".so") {
+            continue;
+        }
+        let dst = if name.starts_with("ld-linux") {
+            stage.join("lib64").join(name)
+        } else {
+            stage.join("lib/x86_64-linux-gnu").join(name)
+        };
+        fs::copy(libdir.join(name), &dst).with_context(|| format!("{name} for nft"))?;
+    }
+    Ok(())
+}
+
+/// `find . | cpio -o -H newc | gzip` of `stage` into `out`.
+fn cpio_gz(stage: &Path, out: &Path) -> Result<()> {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
+        .arg(out)
+        .current_dir(stage)
+        .status()
+        .context("cpio")?;
+    if !status.success() {
+        bail!("building {} failed", out.display());
+    }
+    Ok(())
+}
+
+/// `XEN-BENCH` lines of the serial logs (dom0-firewall.sh's throughput comparison), printed
+/// after the check summary.
+fn bench_lines(serial: &str) -> Vec<String> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            l.find("XEN-BENCH ")
+                .map(|at| l[at..].trim_end().to_string())
+        })
+        .collect()
+}
+
 /// Xen (gunzipped: QEMU's multiboot loader wants the ELF), dom0's kernel and initrd.
 fn boot_files(rootfs: &Path, boot: &Path) -> Result<()> {
     let xen = Command::new("gunzip")
@@ -238,15 +365,21 @@ fn qemu(boot: &Path, img: &Path, mode: &str, cpu: &str, log: &Path) -> Result<St
     let xen_args = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all \
                     dom0_mem=1024M,max:1024M dom0_max_vcpus=2";
     // QEMU splits -initrd at commas, so dom0's arguments have none.
+    // XEN_TEST_QUICK=1: no vchan, 100 UDP datagrams (for iterating; not a lab result).
+    let quick = if std::env::var("XEN_TEST_QUICK").is_ok_and(|v| v == "1") {
+        " xentest.quick=1"
+    } else {
+        ""
+    };
+    // XEN_TEST_ONLY=firewall: only the firewall checks (dom0-firewall.sh), for iterating.
+    let only = match std::env::var("XEN_TEST_ONLY").as_deref() {
+        Ok("firewall") => " xentest.only=firewall",
+        Ok("flows") => " xentest.only=flows",
+        _ => "",
+    };
     let dom0 = format!(
-        "{} root=LABEL=xenroot ro console=hvc0 xentest.mode={mode}{},{}",
+        "{} root=LABEL=xenroot ro console=hvc0 xentest.mode={mode}{quick}{only},{}",
         boot.join("vmlinuz").display(),
-        // XEN_TEST_QUICK=1: no vchan, 100 UDP datagrams (for iterating; not a lab result).
-        if std::env::var("XEN_TEST_QUICK").is_ok_and(|v| v == "1") {
-            " xentest.quick=1"
-        } else {
-            ""
-        },
         boot.join("initrd.img").display()
     );
     let out = fs::File::create(log)?;
