@@ -235,4 +235,6 @@ xl destroy "$VNAME" 2>/dev/null
 . /usr/local/lib/xen-test/dom0-apps.sh
 # The firewall unikernel as a netvm between a Linux PV AppVM and dom0.
 . /usr/local/lib/xen-test/dom0-firewall.sh
+# Flow 3 (split-SSH): the ssh-agent vault, two Linux PV AppVMs, qubes-qrexecd routing by policy.
+. /usr/local/lib/xen-test/dom0-flows.sh
 finish
