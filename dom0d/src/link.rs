@@ -88,8 +88,8 @@ enum End<P: Platform> {
     Client(MappedClient<P::Grants, P::Events>),
 }
 
-/// One vchan end and its buffers; closed on drop (its xenstore directory is removed by
-/// [`Link::close`]).
+/// One vchan end and its buffers; the end closes on drop (`vchan` does it), its xenstore
+/// directory is removed by [`Link::close`].
 pub struct Link<P: Platform> {
     end: End<P>,
     dir: Option<XsDir>,
@@ -285,15 +285,5 @@ impl<P: Platform> Link<P> {
         if let Some(d) = self.dir.take() {
             let _ = d.remove(&mut env.store);
         }
-    }
-}
-
-impl<P: Platform> Drop for Link<P> {
-    /// Tells the peer we are gone (a second close after [`Link::close`] does nothing).
-    fn drop(&mut self) {
-        let _ = match &mut self.end {
-            End::Server(s) => s.close(),
-            End::Client(c) => c.close(),
-        };
     }
 }

@@ -76,7 +76,7 @@ pub fn alive_marker(run: &Path, d: DomId) -> PathBuf {
 type Srv = vchan::Server<GrantMem, HostedPort>;
 type Cli = vchan::Client<GrantMem, HostedPort>;
 
-/// Either end of a vchan; closed on drop.
+/// Either end of a vchan; closed on drop (by `vchan` itself).
 #[derive(Debug)]
 enum End {
     /// We advertised it; the xenstore directory is removed once the client is there.
@@ -272,15 +272,6 @@ fn remove_dir(store: &mut HostedStore, dir: &XsDir) {
             Err(StoreError::Xs(XsErrno::Eagain)) => continue,
             _ => return,
         }
-    }
-}
-
-impl Drop for Vchan {
-    fn drop(&mut self) {
-        let _ = match &mut self.end {
-            End::Server(s, _) => s.close(),
-            End::Client(c) => c.close(),
-        };
     }
 }
 
