@@ -626,7 +626,7 @@ fn flow_firewall(sim: &Sim) -> Result<String> {
 fn flow_viewer(sim: &Sim) -> Result<String> {
     let pic = sim.vm_dir("work").join("demo.png");
     std::fs::create_dir_all(sim.vm_dir("work"))?;
-    std::fs::write(&pic, demo_png(96, 64))?;
+    std::fs::write(&pic, demo_png(96, 64)?)?;
     sim.ok("qvm-start", &["work"])?;
     let before: Vec<String> = list_dispvms(sim)?;
     say("work: qvm-open-in-vm --view-only @dispvm:viewer-unikernel-dvm demo.png");
@@ -893,57 +893,13 @@ fn list_dispvms(sim: &Sim) -> Result<Vec<String>> {
         .collect())
 }
 
-/// A small RGB gradient as a PNG (stored deflate blocks: no compressor needed).
-fn demo_png(w: u32, h: u32) -> Vec<u8> {
-    fn crc32(data: &[u8]) -> u32 {
-        let mut c = 0xffff_ffffu32;
-        for &b in data {
-            c ^= u32::from(b);
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    }
-    fn chunk(out: &mut Vec<u8>, ty: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let body = [ty.as_slice(), data].concat();
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
-    }
-    let mut raw = Vec::new();
+/// A small RGB gradient as a PNG.
+fn demo_png(w: u32, h: u32) -> Result<Vec<u8>> {
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
-        raw.push(0);
         for x in 0..w {
-            raw.extend_from_slice(&[(x * 255 / w) as u8, (y * 255 / h) as u8, 160]);
+            rgb.extend_from_slice(&[(x * 255 / w) as u8, (y * 255 / h) as u8, 160]);
         }
     }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in &raw {
-        a = (a + u32::from(byte)) % 65521;
-        b = (b + a) % 65521;
-    }
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
-    for (i, blk) in blocks.iter().enumerate() {
-        z.push(u8::from(i + 1 == blocks.len()));
-        let len = blk.len() as u16;
-        z.extend_from_slice(&len.to_le_bytes());
-        z.extend_from_slice(&(!len).to_le_bytes());
-        z.extend_from_slice(blk);
-    }
-    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"IDAT", &z);
-    chunk(&mut png, b"IEND", &[]);
-    png
+    png_write::encode_rgb(w, h, &rgb).context("demo picture: PNG encoding refused")
 }
