@@ -198,7 +198,9 @@ mod tests {
             w in 1u32..200, h in 1u32..120, seed in proptest::num::u8::ANY,
         ) {
             let bgrx: Vec<u8> = (0..w * h * 4).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
-            let rgb = bgrx_to_rgb(w, h, &bgrx).unwrap();
+            // BGRX is little-endian X8R8G8B8: blue first.
+            let rgb: Vec<u8> = bgrx.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+            proptest::prop_assert_eq!(&bgrx_to_rgb(w, h, &bgrx).unwrap(), &rgb);
             let from_bgrx = encode_bgrx(w, h, &bgrx).unwrap();
             proptest::prop_assert_eq!(&from_bgrx, &encode_rgb(w, h, &rgb).unwrap());
             let (dw, dh, got) = decode(&from_bgrx);
