@@ -33,6 +33,8 @@ const MAX_POLICY_FILE: u64 = 1 << 20;
 const MAX_LOCAL: usize = 64;
 /// How long a VM's call waits for its allowed target's agent.
 const TARGET_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Calls of one VM held for targets that are not up yet; more are refused.
+const MAX_HELD_PER_SOURCE: usize = 16;
 /// How long a dom0 call waits for its target's agent.
 const LOCAL_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -420,6 +422,15 @@ impl<P: Platform> Router<P> {
             // As qrexec waits for a qube it starts: the call goes once its agent connects.
             if t.since.elapsed() > TARGET_READY_TIMEOUT {
                 return self.refuse(t.source, t.id, &what, "the target's agent never connected");
+            }
+            // A caller flooding calls at a target that is not up cannot grow dom0's memory.
+            let waiting = self
+                .held
+                .iter()
+                .filter(|(h, _)| h.source == t.source)
+                .count();
+            if waiting >= MAX_HELD_PER_SOURCE {
+                return self.refuse(t.source, t.id, &what, "too many calls wait for targets");
             }
             self.held.push((t, target));
             return;

@@ -534,3 +534,60 @@ fn split_ssh_key_lives_in_the_vault_and_work_signs_through_the_forwarder() {
         "{log}"
     );
 }
+
+#[test]
+fn calls_held_for_a_target_that_is_not_up_are_bounded_per_caller() {
+    // The vault's domain exists but its agent never connects (`true` exits at once).
+    let lab = Lab::start_with(
+        Vault {
+            name: "vault",
+            exe: PathBuf::from("/bin/true"),
+            cmdline: "",
+            vbd: None,
+        },
+        "test.Echo * work vault allow\n",
+    );
+    lab.wait_up();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let c = Command::new(env!("CARGO_BIN_EXE_qubes-vm-agent"))
+            .args(["client-vm", "vault", "test.Echo"])
+            .env("QUBES_QREXEC_AGENT_SOCK", lab.sock("work"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        held.push(c);
+    }
+    // 16 wait for the target; the other 4 are refused at once.
+    let end = Instant::now() + DEADLINE;
+    let refused = loop {
+        let done: Vec<Option<i32>> = held
+            .iter_mut()
+            .filter_map(|c| c.try_wait().unwrap().map(|s| s.code()))
+            .collect();
+        if done.len() >= 4 || Instant::now() >= end {
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let still = held
+        .iter_mut()
+        .filter_map(|c| c.try_wait().unwrap().is_none().then_some(()))
+        .count();
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(refused, vec![Some(126); 4], "{}", lab.logs());
+    assert_eq!(still, 16, "{}", lab.logs());
+    let log = std::fs::read_to_string(lab.dir.join("dom0.log")).unwrap();
+    assert_eq!(
+        log.matches("refused: too many calls wait for targets")
+            .count(),
+        4,
+        "{log}"
+    );
+}

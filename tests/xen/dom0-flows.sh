@@ -37,7 +37,9 @@ flows_checks() {  # flows_checks NAME: the AppVM's FLOWS-CHECK lines as checks f
 if [ ! -x "$QREXECD" ] || [ ! -s "$D/linux-work.cpio.gz" ]; then
   check flow3 1 "no $QREXECD or AppVM initramfs in the dom0 root"
 else
-  mkdir -p /tmp/flows-policy.d
+  # The project's policy.d as shipped, plus the lab's allow rule (read first: 30 < 90).
+  rm -rf /tmp/flows-policy.d; mkdir -p /tmp/flows-policy.d
+  cp "$D"/policy.d/*.policy /tmp/flows-policy.d/
   cp "$D/flows.policy" /tmp/flows-policy.d/30-flows.policy
   SDISK=/var/lib/xen-test-flows-ssh.img
   rm -f "$SDISK"; truncate -s 64M "$SDISK"
@@ -106,6 +108,8 @@ EOC
   check flow3-policy-allow $? "$(grep -m1 "from work to $VAULT: allowed" /tmp/flows-qrexecd.log | cut -c1-200)"
   grep -q "qubes.SshAgent+work from other to $VAULT: refused: denied by policy" /tmp/flows-qrexecd.log
   check flow3-policy-deny $? "$(grep -m1 "from other to $VAULT: refused" /tmp/flows-qrexecd.log | cut -c1-200)"
+  grep -q "qubes.SshAgentAdmin+work from work to $VAULT: refused: denied by policy" /tmp/flows-qrexecd.log
+  check flow3-policy-admin-deny $? "$(grep -m1 "SshAgentAdmin+work from work to $VAULT: refused" /tmp/flows-qrexecd.log | cut -c1-200)"
   for q in work other; do xl destroy $q 2>/dev/null; done
   timeout 60 xl shutdown -w $VAULT > /tmp/flows-shut.txt 2>&1
   rc=$?

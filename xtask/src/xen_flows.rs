@@ -42,6 +42,16 @@ pub fn install(root: &Path, lab: &Path, dir: &Path) -> Result<()> {
         let name = t.file_name().context("tool path")?;
         fs::copy(t, dir.join(name)).with_context(|| format!("{}", t.display()))?;
     }
+    // The project's shipped policy (dom0-flows.sh adds the lab's allow rule in front of it).
+    let policy = dir.join("policy.d");
+    let _ = fs::remove_dir_all(&policy);
+    fs::create_dir_all(&policy)?;
+    for e in fs::read_dir(root.join("qubes-rpc/policy.d"))? {
+        let e = e?;
+        if e.file_name().to_string_lossy().ends_with(".policy") {
+            fs::copy(e.path(), policy.join(e.file_name()))?;
+        }
+    }
     let rootfs = lab.join("rootfs");
     // openssh-server's unit would start an sshd in the lab's dom0: only the AppVM runs one.
     let unit = rootfs.join("etc/systemd/system/ssh.service");
