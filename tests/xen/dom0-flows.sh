@@ -58,10 +58,13 @@ EOC
   flows_cfg other other 160
   F0=$(now_ms)
   ok=0
+  took=
   for q in $VAULT work other; do
+    c0=$(now_ms)
     xl create -p /tmp/flows-$q.cfg > /tmp/flows-$q.create 2>&1 || ok=1
+    took="$took $q $(( $(now_ms) - c0 )) ms,"
   done
-  check flow3-create $ok "xl create -p $VAULT ($MODE), work and other (Linux PV) in $(( $(now_ms) - F0 )) ms $(cat /tmp/flows-*.create | grep -i error | head -1)"
+  check flow3-create $ok "xl create -p of $VAULT ($MODE), work and other (Linux PV):$took $(cat /tmp/flows-*.create | grep -i error | head -1)"
   VDOM=$(xl domid $VAULT 2>/dev/null); WDOM=$(xl domid work 2>/dev/null); ODOM=$(xl domid other 2>/dev/null)
   rm -f /run/qubes-qrexecd.sock
   "$QREXECD" --backend dom0 --policy-dir /tmp/flows-policy.d --socket /run/qubes-qrexecd.sock \

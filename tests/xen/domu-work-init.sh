@@ -48,12 +48,16 @@ fi
 # The first answer of the vault through the whole path (exit 0 = keys, 1 = no keys yet).
 i=0
 while :; do
+  u0=$(cut -d' ' -f1 /proc/uptime)
   ssh-add -l > /tmp/list 2>&1; rc=$?
+  u1=$(cut -d' ' -f1 /proc/uptime)
   [ $rc = 0 ] || [ $rc = 1 ] && break
   i=$((i + 1)); [ $i -ge 600 ] && break
   sleep 0.5
 done
-echo "FLOWS: agent-answered rc=$rc after $i retries: $(head -1 /tmp/list)"
+echo "FLOWS: agent-answered rc=$rc after $i retries, at ${u1}s of uptime (that ssh-add -l took $(echo "$u0 $u1" | awk '{printf "%.2f", $2 - $1}') s): $(head -1 /tmp/list)"
+u0=$(cut -d' ' -f1 /proc/uptime); ssh-add -l > /dev/null 2>&1; u1=$(cut -d' ' -f1 /proc/uptime)
+echo "FLOWS: a second ssh-add -l took $(echo "$u0 $u1" | awk '{printf "%.2f", $2 - $1}') s"
 # dom0 adds the key through the vault's admin service meanwhile: wait until it is listed.
 i=0
 until grep -q 'flows@lab' /tmp/list || [ $i -ge 300 ]; do
