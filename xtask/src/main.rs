@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod build;
+mod deb;
 mod demo;
 mod deps;
 mod interop;
@@ -27,8 +28,9 @@ commands:
   bench firewall | ssh-agent | passman | fb-viewer | all
                   each app's table against its same-run baseline (empty forward, OpenSSH's
                   ssh-agent, the png crate and libpng), kept in target/bench/<name>.txt
-  rpm             build the dom0 and template RPMs into target/rpm/ (reproducible) and print
-                  the sha256 of every kernel; `rpm check`: the package checks of `test`
+  rpm             build the dom0 and template RPMs and the template .deb into target/rpm/
+                  (reproducible) and print the sha256 of every kernel; `rpm check`: the
+                  package checks of `test`
   build           build every unikernel image into target/unikernels/<name>/vmlinuz
   boot-test       boot every image under QEMU's PVH loader (no Xen) and check its serial output
   xen-test        boot the images on real Xen 4.17 (Debian dom0) under QEMU TCG; slow, not in CI

@@ -1,5 +1,5 @@
 //! `cargo xtask rpm`: the dom0 package (kernels, policy, dom0 tools) and the template package
-//! (AppVM-side files), built reproducibly with Debian's rpmbuild, plus the checks CI runs on them.
+//! (AppVM-side files; also as a .deb), built reproducibly, plus the checks CI runs on them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::{build, deps, run};
+use crate::{build, deb, deps, run};
 
 /// The packages (spec name → the manifest's package column).
 pub const DOM0: &str = "qubes-unikernel-bundle";
@@ -267,7 +267,9 @@ pub fn build_packages(root: &Path, out: &Path, epoch: &str) -> Result<Vec<PathBu
 pub fn rpm(root: &Path) -> Result<()> {
     build::build_images(root)?;
     let out = root.join("target/rpm");
-    let rpms = build_packages(root, &out, &source_date_epoch(root)?)?;
+    let epoch = source_date_epoch(root)?;
+    let rpms = build_packages(root, &out, &epoch)?;
+    let deb = build_vm_deb(root, &out, &epoch)?;
     for (image, dir) in KERNELS {
         let k = root.join("target/unikernels").join(image).join("vmlinuz");
         if k.is_file() {
@@ -276,10 +278,18 @@ pub fn rpm(root: &Path) -> Result<()> {
             println!("missing {dir}/vmlinuz: the {image} image is not built yet");
         }
     }
-    for r in rpms {
+    for r in rpms.iter().chain([&deb]) {
         println!("built {}", r.display());
     }
     Ok(())
+}
+
+/// The template package as a .deb (Debian templates), from the same entries as its RPM.
+pub fn build_vm_deb(root: &Path, out: &Path, epoch: &str) -> Result<PathBuf> {
+    let files = entries(root)?.get(VM).cloned().unwrap_or_default();
+    let work = root.join("target/rpm-work");
+    fs::create_dir_all(&work)?;
+    deb::build_deb(root, &work, out, &files, epoch)
 }
 
 /// Results of the package checks, one line each, then `N passed, N failed`.
@@ -304,7 +314,7 @@ impl Report {
     }
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let o = cmd
         .output()
         .with_context(|| format!("could not start {cmd:?}"))?;
@@ -418,8 +428,10 @@ pub fn check(root: &Path) -> Result<()> {
         }
     }
     let epoch = source_date_epoch(root)?;
-    let first = build_packages(root, &a, &epoch)?;
-    let second = build_packages(root, &b, &epoch)?;
+    let mut first = build_packages(root, &a, &epoch)?;
+    let mut second = build_packages(root, &b, &epoch)?;
+    first.push(build_vm_deb(root, &a, &epoch)?);
+    second.push(build_vm_deb(root, &b, &epoch)?);
     for (x, y) in first.iter().zip(&second) {
         let name = x.file_name().unwrap().to_string_lossy().into_owned();
         r.check(&format!("two builds of {name} are byte-identical"), {
@@ -441,6 +453,21 @@ pub fn check(root: &Path) -> Result<()> {
             check_install(rpm, name, &files, &root.join("target/rpm-check/root")),
         );
     }
+    let vm_files = all.get(VM).cloned().unwrap_or_default();
+    let (vm_rpm, vm_deb) = (&first[1], &first[2]);
+    let deb_name = deb::deb_name();
+    r.check(
+        &format!("dpkg-deb --contents {deb_name} lists exactly the {VM} RPM's files and modes"),
+        deb::check_listing(vm_deb, vm_rpm, &vm_files, &epoch),
+    );
+    r.check(
+        &format!("{deb_name}'s control (package, version, depends) and conffiles match the RPM"),
+        deb::check_control(vm_deb, vm_rpm),
+    );
+    r.check(
+        &format!("{deb_name} installs with dpkg --root into a scratch root and purges cleanly"),
+        deb::check_install(vm_deb, &vm_files, &root.join("target/rpm-check/deb-root")),
+    );
     println!("packages: {} passed, {} failed", r.passed, r.failed);
     if r.failed > 0 {
         bail!("{} package check(s) failed", r.failed);

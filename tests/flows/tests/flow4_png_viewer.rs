@@ -45,27 +45,40 @@ fn decode_rgb(data: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
     Some((info.width, info.height, rgb))
 }
 
-/// The installed routing for image/png: mimeapps.list's default .desktop and its Exec line
-/// with the file put in for `%f`; the program as the qube's PATH has it (Qubes' agent
-/// tools are the sim's in `run/bin`).
+/// The installed routing for image/png: the default .desktop as a Qubes AppVM session
+/// (XDG_CURRENT_DESKTOP=X-QUBES) looks it up by the XDG mime-apps spec (config dirs before
+/// data dirs, the desktop-specific list before the plain one), and its Exec line with the file
+/// put in for `%f`; the program as the qube's PATH has it (Qubes' agent tools are the sim's in
+/// `run/bin`).
 fn png_command(template_root: &Path, file: &str) -> String {
-    let mime = std::fs::read_to_string(template_root.join("etc/xdg/mimeapps.list"))
-        .expect("mimeapps.list is installed");
-    let mut section = "";
-    let desktop = mime
-        .lines()
-        .find_map(|l| {
-            if l.starts_with('[') {
-                section = l;
-                return None;
-            }
-            (section == "[Default Applications]")
-                .then(|| l.strip_prefix("image/png="))
-                .flatten()
+    assert!(
+        !template_root.join("etc/xdg/mimeapps.list").exists(),
+        "the template package must not own the system-wide /etc/xdg/mimeapps.list"
+    );
+    let lists = [
+        "etc/xdg/x-qubes-mimeapps.list",
+        "etc/xdg/mimeapps.list",
+        "usr/share/applications/x-qubes-mimeapps.list",
+        "usr/share/applications/mimeapps.list",
+    ];
+    let desktop = lists
+        .iter()
+        .filter_map(|l| std::fs::read_to_string(template_root.join(l)).ok())
+        .find_map(|mime| {
+            let mut section = "";
+            mime.lines().find_map(|l| {
+                if l.starts_with('[') {
+                    section = l;
+                    return None;
+                }
+                (section == "[Default Applications]")
+                    .then(|| l.strip_prefix("image/png="))
+                    .flatten()
+                    .and_then(|ids| ids.split(';').map(str::trim).find(|id| !id.is_empty()))
+                    .map(str::to_string)
+            })
         })
-        .expect("a default application for image/png")
-        .trim()
-        .to_string();
+        .expect("a default application for image/png in an installed mimeapps.list");
     let entry =
         std::fs::read_to_string(template_root.join("usr/share/applications").join(&desktop))
             .unwrap_or_else(|e| panic!("{desktop} is not installed: {e}"));
@@ -184,7 +197,7 @@ fn flow4_png_opens_in_a_viewer_disposable_pixel_exact() {
     let (pw, ph) = (199u32, 177u32);
     let (pic, pic_bytes, pic_rgb) = put("picture.png", pw, ph, 13);
 
-    // 1. As the file manager opens a PNG: the installed mimeapps.list and .desktop entry.
+    // 1. As the file manager opens a PNG: the installed x-qubes-mimeapps.list and .desktop entry.
     let cmd = png_command(&q.template_root, "drawing.png");
     assert!(
         cmd.starts_with(&format!("qvm-open-in-vm --view-only @dispvm:{DVM} ")),
