@@ -343,10 +343,8 @@ fn tree(root: &Path) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// `dpkg --root` into an empty scratch root: the files land with their modes and bytes,
-/// dpkg says it is installed, and `--purge` leaves nothing but dpkg's own database, without
-/// a trace of the package in it.
-pub fn check_install(deb: &Path, files: &[Entry], scratch: &Path) -> Result<()> {
+/// An empty scratch root with an empty dpkg database; returns the paths it holds.
+fn fresh_root(scratch: &Path) -> Result<BTreeSet<String>> {
     if scratch.exists() {
         fs::remove_dir_all(scratch)?;
     }
@@ -357,14 +355,25 @@ pub fn check_install(deb: &Path, files: &[Entry], scratch: &Path) -> Result<()> 
     for f in ["status", "available"] {
         fs::write(admin.join(f), "")?;
     }
-    let before = tree(scratch)?;
-    let dpkg = || {
-        let mut c = Command::new("dpkg");
-        c.arg(format!("--root={}", scratch.display()))
-            .arg("--log=/dev/null")
-            .env("LC_ALL", "C");
-        c
-    };
+    tree(scratch)
+}
+
+/// dpkg acting on `scratch` as its root.
+fn dpkg_in(scratch: &Path) -> Command {
+    let mut c = Command::new("dpkg");
+    c.arg(format!("--root={}", scratch.display()))
+        .arg("--log=/dev/null")
+        .env("LC_ALL", "C");
+    c
+}
+
+/// `dpkg --root` into an empty scratch root: the files land with their modes and bytes,
+/// dpkg says it is installed, and `--purge` leaves nothing but dpkg's own database, without
+/// a trace of the package in it.
+pub fn check_install(deb: &Path, files: &[Entry], scratch: &Path) -> Result<()> {
+    let before = fresh_root(scratch)?;
+    let admin = scratch.join("var/lib/dpkg");
+    let dpkg = || dpkg_in(scratch);
     // The scratch root has no qubes-core-agent: only the dependency check is forced.
     run(dpkg().args(["--force-depends", "-i"]).arg(deb))?;
     for e in files {
@@ -400,6 +409,85 @@ pub fn check_install(deb: &Path, files: &[Entry], scratch: &Path) -> Result<()> 
     if status.lines().any(|l| l == format!("Package: {VM}")) {
         bail!("dpkg's status still lists {VM} after --purge");
     }
+    Ok(())
+}
+
+/// The desktop file the PNG routing names.
+const VIEWER_DESKTOP: &str = "qubes-open-in-viewer-unikernel.desktop";
+
+/// What GLib's `gio mime image/png` (the lookup of GTK file managers and `gio open`) answers
+/// as the default application, in a session with only the given directories and desktop.
+fn gio_default(aux: &Path, data_dirs: &str, desktop: &str, path: &str) -> Result<Option<String>> {
+    let o = output(
+        Command::new("gio")
+            .args(["mime", "image/png"])
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", aux.join("home"))
+            .env("XDG_CONFIG_HOME", aux.join("home/.config"))
+            .env("XDG_CONFIG_DIRS", aux.join("etc/xdg"))
+            .env("XDG_DATA_HOME", aux.join("home/.local/share"))
+            .env("XDG_DATA_DIRS", data_dirs)
+            .env("XDG_CURRENT_DESKTOP", desktop)
+            .env("LC_ALL", "C"),
+    )?;
+    Ok(o.lines()
+        .find(|l| l.starts_with("Default application for"))
+        .and_then(|l| l.rsplit_once(": "))
+        .map(|(_, id)| id.trim().to_string()))
+}
+
+/// Installed from the .deb, the desktop file is valid (desktop-file-validate) and GLib picks
+/// the viewer for image/png in a Qubes AppVM session (XDG_CURRENT_DESKTOP=X-QUBES), while a
+/// user's own choice in ~/.config/mimeapps.list still wins and nothing routes PNGs to the
+/// viewer where qvm-open-in-vm is absent (TryExec).
+pub fn check_png_default(deb: &Path, scratch: &Path) -> Result<()> {
+    // One at a time: apt-get installs only the missing one (no upgrade of the other).
+    crate::deps::apt_install(&["libglib2.0-bin"])?;
+    crate::deps::apt_install(&["desktop-file-utils"])?;
+    fresh_root(scratch)?;
+    run(dpkg_in(scratch).args(["--force-depends", "-i"]).arg(deb))?;
+    let apps = scratch.join("usr/share/applications");
+    run(Command::new("desktop-file-validate").arg(apps.join(VIEWER_DESKTOP)))?;
+    // A stand-in for the agent's qvm-open-in-vm, and a second PNG application the user picks.
+    let aux = scratch.with_extension("session");
+    if aux.exists() {
+        fs::remove_dir_all(&aux)?;
+    }
+    for d in ["bin", "share/applications", "home/.config", "etc/xdg"] {
+        fs::create_dir_all(aux.join(d))?;
+    }
+    let fake = aux.join("bin/qvm-open-in-vm");
+    fs::write(&fake, "#!/bin/sh\nexit 0\n")?;
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755))?;
+    fs::write(
+        aux.join("share/applications/other-viewer.desktop"),
+        "[Desktop Entry]\nType=Application\nName=Other viewer\nExec=true %f\nMimeType=image/png;\n",
+    )?;
+    let path = format!("{}:/usr/bin:/bin", aux.join("bin").display());
+    let data = format!(
+        "{}:{}",
+        scratch.join("usr/share").display(),
+        aux.join("share").display()
+    );
+    let got = gio_default(&aux, &data, "X-QUBES", &path)?;
+    if got.as_deref() != Some(VIEWER_DESKTOP) {
+        bail!("in an X-QUBES session the PNG default is {got:?}, want {VIEWER_DESKTOP}");
+    }
+    let got = gio_default(&aux, &data, "X-QUBES", "/usr/bin:/bin")?;
+    if got.as_deref() == Some(VIEWER_DESKTOP) {
+        bail!("the viewer is the PNG default even without qvm-open-in-vm");
+    }
+    fs::write(
+        aux.join("home/.config/mimeapps.list"),
+        "[Default Applications]\nimage/png=other-viewer.desktop;\n",
+    )?;
+    let got = gio_default(&aux, &data, "X-QUBES", &path)?;
+    if got.as_deref() != Some("other-viewer.desktop") {
+        bail!("the user's ~/.config/mimeapps.list choice lost: the PNG default is {got:?}");
+    }
+    run(dpkg_in(scratch).args(["--purge", VM]))?;
+    fs::remove_dir_all(&aux)?;
     Ok(())
 }
 

@@ -468,6 +468,10 @@ pub fn check(root: &Path) -> Result<()> {
         &format!("{deb_name} installs with dpkg --root into a scratch root and purges cleanly"),
         deb::check_install(vm_deb, &vm_files, &root.join("target/rpm-check/deb-root")),
     );
+    r.check(
+        &format!("{deb_name} installed: GLib opens PNGs with the viewer in an X-QUBES session, the user's mimeapps.list still wins"),
+        deb::check_png_default(vm_deb, &root.join("target/rpm-check/deb-root")),
+    );
     println!("packages: {} passed, {} failed", r.passed, r.failed);
     if r.failed > 0 {
         bail!("{} package check(s) failed", r.failed);
