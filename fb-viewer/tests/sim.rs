@@ -2,118 +2,49 @@
 //! `work` boots a disposable whose kernel is our hosted binary; the sim's GUI daemon writes
 //! screenshots we compare with the `png` crate's decode; keys from `qvm-gui-input`.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use sim_support::{wait_exit, wait_until, DEADLINE};
+
 const VIEWER: &str = env!("CARGO_BIN_EXE_fb-viewer");
-const DEADLINE: Duration = Duration::from_secs(30);
 const DVM: &str = "viewer-unikernel-dvm";
 
-/// The sim binary, next to ours in the target directory (built once if missing).
-fn sim_exe() -> PathBuf {
-    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    EXE.get_or_init(build_sim).clone()
-}
+/// The sim with `work` and the viewer's disposable template.
+struct Sim(sim_support::Sim);
 
-fn build_sim() -> PathBuf {
-    let dir = Path::new(VIEWER).parent().unwrap().to_path_buf();
-    let exe = dir.join("qubes-sim");
-    if !exe.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = Command::new(cargo);
-        c.args(["build", "-p", "qubes-sim"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        let ok = c.status().is_ok_and(|s| s.success());
-        assert!(
-            ok && exe.exists(),
-            "cannot build qubes-sim next to {VIEWER}"
-        );
+impl Deref for Sim {
+    type Target = sim_support::Sim;
+    fn deref(&self) -> &sim_support::Sim {
+        &self.0
     }
-    exe
-}
-
-struct Sim {
-    exe: PathBuf,
-    dir: PathBuf,
-    daemon: Child,
 }
 
 impl Sim {
     fn boot(tag: &str) -> Sim {
-        let exe = sim_exe();
-        let dir = std::env::temp_dir().join(format!("fbv-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("policy.d")).unwrap();
-        let run = |args: &[&str]| {
-            let st = Command::new(&exe)
-                .args(args)
-                .env("QUBES_SIM_DIR", &dir)
-                .stdin(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success(), "{args:?}");
-        };
-        run(&["qvm-create", "--label", "red", "work"]);
-        run(&["qvm-create", "--label", "red", DVM]);
-        run(&["qvm-prefs", DVM, "template_for_dispvms", "True"]);
-        run(&["qvm-prefs", DVM, "kernel", VIEWER]);
-        run(&["qvm-features", DVM, "gui", "1"]);
-        let log = std::fs::File::create(dir.join("sim.log")).unwrap();
-        let mut daemon = Command::new(&exe)
-            .args(["daemon", "--stdin-lifeline"])
-            .env("QUBES_SIM_DIR", &dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(daemon.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(line.starts_with("ready "), "{line}");
-        let sim = Sim { exe, dir, daemon };
+        let mut sim = sim_support::Sim::new(VIEWER, &format!("fbv-{tag}"));
+        sim.ok(&["qvm-create", "--label", "red", "work"]);
+        sim.ok(&["qvm-create", "--label", "red", DVM]);
+        sim.ok(&["qvm-prefs", DVM, "template_for_dispvms", "True"]);
+        sim.ok(&["qvm-prefs", DVM, "kernel", VIEWER]);
+        sim.ok(&["qvm-features", DVM, "gui", "1"]);
+        sim.start_daemon();
         sim.ok(&["qvm-start", "work"]);
-        sim
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.exe)
-            .args(args)
-            .env("QUBES_SIM_DIR", &self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("sim.log")).unwrap_or_default()
+        Sim(sim)
     }
 
     /// `qvm-open-in-vm @dispvm:viewer-unikernel-dvm FILE` in `work`, in the background.
     fn open(&self, name: &str, data: &[u8]) -> (Child, PathBuf) {
-        let work = self.dir.join("vms").join("work");
+        let work = self.vm_dir("work");
         std::fs::create_dir_all(&work).unwrap();
         let file = work.join(name);
         std::fs::write(&file, data).unwrap();
-        let domid = self.ok(&["qvm-prefs", "work", "qid"]).trim().to_string();
-        let child = Command::new(&self.exe)
+        let child = self
+            .in_qube_cmd("work", &self.exe)
             .args(["qvm-open-in-vm", &format!("@dispvm:{DVM}")])
             .arg(&file)
-            .env("QUBES_HOSTED_DIR", self.dir.join("run"))
-            .env("QUBES_HOSTED_DOMID", domid)
-            .env("QUBES_SIM_VM_DIR", &work)
-            .env_remove("QUBES_SIM_DIR")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -126,8 +57,7 @@ impl Sim {
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vms").join("disp1").join("console.log"))
-            .unwrap_or_default()
+        self.0.console("disp1")
     }
 
     /// Waits for a screenshot that satisfies `good`, returning it as (w, h, rgb).
@@ -163,30 +93,12 @@ impl Sim {
     }
 
     fn wait_gone(&self) {
-        let end = Instant::now() + DEADLINE;
-        while self.ok(&["qvm-ls"]).contains("disp1") {
-            assert!(Instant::now() < end, "the disposable is still there");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.exe)
-            .arg("shutdown")
-            .env("QUBES_SIM_DIR", &self.dir)
-            .stdin(Stdio::null())
-            .status();
-        let end = Instant::now() + Duration::from_secs(10);
-        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        wait_until(
+            "the disposable is gone",
+            Duration::from_millis(25),
+            || !self.ok(&["qvm-ls"]).contains("disp1"),
+            || self.log(),
+        );
     }
 }
 
@@ -263,14 +175,7 @@ fn src_at(rgb: &[u8], w: u32, x: u32, y: u32) -> [u8; 3] {
 }
 
 fn finish(sim: &Sim, mut child: Child) {
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "qvm-open-in-vm did not return");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, "qvm-open-in-vm");
     let out = child.wait_with_output().unwrap();
     assert!(
         status.success(),
@@ -451,17 +356,13 @@ fn get_image_rgba_returns_size_and_straight_rgba() {
         e.set_depth(png::BitDepth::Eight);
         e.write_header().unwrap().write_image_data(&rgba).unwrap();
     }
-    let domid = sim.ok(&["qvm-prefs", "work", "qid"]).trim().to_string();
-    let mut child = Command::new(&sim.exe)
+    let mut child = sim
+        .in_qube_cmd("work", &sim.exe)
         .args([
             "qrexec-client-vm",
             &format!("@dispvm:{DVM}"),
             "qubes.GetImageRGBA",
         ])
-        .env("QUBES_HOSTED_DIR", sim.dir.join("run"))
-        .env("QUBES_HOSTED_DOMID", domid)
-        .env("QUBES_SIM_VM_DIR", sim.dir.join("vms").join("work"))
-        .env_remove("QUBES_SIM_DIR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

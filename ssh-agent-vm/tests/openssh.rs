@@ -13,13 +13,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use platform_api::Instant;
+use sim_support::openssh::{have, public, sshd_exe, Sshd, Tools};
 use ssh_agent_vm::engine::{ADMIN_SERVICE, CLIENT_SERVICE};
 use ssh_agent_vm::{Engine, Io, VaultConfig};
 use vault_store::MemDevice;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("-V").output().is_ok() || Command::new(tool).arg("-?").output().is_ok()
-}
 
 fn confirm_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../qubes-rpc/dom0-services/qubes.UnikernelConfirm")
@@ -259,6 +256,7 @@ fn serve(
 
 struct Env {
     dir: PathBuf,
+    ssh: Tools,
 }
 
 impl Env {
@@ -266,14 +264,8 @@ impl Env {
         let dir = std::env::temp_dir().join(format!("ssh-agent-vm-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let askpass = dir.join("askpass");
-        std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$TEST_PASSPHRASE\"\n").unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&askpass)
-            .status()
-            .unwrap();
-        Self { dir }
+        let ssh = Tools::new(&dir);
+        Self { dir, ssh }
     }
 
     fn keygen(&self, kind: &str, bits: Option<&str>) -> PathBuf {
@@ -281,106 +273,35 @@ impl Env {
     }
 
     fn keygen_named(&self, name: &str, kind: &str, bits: Option<&str>) -> PathBuf {
-        let p = self.dir.join(name);
-        let mut c = Command::new("ssh-keygen");
-        c.args([
-            "-q",
-            "-t",
-            kind,
-            "-N",
-            "",
-            "-C",
-            &format!("{kind}@test"),
-            "-f",
-        ])
-        .arg(&p);
-        if let Some(b) = bits {
-            c.args(["-b", b]);
-        }
-        assert!(c.status().unwrap().success());
-        p
+        self.ssh.keygen(name, kind, bits)
     }
 
     /// Runs an OpenSSH tool against socket `sock`; passphrase prompts answer `pass`.
     fn run(&self, sock: &str, pass: &str, tool: &str, args: &[&str]) -> Output {
-        Command::new(tool)
-            .args(args)
-            .env("SSH_AUTH_SOCK", self.dir.join(sock))
-            .env("SSH_ASKPASS", self.dir.join("askpass"))
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("DISPLAY", "none")
-            .env("TEST_PASSPHRASE", pass)
-            .env("HOME", &self.dir)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.ssh.run(&self.dir.join(sock), pass, tool, args)
     }
 
     fn ok(&self, sock: &str, pass: &str, tool: &str, args: &[&str]) -> String {
-        let o = self.run(sock, pass, tool, args);
-        assert!(
-            o.status.success(),
-            "{tool} {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        self.ssh.ok(&self.dir.join(sock), pass, tool, args)
     }
 
+    /// The keys `sock` lists, sorted.
     fn listed(&self, sock: &str) -> Vec<String> {
-        let o = self.run(sock, "", "ssh-add", &["-L"]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.starts_with("ssh-") || l.starts_with("ecdsa-"))
-            .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
-            .collect()
+        self.ssh.listed(&self.dir.join(sock))
     }
 
     fn public(&self, key: &Path) -> String {
-        let s = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        s.split(' ').take(2).collect::<Vec<_>>().join(" ")
+        public(key)
     }
 
     /// `ssh-keygen -Y sign` through the agent, then `-Y verify` against the public key.
     fn sign_verify(&self, sock: &str, key: &Path) -> bool {
-        let data = self.dir.join("data.txt");
-        std::fs::write(&data, b"signed through the vault\n").unwrap();
-        let _ = std::fs::remove_file(self.dir.join("data.txt.sig"));
-        let pubkey = key.with_extension("pub");
-        let o = self.run(
-            sock,
-            "",
-            "ssh-keygen",
-            &[
-                "-Y",
-                "sign",
-                "-n",
-                "file",
-                "-f",
-                pubkey.to_str().unwrap(),
-                data.to_str().unwrap(),
-            ],
-        );
-        if !o.status.success() {
-            return false;
-        }
-        let signers = self.dir.join("allowed_signers");
-        std::fs::write(&signers, format!("me@test {}\n", self.public(key))).unwrap();
-        let o = Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "file", "-I", "me@test", "-f"])
-            .arg(&signers)
-            .arg("-s")
-            .arg(self.dir.join("data.txt.sig"))
-            .stdin(std::fs::File::open(&data).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "verify: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        true
+        self.ssh.sign_verify(&self.dir.join(sock), key)
+    }
+
+    /// `ssh` into the loopback sshd on `port` through `sock` with the key `key.pub`.
+    fn login(&self, sock: &str, key: &Path, port: u16) -> Command {
+        self.ssh.login(&self.dir.join(sock), key, port)
     }
 }
 
@@ -474,13 +395,7 @@ fn openssh_tools_through_the_vault() {
     assert_eq!(env.listed("work.sock").len(), 4);
 
     // Confirmation through the dom0 script: denied, then allowed.
-    let conf = env.dir.join("id_confirm");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "confirm@test", "-f"])
-        .arg(&conf)
-        .status()
-        .unwrap()
-        .success());
+    let conf = env.keygen_named("id_confirm", "ed25519", None);
     env.ok("admin.sock", "", "ssh-add", &["-c", conf.to_str().unwrap()]);
     std::fs::remove_file(&conf).unwrap();
     vault.answer("deny");
@@ -494,14 +409,11 @@ fn openssh_tools_through_the_vault() {
         "allowed confirmation signs"
     );
 
-    // Lifetime: gone after 2 seconds.
-    let short = env.dir.join("id_short");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "short@test", "-f"])
-        .arg(&short)
-        .status()
-        .unwrap()
-        .success());
+    // Lifetime: listed while it lives (checked only when the listing came back within the
+    // lifetime: a loaded machine may take longer), then gone.
+    let short = env.keygen_named("id_short", "ed25519", None);
+    let life = Duration::from_secs(2);
+    let added = StdInstant::now();
     env.ok(
         "admin.sock",
         "",
@@ -509,11 +421,19 @@ fn openssh_tools_through_the_vault() {
         &["-t", "2", short.to_str().unwrap()],
     );
     std::fs::remove_file(&short).unwrap();
-    assert!(env.listed("work.sock").contains(&env.public(&short)));
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        !env.listed("work.sock").contains(&env.public(&short)),
-        "expired"
+    let listed = env.listed("work.sock");
+    if added.elapsed() < life {
+        assert!(
+            listed.contains(&env.public(&short)),
+            "alive within its lifetime"
+        );
+    }
+    std::thread::sleep(life.saturating_sub(added.elapsed()));
+    sim_support::wait_until(
+        "the 2 s key expires",
+        Duration::from_millis(100),
+        || !env.listed("work.sock").contains(&env.public(&short)),
+        String::new,
     );
     assert!(!env.sign_verify("work.sock", &short));
 
@@ -575,13 +495,10 @@ fn rsa_is_refused_where_the_keyring_does_not_allow_it() {
 
 #[test]
 fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
-    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(sshd) = sshd else {
+    if sshd_exe().is_none() {
         eprintln!("skipped: sshd not installed (Debian package openssh-server)");
         return;
-    };
+    }
     let env = Env::new("login");
     let vault = Vault::start(&env.dir, OPTS, vec![0; 512 * 4096]);
     env.ok("admin.sock", "pw", "ssh-add", &["-X"]);
@@ -597,121 +514,20 @@ fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
     for k in &keys {
         std::fs::remove_file(k).unwrap();
     }
-    let host = env.dir.join("host_ed25519");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host)
-        .status()
-        .unwrap()
-        .success());
-    let port = 20000 + (std::process::id() % 20000) as u16;
-    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    let auth = env.dir.join("authorized_keys");
-    let ak: String = keys
-        .iter()
-        .map(|k| std::fs::read_to_string(k.with_extension("pub")).unwrap())
-        .collect();
-    std::fs::write(&auth, ak).unwrap();
-    // sshd refuses to start without its privilege separation directory (Debian: /run/sshd).
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let mut d = Command::new(sshd)
-        .args([
-            "-D",
-            "-e",
-            "-p",
-            &port.to_string(),
-            "-o",
-            "ListenAddress=127.0.0.1",
-            "-h",
-        ])
-        .arg(&host)
-        .arg("-o")
-        .arg(format!("AuthorizedKeysFile={}", auth.display()))
-        .args([
-            "-o",
-            "StrictModes=no",
-            "-o",
-            "UsePAM=no",
-            "-o",
-            "PasswordAuthentication=no",
-        ])
-        // 32 parallel logins below: no random early drop of unauthenticated connections.
-        .args(["-o", "MaxStartups=100", "-o", "MaxSessions=100"])
-        .arg("-o")
-        .arg(format!("PidFile={}", env.dir.join("sshd.pid").display()))
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let sshd = Sshd::start(&env.dir, "login", &keys).unwrap();
     for k in &keys {
-        let out = env.run(
-            "work.sock",
-            "",
-            "ssh",
-            &[
-                "-F",
-                "/dev/null",
-                "-p",
-                &port.to_string(),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                &format!("IdentityFile={}", k.with_extension("pub").display()),
-                "-o",
-                "BatchMode=yes",
-                &format!("{user}@127.0.0.1"),
-                "echo",
-                "logged-in",
-            ],
-        );
+        let out = env.login("work.sock", k, sshd.port).output().unwrap();
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("logged-in"),
-            "login with {}: {}",
+            "login with {}: {}\nsshd:\n{}",
             k.display(),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&sshd.log).unwrap_or_default()
         );
     }
     // 32 parallel logins with the ed25519 key, each its own agent session in the vault.
-    let args: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-p",
-        &port.to_string(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        &format!("IdentityFile={}", keys[0].with_extension("pub").display()),
-        "-o",
-        "BatchMode=yes",
-        &format!("{user}@127.0.0.1"),
-        "echo",
-        "logged-in",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     let children: Vec<_> = (0..32)
-        .map(|_| {
-            Command::new("ssh")
-                .args(&args)
-                .env("SSH_AUTH_SOCK", env.dir.join("work.sock"))
-                .env("HOME", &env.dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| env.login("work.sock", &keys[0], sshd.port).spawn().unwrap())
         .collect();
     let ok = children
         .into_iter()
@@ -719,88 +535,13 @@ fn ssh_login_into_a_loopback_sshd_with_vault_keys() {
         .filter(|o| String::from_utf8_lossy(&o.stdout).contains("logged-in"))
         .count();
     assert_eq!(ok, 32, "parallel logins");
-    let _ = d.kill();
-    let _ = d.wait();
+    drop(sshd);
     vault.stop();
-}
-
-/// A loopback sshd with its own host key accepting `keys`; killed on drop.
-struct Sshd {
-    child: std::process::Child,
-    port: u16,
-    host_pub: String,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sshd(dir: &Path, name: &str, keys: &[PathBuf], port: u16) -> Option<Sshd> {
-    let exe = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())?;
-    let host = dir.join(format!("host_{name}"));
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let auth = dir.join(format!("authorized_keys_{name}"));
-    let ak: String = keys
-        .iter()
-        .map(|k| std::fs::read_to_string(k.with_extension("pub")).unwrap())
-        .collect();
-    std::fs::write(&auth, ak).unwrap();
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let child = Command::new(exe)
-        .args([
-            "-D",
-            "-e",
-            "-p",
-            &port.to_string(),
-            "-o",
-            "ListenAddress=127.0.0.1",
-            "-h",
-        ])
-        .arg(&host)
-        .arg("-o")
-        .arg(format!("AuthorizedKeysFile={}", auth.display()))
-        .args([
-            "-o",
-            "StrictModes=no",
-            "-o",
-            "UsePAM=no",
-            "-o",
-            "PasswordAuthentication=no",
-        ])
-        .arg("-o")
-        .arg(format!(
-            "PidFile={}",
-            dir.join(format!("sshd_{name}.pid")).display()
-        ))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    let host_pub = std::fs::read_to_string(host.with_extension("pub")).unwrap();
-    Some(Sshd {
-        child,
-        port,
-        host_pub: host_pub.split(' ').take(2).collect::<Vec<_>>().join(" "),
-    })
 }
 
 #[test]
 fn destination_constrained_key_logs_in_only_where_it_may() {
-    if !["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .iter()
-        .any(|p| Path::new(p).exists())
-    {
+    if sshd_exe().is_none() {
         eprintln!("skipped: sshd not installed (Debian package openssh-server)");
         return;
     }
@@ -808,9 +549,8 @@ fn destination_constrained_key_logs_in_only_where_it_may() {
     let vault = Vault::start(&env.dir, OPTS, vec![0; 512 * 4096]);
     env.ok("admin.sock", "pw", "ssh-add", &["-X"]);
     let key = env.keygen("ed25519", None);
-    let base = 40000 + (std::process::id() % 10000) as u16;
-    let allowed = sshd(&env.dir, "allowed", std::slice::from_ref(&key), base).unwrap();
-    let other = sshd(&env.dir, "other", std::slice::from_ref(&key), base + 1).unwrap();
+    let allowed = Sshd::start(&env.dir, "allowed", std::slice::from_ref(&key)).unwrap();
+    let other = Sshd::start(&env.dir, "other", std::slice::from_ref(&key)).unwrap();
     // ssh-add -h looks the destination's host keys up in known_hosts.
     let kh = env.dir.join("known_hosts_for_add");
     std::fs::write(&kh, format!("127.0.0.1 {}\n", allowed.host_pub)).unwrap();
@@ -828,35 +568,8 @@ fn destination_constrained_key_logs_in_only_where_it_may() {
     );
     let private = std::fs::read(&key).unwrap();
     std::fs::remove_file(&key).unwrap();
-    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
     let login = |port: u16| {
-        let o = env.run(
-            "work.sock",
-            "",
-            "ssh",
-            &[
-                "-F",
-                "/dev/null",
-                "-p",
-                &port.to_string(),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                &format!("IdentityFile={}", key.with_extension("pub").display()),
-                "-o",
-                "BatchMode=yes",
-                &format!("{user}@127.0.0.1"),
-                "echo",
-                "logged-in",
-            ],
-        );
+        let o = env.login("work.sock", &key, port).output().unwrap();
         String::from_utf8_lossy(&o.stdout).contains("logged-in")
     };
     assert!(
