@@ -139,13 +139,11 @@ pub fn build_deb(
     // One KiB per directory besides the files, as dpkg-gencontrol counts.
     let dirs: BTreeSet<&str> = rel
         .iter()
-        .flat_map(|r| {
-            r.match_indices('/')
-                .map(move |(i, _)| &r[..i])
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|r| r.match_indices('/').map(move |(i, _)| &r[..i]))
         .collect();
     kib += dirs.len() as u64;
+    // No maintainer scripts, as the RPM has no scriptlets: desktop-file-utils' dpkg trigger
+    // on /usr/share/applications refreshes mimeinfo.cache (Fedora's file trigger likewise).
     fs::write(debian.join("control"), control(root, kib)?)?;
     if !conffiles.is_empty() {
         fs::write(debian.join("conffiles"), conffiles)?;
