@@ -95,6 +95,20 @@ fn set_mtimes(p: &Path, t: SystemTime) -> Result<()> {
         .with_context(|| format!("setting the mtime of {}", p.display()))
 }
 
+/// `DEBIAN/conffiles`: the `config` entries, which must be under /etc (dpkg would keep any
+/// conffile as the admin's, but Debian policy allows them there only).
+fn conffiles(files: &[Entry]) -> Result<String> {
+    let mut out = String::new();
+    for e in files.iter().filter(|e| e.config) {
+        if !e.dest.starts_with("/etc/") {
+            bail!("{} is marked config but is not under /etc", e.dest);
+        }
+        out.push_str(&e.dest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Builds the .deb of `files` into `out` with every timestamp at `epoch`; returns its path.
 pub fn build_deb(
     root: &Path,
@@ -112,14 +126,10 @@ pub fn build_deb(
     }
     let debian = stage.join("DEBIAN");
     fs::create_dir_all(&debian)?;
-    let mut conffiles = String::new();
+    let conffiles = conffiles(files)?;
     let mut kib = 0u64;
     let mut rel = Vec::new();
     for e in files {
-        if e.config && !e.dest.starts_with("/etc/") {
-            // dpkg treats any conffile as the admin's, but Debian keeps them under /etc only.
-            bail!("{} is marked config but is not under /etc", e.dest);
-        }
         let r = e.dest.trim_start_matches('/');
         let p = stage.join(r);
         fs::create_dir_all(p.parent().context("a destination has a parent")?)?;
@@ -131,9 +141,6 @@ pub fn build_deb(
         }
         fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))?;
         kib += fs::metadata(&p)?.len().div_ceil(1024);
-        if e.config {
-            conffiles.push_str(&format!("{}\n", e.dest));
-        }
         rel.push(r.to_string());
     }
     // One KiB per directory besides the files, as dpkg-gencontrol counts.
@@ -500,6 +507,19 @@ mod tests {
         assert_eq!(mode_bits("drwx------").unwrap(), 0o700);
         assert!(mode_bits("-rwsr-xr-x").is_err());
         assert!(mode_bits("-rw-r--r").is_err());
+    }
+
+    #[test]
+    fn conffiles_are_the_config_entries_and_only_under_etc() {
+        let e = |dest: &str, config| Entry {
+            dest: dest.into(),
+            mode: 0o644,
+            source: Source::Bytes(Vec::new()),
+            config,
+        };
+        let ok = [e("/etc/a.conf", true), e("/usr/bin/b", false)];
+        assert_eq!(conffiles(&ok).unwrap(), "/etc/a.conf\n");
+        assert!(conffiles(&[e("/usr/share/applications/x.list", true)]).is_err());
     }
 
     #[test]
