@@ -26,8 +26,9 @@ pub enum InflateError {
 const WINDOW: usize = 32 * 1024;
 /// Output produced between two hand-overs to the consumer.
 const CHUNK: usize = 128 * 1024;
-/// Room one symbol may need past the output cursor (longest match plus copy slack).
-const SLACK: usize = 258 + 16;
+/// Room one symbol may need past `limit`: up to 4 literal bytes, then the longest match
+/// written in 16-byte pieces (258 + 15), rounded up.
+const SLACK: usize = 258 + 32;
 /// Input that must be buffered before a symbol is decoded in the fast path.
 const FAST_INPUT: usize = 16;
 /// Input a dynamic block header needs at most (14 + 19·3 + 320·(7 + 7) bits, rounded up).
@@ -46,8 +47,10 @@ const K_EOB: u32 = 2;
 const K_SUB: u32 = 3;
 const K_BAD: u32 = 4;
 const K_DIST: u32 = 5;
-/// Two literals in one lookup: value = first | second << 8, length = both codes.
-const K_LIT2: u32 = 6;
+/// Set on every literal entry (kind K_LIT), so the hot loop tests one bit.
+const F_LIT: u32 = 1 << 15;
+/// With F_LIT: two literals in one lookup, value = first | second << 8, length = both codes.
+const F_TWO: u32 = 1 << 14;
 
 #[inline(always)]
 fn entry(kind: u32, value: u32, len: u32, extra: u32) -> u32 {
@@ -181,13 +184,14 @@ impl<const N: usize> Table<N> {
         for i in (0..N).rev() {
             let e1 = self.primary[i];
             let l1 = e_len(e1);
-            if e_kind(e1) != K_LIT || l1 >= pb {
+            if e1 & (F_LIT | F_TWO) != F_LIT || l1 >= pb {
                 continue;
             }
             let e2 = self.primary[i >> l1];
             let l2 = e_len(e2);
-            if e_kind(e2) == K_LIT && l1 + l2 <= pb {
-                self.primary[i] = entry(K_LIT2, e_value(e1) | (e_value(e2) << 8), l1 + l2, 0);
+            if e2 & (F_LIT | F_TWO) == F_LIT && l1 + l2 <= pb {
+                let v = e_value(e1) | (e_value(e2) << 8);
+                self.primary[i] = entry(K_LIT, v, l1 + l2, 0) | F_LIT | F_TWO;
             }
         }
     }
@@ -195,7 +199,7 @@ impl<const N: usize> Table<N> {
 
 fn litlen_value(sym: usize) -> u32 {
     match sym {
-        0..=255 => entry(K_LIT, sym as u32, 0, 0),
+        0..=255 => entry(K_LIT, sym as u32, 0, 0) | F_LIT,
         256 => entry(K_EOB, 0, 0, 0),
         257..=285 => entry(
             K_LEN,
@@ -622,39 +626,54 @@ impl Inflater {
         let lsub = (1u64 << (MAX_CODE - LIT_BITS)) - 1;
         let dsub = (1u64 << (MAX_CODE - DIST_BITS)) - 1;
         let result = loop {
+            // Checked here, so every path that decoded from made-up bits passes it next.
+            if last && b.overran() {
+                break Progress::Error(InflateError::Truncated);
+            }
             if op >= limit {
                 break Progress::OutputFull;
             }
             if !last && input.len() < b.pos + FAST_INPUT {
                 break Progress::Stalled;
             }
-            // A symbol needs at most 15 + 5 + 15 + 13 bits: one refill covers it.
             b.refill(input);
             let mut e = lit.primary[(b.buf & lmask) as usize];
+            if e & F_LIT != 0 {
+                // Primary literal entries take at most LIT_BITS bits: three fit in a refill,
+                // and they write at most 6 bytes past `limit` (inside SLACK).
+                b.drop(e_len(e));
+                put_literals(out, op, e);
+                op += lit_count(e);
+                e = lit.primary[(b.buf & lmask) as usize];
+                if e & F_LIT != 0 {
+                    b.drop(e_len(e));
+                    put_literals(out, op, e);
+                    op += lit_count(e);
+                    e = lit.primary[(b.buf & lmask) as usize];
+                    if e & F_LIT != 0 {
+                        b.drop(e_len(e));
+                        put_literals(out, op, e);
+                        op += lit_count(e);
+                        continue;
+                    }
+                }
+                // A length and distance need up to 48 bits; `e` stays valid (refill only
+                // adds bits above the ones looked at).
+                b.refill(input);
+            }
             if e_kind(e) == K_SUB {
                 b.drop(LIT_BITS);
                 e = lit.sub[e_value(e) as usize + (b.buf & lsub) as usize];
+                if e & F_LIT != 0 {
+                    b.drop(e_len(e));
+                    put_literals(out, op, e);
+                    op += 1;
+                    continue;
+                }
             }
             b.drop(e_len(e));
             let kind = e_kind(e);
-            if kind == K_LIT2 || kind == K_LIT {
-                let v = e_value(e);
-                out[op] = v as u8;
-                out[op + 1] = (v >> 8) as u8;
-                op += 1 + (kind == K_LIT2) as usize;
-                // More literals often fit in what is left of the buffer.
-                if b.n >= 15 {
-                    let e2 = lit.primary[(b.buf & lmask) as usize];
-                    let k2 = e_kind(e2);
-                    if (k2 == K_LIT || k2 == K_LIT2) && e_len(e2) <= b.n {
-                        b.drop(e_len(e2));
-                        let v = e_value(e2);
-                        out[op] = v as u8;
-                        out[op + 1] = (v >> 8) as u8;
-                        op += 1 + (k2 == K_LIT2) as usize;
-                    }
-                }
-            } else if kind == K_LEN {
+            if kind == K_LEN {
                 let len = (e_value(e) + b.take(e_extra(e))) as usize;
                 let mut d = dist.primary[(b.buf & dmask) as usize];
                 if e_kind(d) == K_SUB {
@@ -677,12 +696,12 @@ impl Inflater {
                 copy_match(out, op, dd, len);
                 op += len;
             } else if kind == K_EOB {
+                if last && b.overran() {
+                    break Progress::Error(InflateError::Truncated);
+                }
                 break Progress::Done;
             } else {
                 break Progress::Error(InflateError::BadSymbol);
-            }
-            if last && b.overran() {
-                break Progress::Error(InflateError::Truncated);
             }
         };
         self.op = op;
@@ -694,42 +713,49 @@ impl Inflater {
     }
 }
 
+/// Writes a literal entry's two value bytes at `op` (the second is only counted for a pair).
+#[inline(always)]
+fn put_literals(out: &mut [u8], op: usize, e: u32) {
+    let v = e_value(e);
+    out[op..op + 2].copy_from_slice(&[v as u8, (v >> 8) as u8]);
+}
+
+/// Bytes a literal entry stands for: 1, or 2 for a pair.
+#[inline(always)]
+fn lit_count(e: u32) -> usize {
+    1 + ((e & F_TWO) != 0) as usize
+}
+
 /// Copies a `len`-byte match from `dist` back; the source may overlap the destination.
+/// Writes whole 16-byte pieces, so up to 15 bytes past the match (inside the slack) are
+/// scribbled, to be overwritten by later output.
 #[inline(always)]
 fn copy_match(out: &mut [u8], op: usize, dist: usize, len: usize) {
     let src = op - dist;
-    if dist >= 16 && len <= 64 {
-        // 16-byte pieces: each reads bytes already final (dist >= 16); the last may write up
-        // to 15 bytes past the match, inside the slack, to be overwritten later.
+    let end = op + len;
+    if dist >= 16 {
+        // Each piece reads bytes already final: it ends `dist` >= 16 before its destination.
         let (mut s, mut d) = (src, op);
-        while d < op + len {
+        while d < end {
             if let Ok(c) = <[u8; 16]>::try_from(&out[s..s + 16]) {
                 out[d..d + 16].copy_from_slice(&c);
             }
             s += 16;
             d += 16;
         }
-    } else if dist >= len {
-        out.copy_within(src..src + len, op);
-    } else if dist >= 8 && len <= 64 {
-        let (mut s, mut d) = (src, op);
-        while d < op + len {
-            if let Ok(c) = <[u8; 8]>::try_from(&out[s..s + 8]) {
-                out[d..d + 8].copy_from_slice(&c);
-            }
-            s += 8;
-            d += 8;
-        }
-    } else if dist == 1 {
-        let v = out[src];
-        out[op..op + len].fill(v);
     } else {
-        // The pattern repeats every `dist` bytes: copy from the start, doubling each time.
-        let mut done = 0;
-        while done < len {
-            let n = (op + done - src).min(len - done);
-            out.copy_within(src..src + n, op + done);
-            done += n;
+        // The match repeats its first `dist` bytes: build 16 bytes of that pattern, then
+        // store it every whole number of periods.
+        let mut pat = [0u8; 16];
+        pat.copy_from_slice(&out[src..src + 16]);
+        for i in dist..16 {
+            pat[i] = pat[i - dist];
+        }
+        let step = 16 - 16 % dist;
+        let mut d = op;
+        while d < end {
+            out[d..d + 16].copy_from_slice(&pat);
+            d += step;
         }
     }
 }
