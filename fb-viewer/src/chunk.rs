@@ -29,9 +29,9 @@ pub struct Chunks<'a> {
     rest: &'a [u8],
 }
 
-/// Slicing-by-8 tables: CRC_TABLES[k][b] is the CRC of byte b followed by k zero bytes.
-const CRC_TABLES: [[u32; 256]; 8] = {
-    let mut t = [[0u32; 256]; 8];
+/// Slicing-by-16 tables: CRC_TABLES[k][b] is the CRC of byte b followed by k zero bytes.
+const CRC_TABLES: [[u32; 256]; 16] = {
+    let mut t = [[0u32; 256]; 16];
     let mut n = 0;
     while n < 256 {
         let mut c = n as u32;
@@ -48,7 +48,7 @@ const CRC_TABLES: [[u32; 256]; 8] = {
         n += 1;
     }
     let mut k = 1;
-    while k < 8 {
+    while k < 16 {
         let mut n = 0;
         while n < 256 {
             let prev = t[k - 1][n];
@@ -75,22 +75,28 @@ pub const CRC_INIT: u32 = 0xffff_ffff;
 /// Advances a running CRC state over `part`.
 pub fn crc32_update(mut c: u32, part: &[u8]) -> u32 {
     let t = &CRC_TABLES;
-    {
-        let mut blocks = part.chunks_exact(8);
-        for b in &mut blocks {
-            let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            c = t[7][(lo & 0xff) as usize]
-                ^ t[6][((lo >> 8) & 0xff) as usize]
-                ^ t[5][((lo >> 16) & 0xff) as usize]
-                ^ t[4][(lo >> 24) as usize]
-                ^ t[3][usize::from(b[4])]
-                ^ t[2][usize::from(b[5])]
-                ^ t[1][usize::from(b[6])]
-                ^ t[0][usize::from(b[7])];
-        }
-        for &b in blocks.remainder() {
-            c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
+    let mut blocks = part.chunks_exact(16);
+    for b in &mut blocks {
+        let w = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        c = t[15][(w & 0xff) as usize]
+            ^ t[14][((w >> 8) & 0xff) as usize]
+            ^ t[13][((w >> 16) & 0xff) as usize]
+            ^ t[12][(w >> 24) as usize]
+            ^ t[11][usize::from(b[4])]
+            ^ t[10][usize::from(b[5])]
+            ^ t[9][usize::from(b[6])]
+            ^ t[8][usize::from(b[7])]
+            ^ t[7][usize::from(b[8])]
+            ^ t[6][usize::from(b[9])]
+            ^ t[5][usize::from(b[10])]
+            ^ t[4][usize::from(b[11])]
+            ^ t[3][usize::from(b[12])]
+            ^ t[2][usize::from(b[13])]
+            ^ t[1][usize::from(b[14])]
+            ^ t[0][usize::from(b[15])];
+    }
+    for &b in blocks.remainder() {
+        c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
     }
     c
 }
@@ -152,6 +158,25 @@ mod tests {
         // The standard check value, split so both the 8-byte path and the tail run.
         assert_eq!(crc32(&[b"12345678", b"9"]), 0xcbf4_3926);
         assert_eq!(crc32(&[b"123456789"]), 0xcbf4_3926);
+    }
+
+    proptest::proptest! {
+        /// The table-driven CRC over any split equals the bit-at-a-time definition.
+        #[test]
+        fn crc_matches_bitwise_definition(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            cut in 0usize..200,
+        ) {
+            let mut want = 0xffff_ffffu32;
+            for &b in &data {
+                want ^= u32::from(b);
+                for _ in 0..8 {
+                    want = if want & 1 != 0 { 0xedb8_8320 ^ (want >> 1) } else { want >> 1 };
+                }
+            }
+            let (a, b) = data.split_at(cut.min(data.len()));
+            proptest::prop_assert_eq!(crc32(&[a, b]), want ^ 0xffff_ffff);
+        }
     }
 
     #[test]
