@@ -636,8 +636,14 @@ impl Inflater {
             if !last && input.len() < b.pos + FAST_INPUT {
                 break Progress::Stalled;
             }
-            b.refill(input);
+            // Looked up before the refill when the buffer already holds a primary code's bits
+            // (the refill only adds bits above them), so the load need not wait for it.
             let mut e = lit.primary[(b.buf & lmask) as usize];
+            let early = b.n >= LIT_BITS;
+            b.refill(input);
+            if !early {
+                e = lit.primary[(b.buf & lmask) as usize];
+            }
             if e & F_LIT != 0 {
                 // Primary literal entries take at most LIT_BITS bits: three fit in a refill,
                 // and they write at most 6 bytes past `limit` (inside SLACK).
