@@ -97,6 +97,9 @@ pub struct Session<P: Platform> {
     pub refused: usize,
     last_alive: Instant,
     gone: bool,
+    /// `serve`'s entries file was removed: the way to end a `serve` cleanly (vchans closed,
+    /// advertisements removed) before its time is up.
+    file_removed: bool,
     /// The entries file and the text last seen in it (re-read while serving).
     file: Option<(std::path::PathBuf, String)>,
     /// Times the entries file changed and was applied.
@@ -134,6 +137,7 @@ impl<P: Platform> Session<P> {
             refused: 0,
             last_alive: Instant::now(),
             gone: false,
+            file_removed: false,
             file: None,
             reloads: 0,
         }
@@ -150,8 +154,13 @@ impl<P: Platform> Session<P> {
             return;
         };
         let max = crate::entries::MAX_FILE as u64;
-        if std::fs::metadata(&*path).map_or(true, |m| m.len() > max) {
-            return;
+        match std::fs::metadata(&*path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.file_removed = true;
+                return;
+            }
+            Ok(m) if m.len() <= max => {}
+            _ => return,
         }
         let Ok(text) = std::fs::read_to_string(&*path) else {
             return;
@@ -382,13 +391,18 @@ impl<P: Platform> Session<P> {
     pub fn serve(&mut self, duration: Duration) -> Result<String, Error> {
         let start = Instant::now();
         let end = start + duration;
-        while Instant::now() < end && !self.gone() {
+        while Instant::now() < end && !self.gone() && !self.file_removed {
             if !self.pump()? {
                 self.wait(true)?;
             }
         }
         let how = if self.gone {
             format!("until it went away after {}s", start.elapsed().as_secs())
+        } else if self.file_removed {
+            format!(
+                "until its entries file was removed after {}s",
+                start.elapsed().as_secs()
+            )
         } else {
             format!("for {}s", duration.as_secs())
         };

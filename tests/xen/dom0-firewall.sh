@@ -49,6 +49,33 @@ fetched_after() {
   grep -o "HTTP $FWIP /seq-[0-9]*" $PEERLOG 2>/dev/null | cut -d- -f2 | awk -v n="$1" '$1 > n {f=1} END {exit !f}'
 }
 
+# fw_serve: qubes-dom0d serving the firewall's QubesDB (and refusing its calls) in the background.
+fw_serve() {
+  timeout 1200 "$DOM0D" --backend dom0 --domid "$FWID" --name "$FW" --qubesdb "$FWQDB" --timeout 150 \
+    serve 1100 >> /tmp/$FW.serve 2>> /tmp/$FW.err &
+  SERVE=$!
+}
+# fw_drops: the firewall's drop log and counters (qubes.UnikernelFirewallDrops, dom0 only) into
+# /tmp/$FW.drops. One qubes-dom0d per domain at a time: the QubesDB server stops meanwhile (the
+# run loop reconnects to the next one).
+# fw_serve_stop: removing its entries file ends `serve` cleanly (its vchans closed and its
+# advertisement removed; a killed one would leave them for the next qubes-dom0d to trip on).
+fw_serve_stop() {
+  [ -n "$SERVE" ] || return
+  mv "$FWQDB" "$FWQDB.keep"
+  wait_for 15 sh -c "! kill -0 $SERVE 2>/dev/null" || kill "$SERVE" 2>/dev/null
+  wait "$SERVE" 2>/dev/null
+  mv "$FWQDB.keep" "$FWQDB"
+}
+fw_drops() {
+  fw_serve_stop
+  timeout 120 "$DOM0D" --backend dom0 --domid "$FWID" --name "$FW" --qubesdb "$FWQDB" --timeout 60 \
+    call qubes.UnikernelFirewallDrops > /tmp/$FW.drops 2>> /tmp/$FW.err
+  local rc=$?
+  sed 's/^/XEN-FW-DROPS /' /tmp/$FW.drops | tail -20
+  fw_serve
+  return $rc
+}
 cl_said() { grep -aq "$1" "$CLLOG" 2>/dev/null || crashed "$FW" || crashed "$CL"; }
 
 fw_run() {
@@ -73,9 +100,8 @@ EOC
   [ $rc = 0 ] || return
   FWID=$(xl domid "$FW")
   # QubesDB first (the run loop waits 30 s for it), then unpause.
-  timeout 1200 "$DOM0D" --backend dom0 --domid "$FWID" --name "$FW" --qubesdb "$FWQDB" --timeout 150 \
-    serve 1100 > /tmp/$FW.serve 2>> /tmp/$FW.err &
-  SERVE=$!
+  rm -f /tmp/$FW.serve
+  fw_serve
   xl unpause "$FW"
   wait_for 120 sh -c "grep -q 'uplink up' $FWLOG || ! xl list $FW > /dev/null 2>&1"
   local bst fst
@@ -127,6 +153,9 @@ EOC
     echo "XEN-TEST $MODE timing firewall-$MODE:xl-create-to-forwarding=${t_fwd}ms"
     fw_rules
   else
+    grep -A1 -E '^(Ip|Tcp|Udp):' /proc/net/snmp | sed 's/^/XEN-FW-DOM0-SNMP /'
+    ip -s link show "vif$FWID.0" | sed 's/^/XEN-FW-DOM0-VIF /'
+    fw_drops
     check fw-rule-deny 1 "skipped: nothing forwarded"
     check fw-rule-allow 1 "skipped: nothing forwarded"
   fi
@@ -156,6 +185,11 @@ fw_rules() {
   # The fetch running at the commit (n0 + 1) may still have gone through; later ones must not.
   ! fetched_after $((n0 + 1)) && [ "$n1" -ge $((n0 + 3)) ] && \
     ! grep -aE "FW-FETCH ($((n0 + 2))|$((n0 + 3))) ok" "$CLLOG" > /dev/null
+  local deny=$?
+  fw_drops
+  grep -q "$CLIP" /tmp/$FW.drops && grep -qi "tcp" /tmp/$FW.drops
+  check fw-drop-log $? "qubes.UnikernelFirewallDrops from dom0: $(grep -i "$CLIP.*tcp\|tcp.*$CLIP" /tmp/$FW.drops | tail -1 | head -c 160); $(grep -o 'counters: .*' /tmp/$FW.drops)"
+  [ $deny = 0 ]
   check fw-rule-deny $? "drop tcp $UPIP:8080 committed; applied $((t1 - t0)) ms after the write ($(grep -ao "firewall rules for $CLIP.*" "$FWLOG" | tail -1)); fetches $((n0 + 2))..$n1: $(grep -aE "FW-FETCH ($((n0 + 2))|$((n0 + 3))) " "$CLLOG" | tr '\n' ' ')"
   k0=$(rules_applied)
   fw_qdb "action=accept"
@@ -186,13 +220,70 @@ fw_release() {
   check fw-shutdown $? "xl shutdown -w rc=$rc in $((SECONDS - t0)) s: $(tail -1 /tmp/$FW.shut) $([ $rc = 0 ] || fw_why)"
 }
 
+# fw_linux_bench: the same AppVM -> dom0 transfer through a Linux PV domU that forwards as a
+# Linux sys-firewall does (Linux's netback for the AppVM's vif, nftables masquerade to its
+# uplink on xenbr0; domu-fw-init.sh's router role). No `xl devd` runs there, so dom0 writes the
+# backend's hotplug-status, which Linux's netback waits for before it connects.
+fw_linux_bench() {
+  local LFW=linux-fw-$MODE CL2=fw-client2-$MODE LFWIP=10.137.99.11 CL2IP=10.137.0.21
+  local LFWLOG=/var/log/xen/console/guest-linux-fw-$MODE.log
+  local CL2LOG=/var/log/xen/console/guest-fw-client2-$MODE.log
+  local rc LFWID CL2ID line
+  cat > /tmp/$LFW.cfg <<EOC
+name = "$LFW"
+type = "pv"
+kernel = "/boot/vmlinuz-$(uname -r)"
+ramdisk = "$D/linux-domu-fw.cpio.gz"
+extra = "console=hvc0 quiet fw.role=router fw.up=$LFWIP/24 fw.upgw=$UPIP fw.gw=$LFWIP fw.client=$CL2IP"
+memory = 256
+vcpus = 1
+vif = [ 'mac=00:16:3e:5e:6c:11,bridge=xenbr0' ]
+on_crash = "preserve"
+EOC
+  rm -f "$LFWLOG" "$CL2LOG"
+  xl create /tmp/$LFW.cfg > /tmp/$LFW.create 2>&1
+  rc=$?
+  LFWID=$(xl domid "$LFW" 2>/dev/null)
+  [ $rc = 0 ] && wait_for 240 sh -c "grep -aq 'LFW: \(ready\|nft FAILED\)' $LFWLOG || ! xl list $LFW > /dev/null 2>&1"
+  grep -aq 'LFW: ready' "$LFWLOG" && grep -aq 'LFW: nft masquerade' "$LFWLOG"
+  check linux-fw-up $? "Linux PV domU with nftables masquerade: rc=$rc $(grep -ao 'LFW: \(nft\|netfilter\|xen-netback\).*' "$LFWLOG" | tr '\n' ' ' | head -c 300)"
+  if grep -aq 'LFW: ready' "$LFWLOG"; then
+    sed -e "s/^name = .*/name = \"$CL2\"/" \
+        -e "s/fw.ip=$CLIP fw.gw=$FWIP/fw.ip=$CL2IP fw.gw=$LFWIP/" \
+        -e "s/^vif = .*/vif = [ 'backend=$LFW,ip=$CL2IP,mac=00:16:3e:5e:6c:00' ]/" /tmp/$CL.cfg > /tmp/$CL2.cfg
+    # In the background: `xl create` may wait for the backend, which waits for hotplug-status.
+    ( for _ in $(seq 1 240); do
+        CL2ID=$(xl domid "$CL2" 2>/dev/null) &&
+          xenstore-read /local/domain/$LFWID/backend/vif/$CL2ID/0/state > /dev/null 2>&1 &&
+          xenstore-write /local/domain/$LFWID/backend/vif/$CL2ID/0/hotplug-status connected && break
+        sleep 0.5
+      done ) &
+    timeout 120 xl create /tmp/$CL2.cfg > /tmp/$CL2.create 2>&1
+    wait_for 600 sh -c "grep -aq 'FW-BENCH-SENT' $CL2LOG || ! xl list $CL2 > /dev/null 2>&1"
+    line=$(grep -o "SINK $LFWIP .*" $PEERLOG | tail -1)
+    LINUX_BENCH=$(echo "$line" | sed -n 's/.*= \([0-9.]*\) MB\/s/\1/p')
+  fi
+  [ -n "$LINUX_BENCH" ]
+  check linux-fw-bench $? "AppVM -> Linux PV firewall -> dom0, $BENCH_MIB MiB: ${line:-no result: $(grep -a 'FW-\|LFW' "$CL2LOG" "$LFWLOG" 2>/dev/null | tail -4 | tr '\n' ' ' | head -c 300)}"
+  grep -av '^ *$' "$LFWLOG" 2>/dev/null | tail -30 | sed 's/^/XEN-FW-LINUXFW /'
+  grep -a 'FW-' "$CL2LOG" 2>/dev/null | head -10 | sed 's/^/XEN-FW-DOMU2 /'
+  xl destroy "$CL2" 2>/dev/null
+  xl destroy "$LFW" 2>/dev/null
+}
+
 BENCH_MIB=${BENCH_MIB:-32}
 BENCH_ARG=
 [ "$QUICK" = 1 ] && BENCH_MIB=8
 BENCH_ARG=" fw.bench=$UPIP:5001:$BENCH_MIB"
 FW_BENCH=
+LINUX_BENCH=
+SERVE=
 fw_run
-kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null
+fw_serve_stop
+[ -n "$FW_BENCH" ] && fw_linux_bench
+if [ -n "$FW_BENCH" ] && [ -n "$LINUX_BENCH" ]; then
+  echo "XEN-BENCH firewall-$MODE unikernel=$FW_BENCH MB/s linux=$LINUX_BENCH MB/s ratio=$(awk -v u="$FW_BENCH" -v l="$LINUX_BENCH" 'BEGIN { if (l > 0) printf "%.2f", u / l; else print "?" }') ($BENCH_MIB MiB AppVM -> dom0, same run)"
+fi
 sed 's/^/XEN-FW-CONSOLE /' "$FWLOG" 2>/dev/null | head -80
 sed 's/^/XEN-FW-DOM0D /' /tmp/$FW.err /tmp/$FW.serve 2>/dev/null | head -20
 grep -av '^ *$' "$CLLOG" 2>/dev/null | tail -60 | sed 's/^/XEN-FW-DOMU /'

@@ -20,8 +20,12 @@ if [ "$(arg role)" = router ]; then
   UP=$(arg up); UPGW=$(arg upgw); CLIENT=$(arg client)
   echo "LFW: init, kernel $(uname -r), uplink $UP via $UPGW, client $CLIENT gateway $GW"
   insmod /xen-netfront.ko
+  # The kernel's own module requests (nft's expressions, crc32c for libcrc32c) need a modprobe.
+  echo /bin/modprobe > /proc/sys/kernel/modprobe
   modprobe xen-netback && echo "LFW: xen-netback loaded"
-  modprobe -a nf_tables nft_chain_nat nft_masq || echo "LFW: netfilter modules FAILED"
+  for m in crc32c_generic nf_tables nft_chain_nat nft_masq; do
+    modprobe "$m" 2> /tmp/mod.err || echo "LFW: netfilter module $m FAILED: $(cat /tmp/mod.err)"
+  done
   i=0
   until [ -e /sys/class/net/eth0 ] || [ $i -ge 120 ]; do sleep 1; i=$((i + 1)); done
   ip link set lo up
@@ -30,8 +34,12 @@ if [ "$(arg role)" = router ]; then
   ip route add default via "$UPGW"
   echo 1 > /proc/sys/net/ipv4/ip_forward
   printf 'table ip qubes {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname "eth0" masquerade\n }\n}\n' > /etc/fw.nft
-  if nft -f /etc/fw.nft; then echo "LFW: nft masquerade on eth0: $(nft list ruleset | tr -s ' \n' ' ')"; else echo "LFW: nft FAILED"; fi
-  echo "LFW: ready"
+  if nft -f /etc/fw.nft 2> /tmp/nft.err; then
+    echo "LFW: nft masquerade on eth0: $(nft list ruleset | tr -s ' \n' ' ')"
+    echo "LFW: ready"
+  else
+    echo "LFW: nft FAILED: $(cat /tmp/nft.err)"
+  fi
   done_vifs=
   while :; do
     for v in /sys/class/net/vif*; do
@@ -71,7 +79,8 @@ fi
 n=0
 while :; do
   n=$((n + 1))
-  if wget -q -T 3 -O /tmp/page "$URL/seq-$n" 2>/dev/null; then
+  # busybox 1.35's wget crashes on -T: bound it with timeout instead.
+  if timeout 5 wget -q -O /tmp/page "$URL/seq-$n" 2>/dev/null; then
     echo "FW-FETCH $n ok $(head -c 40 /tmp/page)"
     if [ -n "$BENCH" ]; then
       h=${BENCH%%:*}; rest=${BENCH#*:}; p=${rest%%:*}; mib=${rest#*:}
@@ -81,6 +90,7 @@ while :; do
     fi
   else
     echo "FW-FETCH $n fail"
+    [ $n = 3 ] && grep -A1 -E '^(Ip|Tcp|Udp):' /proc/net/snmp | sed 's/^/FW-SNMP /'
   fi
   sleep 1
 done

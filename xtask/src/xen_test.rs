@@ -261,6 +261,7 @@ const ROUTER_MODULES: &[&str] = &[
     "kernel/net/ipv4/netfilter",
     "kernel/net/ipv6/netfilter",
     "kernel/lib/libcrc32c.ko",
+    "kernel/crypto/crc32c_generic.ko",
     "modules.dep",
     "modules.alias",
     "modules.builtin",
