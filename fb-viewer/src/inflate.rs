@@ -26,8 +26,8 @@ pub enum InflateError {
 const WINDOW: usize = 32 * 1024;
 /// Output produced between two hand-overs to the consumer.
 const CHUNK: usize = 128 * 1024;
-/// Room one symbol may need past `limit`: up to 4 literal bytes, then the longest match
-/// written in 16-byte pieces (258 + 15), rounded up.
+/// Room one symbol may need past `limit`: up to 6 literal bytes (two entries of three), then
+/// the longest match written in 16-byte pieces (258 + 15), rounded up.
 const SLACK: usize = 258 + 32;
 /// Input that must be buffered before a symbol is decoded in the fast path.
 const FAST_INPUT: usize = 16;
@@ -51,6 +51,8 @@ const K_DIST: u32 = 5;
 const F_LIT: u32 = 1 << 15;
 /// With F_LIT: two literals in one lookup, value = first | second << 8, length = both codes.
 const F_TWO: u32 = 1 << 14;
+/// With F_LIT | F_TWO: a third literal in bits 5..13 (kind and extra mean nothing then).
+const F_THREE: u32 = 1 << 13;
 
 #[inline(always)]
 fn entry(kind: u32, value: u32, len: u32, extra: u32) -> u32 {
@@ -180,19 +182,29 @@ impl<const N: usize> Table<N> {
     /// the entry gives both at once (photos are mostly literals).
     fn pair_literals(&mut self) {
         let pb = self.bits;
-        // Downwards: the second code's entry (index i >> l1, below i) is still unpaired.
+        let single = |e: u32| e & (F_LIT | F_TWO) == F_LIT;
+        // Downwards: the later codes' entries (indices i >> l1 and i >> (l1 + l2), below i)
+        // are still single literals.
         for i in (0..N).rev() {
             let e1 = self.primary[i];
             let l1 = e_len(e1);
-            if e1 & (F_LIT | F_TWO) != F_LIT || l1 >= pb {
+            if !single(e1) || l1 >= pb {
                 continue;
             }
             let e2 = self.primary[i >> l1];
             let l2 = e_len(e2);
-            if e2 & (F_LIT | F_TWO) == F_LIT && l1 + l2 <= pb {
-                let v = e_value(e1) | (e_value(e2) << 8);
-                self.primary[i] = entry(K_LIT, v, l1 + l2, 0) | F_LIT | F_TWO;
+            if !single(e2) || l1 + l2 > pb {
+                continue;
             }
+            let v = e_value(e1) | (e_value(e2) << 8);
+            let e3 = self.primary[(i >> l1) >> l2];
+            let l3 = e_len(e3);
+            self.primary[i] = if single(e3) && l1 + l2 + l3 <= pb {
+                // The third literal goes where non-literal entries keep kind and extra bits.
+                (v << 16) | (e_value(e3) << 5) | F_LIT | F_TWO | F_THREE | (l1 + l2 + l3)
+            } else {
+                entry(K_LIT, v, l1 + l2, 0) | F_LIT | F_TWO
+            };
         }
     }
 }
@@ -646,7 +658,7 @@ impl Inflater {
             }
             if e & F_LIT != 0 {
                 // Primary literal entries take at most LIT_BITS bits: three fit in a refill,
-                // and they write at most 6 bytes past `limit` (inside SLACK).
+                // and they write at most 10 bytes past `limit` (inside SLACK).
                 b.drop(e_len(e));
                 put_literals(out, op, e);
                 op += lit_count(e);
@@ -719,17 +731,17 @@ impl Inflater {
     }
 }
 
-/// Writes a literal entry's two value bytes at `op` (the second is only counted for a pair).
+/// Writes a literal entry's value bytes at `op`, always 4 (only `lit_count` of them count).
 #[inline(always)]
 fn put_literals(out: &mut [u8], op: usize, e: u32) {
-    let v = e_value(e);
-    out[op..op + 2].copy_from_slice(&[v as u8, (v >> 8) as u8]);
+    let w = (e >> 16) | (((e >> 5) & 0xff) << 16);
+    out[op..op + 4].copy_from_slice(&w.to_le_bytes());
 }
 
-/// Bytes a literal entry stands for: 1, or 2 for a pair.
+/// Bytes a literal entry stands for: 1, 2 for a pair, 3 for a triple.
 #[inline(always)]
 fn lit_count(e: u32) -> usize {
-    1 + ((e & F_TWO) != 0) as usize
+    1 + ((e >> 14) & 1) as usize + ((e >> 13) & 1) as usize
 }
 
 /// Copies a `len`-byte match from `dist` back; the source may overlap the destination.
@@ -929,6 +941,42 @@ mod tests {
         ) {
             let z = compress_to_vec_zlib(&data, level);
             prop_assert_eq!(inflate_pieces(&z, cut).unwrap(), data);
+        }
+
+        /// Periods around the 16-byte copy boundary give matches of every short distance.
+        #[test]
+        fn matches_miniz_for_periodic_data(
+            parts in proptest::collection::vec((1usize..40, 1usize..700, any::<u8>()), 1..40),
+            level in 1u8..10,
+            cut in 1usize..3000,
+        ) {
+            let mut data = Vec::new();
+            for (period, n, seed) in parts {
+                let pat: Vec<u8> = (0..period).map(|i| seed.wrapping_mul(i as u8 | 1)).collect();
+                data.extend(pat.iter().cycle().take(n));
+            }
+            let z = compress_to_vec_zlib(&data, level);
+            prop_assert_eq!(inflate_pieces(&z, cut).unwrap(), data);
+        }
+
+        /// The piecewise match copy leaves exactly what a byte-at-a-time copy does (bytes
+        /// past the match are scratch).
+        #[test]
+        fn copy_match_equals_bytewise_copy(
+            history in proptest::collection::vec(any::<u8>(), 1..600),
+            dist_pick in any::<usize>(),
+            len in 3usize..=258,
+        ) {
+            let op = history.len();
+            let dist = 1 + dist_pick % op;
+            let mut out = history.clone();
+            out.resize(op + SLACK, 0xaa);
+            let mut want = out.clone();
+            for i in 0..len {
+                want[op + i] = want[op + i - dist];
+            }
+            copy_match(&mut out, op, dist, len);
+            prop_assert_eq!(&out[..op + len], &want[..op + len]);
         }
 
         #[test]
