@@ -31,6 +31,10 @@ const BUDGET: usize = 256;
 const MAX_VIFS: usize = 256;
 /// Wait before trying a device setup again.
 const RETRY_NANOS: u64 = 1_000_000_000;
+/// Retry of a held frame when no event comes first.
+const HELD_RETRY_NANOS: u64 = 2_000_000;
+/// A held frame the uplink still has no room for after this is dropped.
+const HELD_MAX_NANOS: u64 = 200_000_000;
 /// Tries (one per [`RETRY_NANOS`]) to reach dom0 for the kept ruleset.
 const FETCH_TRIES: u32 = 60;
 
@@ -59,6 +63,12 @@ pub struct FirewallApp<P: Platform> {
     calls: BTreeMap<CallId, CallKind>,
     /// More frames were waiting when the budget ran out: poll again at once.
     busy: bool,
+    /// A forwarded frame the uplink had no room for, and since when. It goes first at the next
+    /// poll, and until then no link is drained: frames wait in the senders' rings
+    /// (back-pressure) instead of being dropped by the dozen. Only the uplink holds frames
+    /// (a client that never takes its frames must not stall the others), and only for
+    /// [`HELD_MAX_NANOS`].
+    held: Option<(Instant, Vec<u8>)>,
     /// The uplink or the vif watch could not be set up yet: try again at this time.
     retry_at: Option<Instant>,
     vif_watch: bool,
@@ -88,6 +98,7 @@ impl<P: Platform> FirewallApp<P> {
             buf: alloc::vec![0u8; MAX_FRAME + 64],
             calls: BTreeMap::new(),
             busy: false,
+            held: None,
             retry_at: None,
             vif_watch: false,
             fetch_tries: 0,
@@ -397,6 +408,11 @@ impl<P: Platform> FirewallApp<P> {
 
     /// Drains one device; frames routed elsewhere are sent there.
     fn drain(&mut self, now: Instant, from: Link) {
+        // While a frame waits for the uplink, clients' frames stay in their rings; the
+        // uplink's own (replies for the clients) still flow.
+        if self.held.is_some() && from != Link::Uplink {
+            return;
+        }
         let Some(router) = self.router.as_mut() else {
             return;
         };
@@ -418,7 +434,15 @@ impl<P: Platform> FirewallApp<P> {
                 return;
             };
             if let Some(to) = router.handle(now, from, frame) {
-                send_on(&mut self.uplink, &mut self.clients, to, frame);
+                if !send_on(&mut self.uplink, &mut self.clients, to, frame)
+                    && to == Link::Uplink
+                    && self.held.is_none()
+                {
+                    self.held = Some((now, frame.to_vec()));
+                    if from != Link::Uplink {
+                        return;
+                    }
+                }
             }
         }
         self.busy = true;
@@ -485,12 +509,14 @@ fn release_vif<P: Platform>(cx: &mut Cx<'_, P>, k: (DomId, u32)) {
     }
 }
 
+/// Sends `frame` on `to`; `false` only when that link is up but has no room now (a link that
+/// is gone or failing drops the frame, as a dead cable would).
 fn send_on<N: NetDevice>(
     uplink: &mut Option<N>,
     clients: &mut BTreeMap<(DomId, u32), ClientLink<N>>,
     to: Link,
     frame: &[u8],
-) {
+) -> bool {
     let dev = match to {
         Link::Uplink => uplink.as_mut(),
         Link::Client(id) => clients
@@ -498,9 +524,9 @@ fn send_on<N: NetDevice>(
             .find(|c| c.id == id)
             .map(|c| &mut c.dev),
     };
-    if let Some(dev) = dev {
-        // A full transmit ring drops the frame, as a congested link would.
-        let _ = dev.send(frame);
+    match dev {
+        Some(dev) => !matches!(dev.send(frame), Ok(false)),
+        None => true,
     }
 }
 
@@ -653,6 +679,12 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         for k in dead {
             self.close_client(cx, k);
         }
+        if let Some((since, frame)) = self.held.take() {
+            let sent = send_on(&mut self.uplink, &mut self.clients, Link::Uplink, &frame);
+            if !sent && now.0.saturating_sub(since.0) < HELD_MAX_NANOS {
+                self.held = Some((since, frame));
+            }
+        }
         self.drain(now, Link::Uplink);
         let ids: Vec<ClientId> = self.clients.values().map(|c| c.id).collect();
         for id in ids {
@@ -662,7 +694,8 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         if let Some(r) = self.router.as_mut() {
             next = r.poll(now);
             while let Some((to, frame)) = r.poll_transmit() {
-                send_on(&mut self.uplink, &mut self.clients, to, &frame);
+                // Generated frames (ARP, ICMP errors, DNS queries) are few: a full link drops them.
+                let _ = send_on(&mut self.uplink, &mut self.clients, to, &frame);
             }
             while let Some(line) = r.take_log() {
                 cx.log(format_args!("{line}"));
@@ -671,6 +704,10 @@ impl<P: Platform> App<P> for FirewallApp<P> {
         self.flush_sends(cx);
         if self.busy {
             return Some(now);
+        }
+        if self.held.is_some() {
+            // The link's completion event wakes us too; this bounds the wait if it does not.
+            return Some(Instant(now.0 + HELD_RETRY_NANOS));
         }
         match (next, self.retry_at) {
             (Some(a), Some(b)) => Some(Instant(a.0.min(b.0))),
