@@ -277,8 +277,19 @@ impl Rows {
     fn finish_row(&mut self) -> Result<(), PngError> {
         let len = self.row_len;
         let bpp = self.format.header.filter_bpp();
-        unfilter(&mut self.cur[..len], &self.prev[..len], bpp)?;
-        self.emit_row();
+        let fused = match self.full_width_line() {
+            // The left-dependent filters are bound by the chain they carry along the row, so
+            // storing each canvas pixel in the same loop is nearly free and saves a pass.
+            Some(r) if matches!(self.cur.first(), Some(1 | 3 | 4)) => {
+                let line = self.canvas.pixels.get_mut(r).unwrap_or(&mut []);
+                let mut emit = Bgra(line);
+                unfilter(&mut self.cur[..len], &self.prev[..len], bpp, &mut emit)?
+            }
+            _ => unfilter(&mut self.cur[..len], &self.prev[..len], bpp, &mut NoEmit)?,
+        };
+        if !fused {
+            self.emit_row();
+        }
         core::mem::swap(&mut self.cur, &mut self.prev);
         self.fill = 0;
         self.row += 1;
@@ -289,8 +300,27 @@ impl Rows {
         Ok(())
     }
 
-    /// Samples the unfiltered row into the canvas rows and columns that select it.
-    fn emit_row(&mut self) {
+    /// The canvas bytes of the current row when it is an 8-bit RGB (no key) or RGBA row shown
+    /// at full width (canvas column x is source column x).
+    fn full_width_line(&self) -> Option<core::ops::Range<usize>> {
+        let f = &self.format;
+        let simple = match f.header.color {
+            ColorType::Rgba => true,
+            ColorType::Rgb => f.key.is_none(),
+            _ => false,
+        };
+        let px = row_px(self.row_len.saturating_sub(1), f.header.color);
+        if !simple || f.header.bit_depth != 8 || self.pass_def().dx != 1 {
+            return None;
+        }
+        if self.canvas.width as usize != px {
+            return None;
+        }
+        self.canvas_line()
+    }
+
+    /// The canvas bytes that show the current source row, if any.
+    fn canvas_line(&self) -> Option<core::ops::Range<usize>> {
         let p = self.pass_def();
         let h = u64::from(self.format.header.height);
         let oh = u64::from(self.canvas.height);
@@ -298,11 +328,21 @@ impl Rows {
         // Canvas row ty shows source row floor(ty*h/oh); oh <= h, so at most one ty per y.
         let ty = (y * oh).div_ceil(h);
         if ty >= oh || ty * h / oh != y {
-            return;
+            return None;
         }
         let ow = self.canvas.width as usize;
         let start = ty as usize * ow * 4;
-        let Some(line) = self.canvas.pixels.get_mut(start..start + ow * 4) else {
+        Some(start..start + ow * 4)
+    }
+
+    /// Samples the unfiltered row into the canvas rows and columns that select it.
+    fn emit_row(&mut self) {
+        let p = self.pass_def();
+        let Some(r) = self.canvas_line() else {
+            return;
+        };
+        let ow = self.canvas.width as usize;
+        let Some(line) = self.canvas.pixels.get_mut(r) else {
             return;
         };
         let row = &self.cur[1..self.row_len];
@@ -369,9 +409,16 @@ fn row_px(len: usize, color: ColorType) -> usize {
     }
 }
 
-fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
+/// Unfilters the scanline `cur` (filter byte first) in place against the previous unfiltered
+/// row. Returns whether `emit` got every pixel (only the left-dependent filters feed it).
+fn unfilter<E: Emit>(
+    cur: &mut [u8],
+    prev: &[u8],
+    bpp: usize,
+    emit: &mut E,
+) -> Result<bool, PngError> {
     let Some((filter, line)) = cur.split_first_mut() else {
-        return Ok(());
+        return Ok(false);
     };
     let filter = *filter;
     let up = prev.get(1..=line.len()).unwrap_or(&[]);
@@ -382,63 +429,107 @@ fn unfilter(cur: &mut [u8], prev: &[u8], bpp: usize) -> Result<(), PngError> {
     macro_rules! by_bpp {
         ($f:ident) => {
             match bpp {
-                1 => $f::<1>(line, up),
-                2 => $f::<2>(line, up),
-                3 => $f::<3>(line, up),
-                4 => $f::<4>(line, up),
-                6 => $f::<6>(line, up),
-                _ => $f::<8>(line, up),
+                1 => $f::<1, E>(line, up, emit),
+                2 => $f::<2, E>(line, up, emit),
+                3 => $f::<3, E>(line, up, emit),
+                4 => $f::<4, E>(line, up, emit),
+                6 => $f::<6, E>(line, up, emit),
+                _ => $f::<8, E>(line, up, emit),
             }
         };
     }
     match filter {
-        0 => {}
+        0 => return Ok(false),
         1 => by_bpp!(sub_row),
         2 => {
             for (c, &u) in line.iter_mut().zip(up) {
                 *c = c.wrapping_add(u);
             }
+            return Ok(false);
         }
         3 => by_bpp!(avg_row),
         4 => by_bpp!(paeth_row),
         f => return Err(PngError::BadFilter { filter: f }),
     }
-    Ok(())
+    Ok(E::ACTIVE)
+}
+
+/// Where the left-dependent filters also put each finished pixel.
+trait Emit {
+    const ACTIVE: bool;
+    fn px<const BPP: usize>(&mut self, i: usize, a: &[u8; BPP]);
+}
+
+/// Nothing: the row is sampled afterwards.
+struct NoEmit;
+
+impl Emit for NoEmit {
+    const ACTIVE: bool = false;
+    #[inline(always)]
+    fn px<const BPP: usize>(&mut self, _: usize, _: &[u8; BPP]) {}
+}
+
+/// The canvas row of a full-width 8-bit RGB or RGBA row: pixel i as B, G, R, A.
+struct Bgra<'a>(&'a mut [u8]);
+
+impl Emit for Bgra<'_> {
+    const ACTIVE: bool = true;
+    #[inline(always)]
+    fn px<const BPP: usize>(&mut self, i: usize, a: &[u8; BPP]) {
+        let c = |k: usize| a.get(k).copied().unwrap_or(255);
+        if let Some(d) = self.0.get_mut(i * 4..i * 4 + 4) {
+            d.copy_from_slice(&[c(2), c(1), c(0), c(3)]);
+        }
+    }
 }
 
 // The three filters that depend on the pixel to the left, with the pixel size known at compile
 // time: one pass over whole pixels, the left (and upper-left) pixel carried in registers, no
 // index arithmetic to bounds-check. Rows are whole pixels (bpp divides the row length).
 
-fn sub_row<const BPP: usize>(line: &mut [u8], _up: &[u8]) {
+#[inline(always)]
+fn sub_row<const BPP: usize, E: Emit>(line: &mut [u8], _up: &[u8], emit: &mut E) {
     let mut a = [0u8; BPP];
-    for px in line.chunks_exact_mut(BPP) {
+    for (i, px) in line.chunks_exact_mut(BPP).enumerate() {
         for k in 0..BPP {
             a[k] = px[k].wrapping_add(a[k]);
             px[k] = a[k];
         }
+        emit.px(i, &a);
     }
 }
 
-fn avg_row<const BPP: usize>(line: &mut [u8], up: &[u8]) {
+#[inline(always)]
+fn avg_row<const BPP: usize, E: Emit>(line: &mut [u8], up: &[u8], emit: &mut E) {
     let mut a = [0u8; BPP];
-    for (px, u) in line.chunks_exact_mut(BPP).zip(up.chunks_exact(BPP)) {
+    for (i, (px, u)) in line
+        .chunks_exact_mut(BPP)
+        .zip(up.chunks_exact(BPP))
+        .enumerate()
+    {
         for k in 0..BPP {
             let avg = ((u16::from(a[k]) + u16::from(u[k])) >> 1) as u8;
             a[k] = px[k].wrapping_add(avg);
             px[k] = a[k];
         }
+        emit.px(i, &a);
     }
 }
 
-fn paeth_row<const BPP: usize>(line: &mut [u8], up: &[u8]) {
+#[inline(always)]
+fn paeth_row<const BPP: usize, E: Emit>(line: &mut [u8], up: &[u8], emit: &mut E) {
     let (mut a, mut c) = ([0u8; BPP], [0u8; BPP]);
-    for (px, u) in line.chunks_exact_mut(BPP).zip(up.chunks_exact(BPP)) {
+    for (i, (px, u)) in line
+        .chunks_exact_mut(BPP)
+        .zip(up.chunks_exact(BPP))
+        .enumerate()
+    {
         for k in 0..BPP {
             a[k] = px[k].wrapping_add(paeth(a[k], u[k], c[k]));
             px[k] = a[k];
             c[k] = u[k];
         }
+        emit.px(i, &a);
     }
 }
 
@@ -907,9 +998,40 @@ mod tests {
     fn filter_type_above_four_is_refused() {
         let mut cur = [5u8, 1, 2];
         assert_eq!(
-            unfilter(&mut cur, &[0, 0, 0], 1),
+            unfilter(&mut cur, &[0, 0, 0], 1, &mut NoEmit),
             Err(PngError::BadFilter { filter: 5 })
         );
+    }
+
+    proptest::proptest! {
+        /// Unfiltering with the canvas fed in the same loop gives the same row as without,
+        /// and the canvas gets exactly that row as B, G, R, A.
+        #[test]
+        fn fused_unfilter_matches_unfilter_then_convert(
+            bpp in 3usize..=4,
+            filter in 0u8..=4,
+            px in proptest::collection::vec(proptest::prelude::any::<[u8; 8]>(), 1..40),
+        ) {
+            let n = px.len();
+            let mut cur: Vec<u8> = core::iter::once(filter)
+                .chain(px.iter().flat_map(|p| p[..bpp].to_vec()))
+                .collect();
+            let prev: Vec<u8> = core::iter::once(0)
+                .chain(px.iter().flat_map(|p| p[8 - bpp..].to_vec()))
+                .collect();
+            let mut plain = cur.clone();
+            let mut line = alloc::vec![0u8; n * 4];
+            let fed = unfilter(&mut cur, &prev, bpp, &mut Bgra(&mut line)).unwrap();
+            unfilter(&mut plain, &prev, bpp, &mut NoEmit).unwrap();
+            proptest::prop_assert_eq!(&cur, &plain);
+            proptest::prop_assert_eq!(fed, matches!(filter, 1 | 3 | 4));
+            if fed {
+                for (d, s) in line.chunks_exact(4).zip(plain[1..].chunks_exact(bpp)) {
+                    let a = if bpp == 4 { s[3] } else { 255 };
+                    proptest::prop_assert_eq!(d, &[s[2], s[1], s[0], a][..]);
+                }
+            }
+        }
     }
 
     #[test]
