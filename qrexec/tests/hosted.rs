@@ -591,3 +591,33 @@ fn calls_held_for_a_target_that_is_not_up_are_bounded_per_caller() {
         "{log}"
     );
 }
+
+#[test]
+fn a_local_client_declaring_an_oversized_frame_ends_its_call_with_125() {
+    let lab = Lab::start();
+    lab.wait_up();
+    let mut s = std::os::unix::net::UnixStream::connect(lab.sock("work")).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"CALL vault test.Echo\n").unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while b[0] != b'\n' {
+        std::io::Read::read_exact(&mut s, &mut b).unwrap();
+        line.push(b[0]);
+    }
+    assert_eq!(line, b"CONNECTED\n", "{}", lab.logs());
+    // A 4 GiB stdin frame: refused from its header, nothing allocated for it.
+    s.write_all(&[0, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut rest).unwrap();
+    let exit = qubes_qrexec::local::frame(qubes_qrexec::local::TAG_EXIT, &125i32.to_le_bytes());
+    assert!(rest.ends_with(&exit), "{rest:?}\n{}", lab.logs());
+    // The agent serves the next call.
+    let out = lab.call("work", "vault", "test.Upper", b"next");
+    assert_eq!(
+        (code(&out), &out.stdout[..]),
+        (Some(0), &b"NEXT"[..]),
+        "{}",
+        lab.logs()
+    );
+}
