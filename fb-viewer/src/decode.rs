@@ -491,6 +491,9 @@ impl Emit for Bgra<'_> {
 fn sub_row<const BPP: usize, E: Emit>(line: &mut [u8], _up: &[u8], emit: &mut E) {
     let mut a = [0u8; BPP];
     for (i, px) in line.chunks_exact_mut(BPP).enumerate() {
+        let Ok(px) = <&mut [u8; BPP]>::try_from(px) else {
+            continue;
+        };
         for k in 0..BPP {
             a[k] = px[k].wrapping_add(a[k]);
             px[k] = a[k];
@@ -507,6 +510,11 @@ fn avg_row<const BPP: usize, E: Emit>(line: &mut [u8], up: &[u8], emit: &mut E) 
         .zip(up.chunks_exact(BPP))
         .enumerate()
     {
+        // As arrays, the channel loop needs no bounds checks (a chunk's length is not a
+        // constant to the optimiser).
+        let (Ok(px), Ok(u)) = (<&mut [u8; BPP]>::try_from(px), <&[u8; BPP]>::try_from(u)) else {
+            continue;
+        };
         for k in 0..BPP {
             let avg = ((u16::from(a[k]) + u16::from(u[k])) >> 1) as u8;
             a[k] = px[k].wrapping_add(avg);
@@ -524,6 +532,11 @@ fn paeth_row<const BPP: usize, E: Emit>(line: &mut [u8], up: &[u8], emit: &mut E
         .zip(up.chunks_exact(BPP))
         .enumerate()
     {
+        // As arrays, the channel loop needs no bounds checks (a chunk's length is not a
+        // constant to the optimiser).
+        let (Ok(px), Ok(u)) = (<&mut [u8; BPP]>::try_from(px), <&[u8; BPP]>::try_from(u)) else {
+            continue;
+        };
         for k in 0..BPP {
             a[k] = px[k].wrapping_add(paeth(a[k], u[k], c[k]));
             px[k] = a[k];
@@ -533,16 +546,18 @@ fn paeth_row<const BPP: usize, E: Emit>(line: &mut [u8], up: &[u8], emit: &mut E
     }
 }
 
+/// The Paeth predictor in a form with a short dependency on `a` (the pixel just decoded,
+/// carried along the row): with lo/hi the smaller/larger of a and b, the estimate p = a + b - c
+/// is closest to hi when 3c - (a + b) <= lo, to lo when it is >= hi, else to c (ties as the
+/// spec breaks them; the exhaustive test checks every input).
 #[inline(always)]
 fn paeth(a: u8, b: u8, c: u8) -> u8 {
-    let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
-    let pa = (ib - ic).abs();
-    let pb = (ia - ic).abs();
-    let pc = (ia + ib - 2 * ic).abs();
-    if pa <= pb && pa <= pc {
-        a
-    } else if pb <= pc {
-        b
+    let t = 3 * i16::from(c) - (i16::from(a) + i16::from(b));
+    let (lo, hi) = (a.min(b), a.max(b));
+    if t <= i16::from(lo) {
+        hi
+    } else if t >= i16::from(hi) {
+        lo
     } else {
         c
     }
@@ -1029,6 +1044,27 @@ mod tests {
                 for (d, s) in line.chunks_exact(4).zip(plain[1..].chunks_exact(bpp)) {
                     let a = if bpp == 4 { s[3] } else { 255 };
                     proptest::prop_assert_eq!(d, &[s[2], s[1], s[0], a][..]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paeth_predictor_matches_spec_definition_for_every_input() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for c in 0..=255u8 {
+                    let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
+                    let p = ia + ib - ic;
+                    let (pa, pb, pc) = ((p - ia).abs(), (p - ib).abs(), (p - ic).abs());
+                    let want = if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        b
+                    } else {
+                        c
+                    };
+                    assert_eq!(paeth(a, b, c), want, "{a} {b} {c}");
                 }
             }
         }
