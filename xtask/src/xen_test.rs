@@ -478,4 +478,14 @@ mod tests {
         assert_eq!(report("pv", log), (1, 1));
         assert_eq!(report("pvh", log), (1, 1), "no done line for pvh");
     }
+
+    #[test]
+    fn bench_lines_are_kept_from_their_marker_on() {
+        let log = "[ 9.1] XEN-BENCH firewall-pv unikernel=1 MB/s linux=2 MB/s ratio=0.50\r\nXEN-TEST pv x ok\n";
+        assert_eq!(
+            bench_lines(log),
+            ["XEN-BENCH firewall-pv unikernel=1 MB/s linux=2 MB/s ratio=0.50"]
+        );
+        assert!(bench_lines("XEN-TEST pv done\n").is_empty());
+    }
 }
