@@ -58,6 +58,12 @@ done
 echo "FLOWS: agent-answered rc=$rc after $i retries, at ${u1}s of uptime (that ssh-add -l took $(echo "$u0 $u1" | awk '{printf "%.2f", $2 - $1}') s): $(head -1 /tmp/list)"
 u0=$(cut -d' ' -f1 /proc/uptime); ssh-add -l > /dev/null 2>&1; u1=$(cut -d' ' -f1 /proc/uptime)
 echo "FLOWS: a second ssh-add -l took $(echo "$u0 $u1" | awk '{printf "%.2f", $2 - $1}') s"
+# The same request without OpenSSH: qrexec-client-vm alone (one call, 5 bytes each way).
+printf '\0\0\0\1\13' > /tmp/req
+u0=$(cut -d' ' -f1 /proc/uptime)
+qrexec-client-vm "$VAULT" qubes.SshAgent+work < /tmp/req > /tmp/ans 2>/dev/null; rc=$?
+u1=$(cut -d' ' -f1 /proc/uptime)
+echo "FLOWS: qrexec-client-vm request-identities: exit $rc, $(wc -c < /tmp/ans) bytes, $(echo "$u0 $u1" | awk '{printf "%.2f", $2 - $1}') s"
 # dom0 adds the key through the vault's admin service meanwhile: wait until it is listed.
 i=0
 until grep -q 'flows@lab' /tmp/list || [ $i -ge 300 ]; do
