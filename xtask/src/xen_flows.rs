@@ -69,8 +69,18 @@ fn work_initrd(root: &Path, rootfs: &Path, agent: &Path, out: &Path) -> Result<(
         .unwrap_or(stage);
     let _ = fs::remove_dir_all(&stage);
     for d in [
-        "bin", "proc", "sys", "dev", "tmp", "etc", "root/.ssh", "run/sshd", "var/empty", "usr/bin",
-        "usr/sbin", "lib",
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "etc",
+        "root/.ssh",
+        "run/sshd",
+        "var/empty",
+        "usr/bin",
+        "usr/sbin",
+        "lib",
     ] {
         fs::create_dir_all(stage.join(d))?;
     }
@@ -96,7 +106,9 @@ fn work_initrd(root: &Path, rootfs: &Path, agent: &Path, out: &Path) -> Result<(
         elves.push(src);
     }
     for lib in needed_libs(rootfs, &elves)? {
-        let rel = lib.strip_prefix(rootfs).context("library outside the root")?;
+        let rel = lib
+            .strip_prefix(rootfs)
+            .context("library outside the root")?;
         let dst = stage.join(rel);
         fs::create_dir_all(dst.parent().context("library path")?)?;
         // Copied as files (the root's symlinks point at versioned names).
@@ -130,7 +142,12 @@ fn work_initrd(root: &Path, rootfs: &Path, agent: &Path, out: &Path) -> Result<(
 
 /// The shared libraries (transitively) needed by `elves`, found in the root's library dirs.
 fn needed_libs(rootfs: &Path, elves: &[PathBuf]) -> Result<BTreeSet<PathBuf>> {
-    let dirs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"];
+    let dirs = [
+        "lib/x86_64-linux-gnu",
+        "usr/lib/x86_64-linux-gnu",
+        "lib",
+        "usr/lib",
+    ];
     let mut found = BTreeSet::new();
     let mut todo: Vec<PathBuf> = elves.to_vec();
     while let Some(elf) = todo.pop() {
