@@ -280,13 +280,15 @@ impl Lab {
         out
     }
 
-    /// Waits until the agents' sockets exist (the processes are up).
+    /// Waits until the callers' agents serve calls. Their socket files are not enough: one exists
+    /// from bind(), a moment before listen(), and an agent forwards calls only once dom0's
+    /// daemon connected to it (which also means the daemon's socket listens).
     fn wait_up(&self) {
         let end = Instant::now() + DEADLINE;
-        while !["dom0", "work", "other"]
-            .iter()
-            .all(|n| self.sock(n).exists())
-        {
+        while !["work", "other"].iter().all(|n| {
+            std::fs::read_to_string(self.dir.join(format!("{n}.log")))
+                .is_ok_and(|l| l.contains("dom0's qrexec daemon connected"))
+        }) {
             assert!(
                 Instant::now() < end,
                 "agents never started\n{}",
