@@ -218,6 +218,38 @@ impl LocalConn {
         self.queue(b"\n");
         self.flush();
     }
+
+    /// Reads what came and takes the client's request line once complete. A bad line is
+    /// answered with `ERROR` and, like a closed connection, ends it ([`Request::Gone`]).
+    pub fn poll_request(&mut self, progress: &mut bool) -> Request {
+        *progress |= self.fill();
+        match self.take_line() {
+            Ok(Some(line)) => match parse_request(&line) {
+                Ok((t, s)) => Request::Call(t.to_string(), s.to_string()),
+                Err(e) => {
+                    self.answer(&format!("ERROR {e}"));
+                    Request::Gone
+                }
+            },
+            Ok(None) if self.eof || self.broken => Request::Gone,
+            Ok(None) => Request::Pending,
+            Err(e) => {
+                self.answer(&format!("ERROR {e}"));
+                Request::Gone
+            }
+        }
+    }
+}
+
+/// What [`LocalConn::poll_request`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The request: target and service.
+    Call(String, String),
+    /// Not complete yet.
+    Pending,
+    /// The connection ended or was refused; drop it.
+    Gone,
 }
 
 /// The command side: sends the request, reads the answer line; `Ok(Err(code))` when the call
@@ -343,6 +375,36 @@ pub fn run_call(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn poll_request_takes_a_call_waits_for_a_partial_line_and_ends_a_bad_one() {
+        use std::io::Read as _;
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut conn = LocalConn::new(server).unwrap();
+        let mut progress = false;
+        assert_eq!(conn.poll_request(&mut progress), Request::Pending);
+        client.write_all(b"CALL vault qubes.Ss").unwrap();
+        assert_eq!(conn.poll_request(&mut progress), Request::Pending);
+        assert!(progress, "bytes came");
+        client.write_all(b"hAgent+work\n").unwrap();
+        assert_eq!(
+            conn.poll_request(&mut progress),
+            Request::Call("vault".into(), "qubes.SshAgent+work".into())
+        );
+
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut conn = LocalConn::new(server).unwrap();
+        client.write_all(b"HELLO there\n").unwrap();
+        assert_eq!(conn.poll_request(&mut progress), Request::Gone);
+        let mut answer = [0u8; 6];
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"ERROR ");
+
+        let (client, server) = UnixStream::pair().unwrap();
+        let mut conn = LocalConn::new(server).unwrap();
+        drop(client);
+        assert_eq!(conn.poll_request(&mut progress), Request::Gone);
+    }
 
     #[test]
     fn oversized_frame_is_refused_from_its_header() {

@@ -257,23 +257,10 @@ impl<P: Platform> VmAgent<P> {
                 break;
             };
             if w.call.is_none() && w.id.is_none() {
-                progress |= w.conn.fill();
-                match w.conn.take_line() {
-                    Ok(Some(line)) => match local::parse_request(&line) {
-                        Ok((t, s)) => w.call = Some((t.to_string(), s.to_string())),
-                        Err(e) => {
-                            w.conn.answer(&format!("ERROR {e}"));
-                            self.waiting.swap_remove(i);
-                            continue;
-                        }
-                    },
-                    Ok(None) if w.conn.eof || w.conn.broken => {
-                        self.waiting.swap_remove(i);
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        w.conn.answer(&format!("ERROR {e}"));
+                match w.conn.poll_request(&mut progress) {
+                    local::Request::Call(t, s) => w.call = Some((t, s)),
+                    local::Request::Pending => {}
+                    local::Request::Gone => {
                         self.waiting.swap_remove(i);
                         continue;
                     }
