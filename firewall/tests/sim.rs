@@ -207,7 +207,6 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn boot() -> World {
-    let exe = sim_exe();
     let dir = std::env::temp_dir().join(format!("fw-sim-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("policy.d")).unwrap();
@@ -219,55 +218,13 @@ fn boot() -> World {
         dir.join("policy.d/90-unikernel-firewall.policy"),
     )
     .unwrap();
-    let log = dir.join("sim.log");
-    let setup: &[&[&str]] = &[
-        &["qvm-create", "--label", "red", "sys-net"],
-        &["qvm-prefs", "sys-net", "provides_network", "True"],
-        &["qvm-create", "--label", "green", "fw-unikernel"],
-        &["qvm-prefs", "fw-unikernel", "kernel", FW],
-        &["qvm-prefs", "fw-unikernel", "provides_network", "True"],
-        &["qvm-prefs", "fw-unikernel", "netvm", "sys-net"],
-        &["qvm-features", "fw-unikernel", "qrexec", "1"],
-        &["qvm-create", "--label", "blue", "work"],
-        &["qvm-prefs", "work", "netvm", "fw-unikernel"],
-        &["qvm-create", "--label", "blue", "work2"],
-        &["qvm-prefs", "work2", "netvm", "fw-unikernel"],
-    ];
-    for a in setup {
-        let st = Command::new(&exe)
-            .args(*a)
-            .env("QUBES_SIM_DIR", &dir)
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "{a:?}");
-    }
-    let mut daemon = Command::new(&exe)
-        .args(["daemon", "--stdin-lifeline"])
-        .env("QUBES_SIM_DIR", &dir)
-        .env("QUBES_SIM_NETNS", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let out = daemon.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let w = World {
-        exe,
+    start_sim(
         dir,
-        daemon,
-        log,
-        procs: Vec::new(),
-    };
-    let ready = rx.recv_timeout(DEADLINE).expect("sim did not get ready");
-    assert!(ready.starts_with("ready "), "{ready}");
-    w
+        &[
+            &["qvm-create", "--label", "blue", "work2"],
+            &["qvm-prefs", "work2", "netvm", "fw-unikernel"],
+        ],
+    )
 }
 
 #[test]
@@ -748,10 +705,16 @@ fn throughput_vs_linux_nftables() {
 /// [`boot`] in its own state directory (tests run in parallel), with `extra` dom0 commands
 /// after the common setup.
 fn boot_tagged(tag: &str, extra: &[&[&str]]) -> World {
-    let exe = sim_exe();
     let dir = std::env::temp_dir().join(format!("fw-sim-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    start_sim(dir, extra)
+}
+
+/// Sets up sys-net, the firewall and `work` in the state directory `dir`, then `extra` dom0
+/// commands, and starts the sim's daemon.
+fn start_sim(dir: PathBuf, extra: &[&[&str]]) -> World {
+    let exe = sim_exe();
     let log = dir.join("sim.log");
     let setup: &[&[&str]] = &[
         &["qvm-create", "--label", "red", "sys-net"],
